@@ -1,0 +1,302 @@
+"""The node's configuration: one pydantic model, read from one YAML file, in one place.
+
+Every error names the file, the key and what is allowed (:class:`ConfigError`). Secrets never live in the
+file: endpoint keys come from the environment variable named by ``key_env``. Relative paths are resolved
+against the folder of the config file, so a config file can be moved together with its spool.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ModelName = Literal["cxrreportgen", "medimageinsight", "medimageparse", "medimageparse3d"]
+AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file, the key and what is allowed."""
+
+
+def _check_ae_title(value: str) -> str:
+    if not AE_TITLE_RE.match(value) or not value.strip():
+        raise ValueError("an AE title is 1 to 16 printable characters, not only spaces, no backslash")
+    return value
+
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSection(_Strict):
+    """The node's own DICOM identity, its spool and its timers."""
+
+    ae_title: AETitle = "AINODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list)
+    storage_dir: Path = Path("./var")
+    study_complete_after_seconds: float = Field(10.0, gt=0)
+    min_free_disk_mb: int = Field(
+        200, ge=0, description="Below this free space on the spool's filesystem, C-STORE answers 0xA700."
+    )
+    max_associations: int = Field(16, ge=1)
+    max_pdu_size: int = Field(0, ge=0, description="0: unlimited (pynetdicom's convention)")
+    network_timeout_seconds: float = Field(60.0, gt=0)
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="Names this node in leases; two nodes sharing a database must differ.",
+    )
+
+    _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _check_allowed(cls, values: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in values]
+
+
+class EndpointSection(_Strict):
+    """One deployed model endpoint (Azure ML managed online endpoint or the local emulator)."""
+
+    model: ModelName
+    url: str | None = Field(None, description="The scoring URI, e.g. https://<endpoint>.<region>.inference.ml.azure.com/score")
+    auth: Literal["key", "entra", "none"] = "key"
+    key_env: str | None = Field(None, description="Environment variable holding the endpoint key (auth: key)")
+    deployment: str | None = Field(None, description="Sent as azureml-model-deployment when set")
+    timeout_seconds: float = Field(180.0, gt=0, description="Read timeout of one call")
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    max_concurrency: int = Field(4, ge=1)
+    max_attempts: int = Field(6, ge=1, description="Calls per job before it fails (retries on 408/429/5xx/network)")
+    backoff_initial_seconds: float = Field(1.0, ge=0)
+    backoff_max_seconds: float = Field(60.0, ge=0)
+    box_reference: Literal["center_crop", "full_image"] = Field(
+        "center_crop",
+        description="Frame of CXRReportGen boxes: the centre square crop of the frontal image (Microsoft's sample) "
+        "or the whole image (the product page)",
+    )
+    # Users who know only their workspace and endpoint name: the scoring URI and key are looked up with MLClient.
+    subscription_id: str | None = None
+    resource_group: str | None = None
+    workspace: str | None = None
+    endpoint_name: str | None = None
+    verify_tls: bool = True
+
+    @model_validator(mode="after")
+    def _url_or_workspace(self) -> "EndpointSection":
+        workspace_keys = (self.subscription_id, self.resource_group, self.workspace, self.endpoint_name)
+        if self.url is None and not all(workspace_keys):
+            raise ValueError(
+                "give either url, or all of subscription_id, resource_group, workspace and endpoint_name"
+            )
+        if self.url is not None and not re.match(r"^https?://", self.url):
+            raise ValueError("url must start with https:// (or http:// for a local emulator)")
+        if self.auth == "key" and self.url is not None and not self.key_env:
+            raise ValueError("auth: key needs key_env, the environment variable that holds the key")
+        return self
+
+
+class DestinationSection(_Strict):
+    """A DICOM peer that receives results by C-STORE (and answers queries, for priors)."""
+
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    max_attempts: int = Field(20, ge=1, description="Send attempts before a result is parked as failed")
+    max_processing_failure_attempts: int = Field(
+        3, ge=1, description="Attempts for 0x0110 and 0xCxxx answers, which may not be transient"
+    )
+    backoff_initial_seconds: float = Field(2.0, ge=0)
+    backoff_max_seconds: float = Field(300.0, ge=0)
+    give_up_after_seconds: float = Field(86400.0, gt=0, description="Park a result not delivered after this long")
+    timeout_seconds: float = Field(30.0, gt=0, description="ACSE/DIMSE/network timeout of an association")
+
+    _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+
+
+MatchValue = str | int | float | list[str | int | float]
+
+
+class RuleSection(_Strict):
+    """A routing rule: which series go to which endpoint, and where the results go."""
+
+    name: str = Field(min_length=1)
+    match: dict[str, MatchValue] = Field(default_factory=dict)
+    endpoint: str
+    send_to: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("match")
+    @classmethod
+    def _keywords(cls, match: dict[str, MatchValue]) -> dict[str, MatchValue]:
+        from pydicom.datadict import tag_for_keyword
+
+        for key in match:
+            if tag_for_keyword(key) is None:
+                raise ValueError(f"match key {key!r} is not a DICOM keyword (e.g. Modality, BodyPartExamined)")
+        return match
+
+
+class DatabaseSection(_Strict):
+    url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/node.db")
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+
+
+class QueueSection(_Strict):
+    url: str | None = Field(
+        None, description="Huey broker: default sqlite file <storage_dir>/queue.db; redis://host:port/db also accepted"
+    )
+    workers: int = Field(4, ge=1, description="Worker threads of the worker process")
+    lease_seconds: float = Field(600.0, gt=0, description="A claimed job or send not finished by then is re-queued")
+    sweep_interval_seconds: float = Field(30.0, gt=0)
+
+
+class RetentionSection(_Strict):
+    purge_delivered_after_hours: float = Field(
+        72.0, ge=0, description="Spool files, results and rows of a study whose results were all delivered"
+    )
+    purge_interval_seconds: float = Field(3600.0, gt=0)
+
+
+class NodeConfig(_Strict):
+    """The whole configuration file."""
+
+    node: NodeSection = Field(default_factory=NodeSection)
+    endpoints: dict[str, EndpointSection] = Field(default_factory=dict)
+    destinations: dict[str, DestinationSection] = Field(default_factory=dict)
+    rules: list[RuleSection] = Field(default_factory=list)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    queue: QueueSection = Field(default_factory=QueueSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    source_path: Path | None = Field(None, exclude=True, description="Set by load_config; not a key of the file")
+
+    @model_validator(mode="after")
+    def _references(self) -> "NodeConfig":
+        names = set()
+        for i, rule in enumerate(self.rules):
+            if rule.name in names:
+                raise _KeyedError(("rules", i, "name"), f"duplicate rule name {rule.name!r}")
+            names.add(rule.name)
+            if rule.endpoint not in self.endpoints:
+                raise _KeyedError(
+                    ("rules", i, "endpoint"),
+                    f"unknown endpoint {rule.endpoint!r}; allowed: {sorted(self.endpoints) or 'define one under endpoints'}",
+                )
+            for j, dest in enumerate(rule.send_to):
+                if dest not in self.destinations:
+                    raise _KeyedError(
+                        ("rules", i, "send_to", j),
+                        f"unknown destination {dest!r}; allowed: {sorted(self.destinations) or 'define one under destinations'}",
+                    )
+        return self
+
+    # Derived locations -------------------------------------------------------------------------------
+    @property
+    def storage_dir(self) -> Path:
+        return self.node.storage_dir
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.storage_dir / 'node.db'}"
+
+    @property
+    def queue_url(self) -> str:
+        return self.queue.url or f"sqlite:///{self.storage_dir / 'queue.db'}"
+
+
+class _KeyedError(ValueError):
+    def __init__(self, loc: tuple[Any, ...], msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _resolve_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
+    storage = cfg.node.storage_dir
+    if not storage.is_absolute():
+        storage = (base / storage).resolve()
+    node = cfg.node.model_copy(update={"storage_dir": storage})
+    return cfg.model_copy(update={"node": node})
+
+
+def parse_config(data: Any, source: Path | str = "<memory>", base_dir: Path | None = None) -> NodeConfig:
+    """Validate a parsed YAML document; relative paths are taken from ``base_dir``."""
+    source = Path(source) if not isinstance(source, Path) else source
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the file must hold a mapping of sections (node, endpoints, ...)")
+    try:
+        cfg = NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            msg = err["msg"]
+            ctx = err.get("ctx") or {}
+            inner = ctx.get("error")
+            if isinstance(inner, _KeyedError):
+                loc, msg = inner.loc, str(inner)
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; see config/example.yaml for the keys allowed here"
+            elif err["type"] == "literal_error" and ctx.get("expected"):
+                msg = f"allowed: {ctx['expected']}"
+            lines.append(f"{source}: {_format_loc(loc)}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+    cfg = _resolve_paths(cfg, base_dir or (source.parent if source.name != "<memory>" else Path.cwd()))
+    return cfg.model_copy(update={"source_path": source})
+
+
+def load_config(path: Path | str) -> NodeConfig:
+    """Read and validate one YAML configuration file. Raises :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, path, path.resolve().parent)
+
+
+def endpoint_key(endpoint: EndpointSection) -> str | None:
+    """The secret of an endpoint with ``auth: key``, from its environment variable."""
+    if endpoint.auth != "key" or not endpoint.key_env:
+        return None
+    value = os.environ.get(endpoint.key_env)
+    if not value:
+        raise ConfigError(f"endpoint key: environment variable {endpoint.key_env} is not set or empty")
+    return value
+
+
+def glob_match(pattern: str, value: str) -> bool:
+    """Case-insensitive ``*``/``?`` glob match used by rules."""
+    return fnmatch.fnmatchcase(value.strip().upper(), pattern.strip().upper())

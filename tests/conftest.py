@@ -1,0 +1,37 @@
+"""Shared fixtures: where the real DICOM test data lives, and the external tools the tests drive."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """``$DICOM_NODE_TEST_DATA`` or ``../shared/data`` beside the repository; a clear failure when absent."""
+    env = os.environ.get("DICOM_NODE_TEST_DATA")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    if not (path / "cxr").is_dir():
+        pytest.fail(
+            f"test data not found at {path}: set DICOM_NODE_TEST_DATA to the folder holding cxr/, ct/, mr/ ...",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def data() -> Path:
+    return data_dir()
+
+
+def require_tool(name: str) -> str:
+    """The path of an external program the test needs; fail (never skip) when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run scripts/setup.sh (it installs dcmtk, orthanc, dicom3tools)",
+                    pytrace=False)
+    return path
