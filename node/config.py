@@ -164,15 +164,14 @@ class QueueSection(_Strict):
         None, description="Huey broker: default sqlite file <storage_dir>/queue.db; redis://host:port/db also accepted"
     )
     workers: int = Field(4, ge=1, description="Worker threads of the worker process")
-    lease_seconds: float = Field(600.0, gt=0, description="A claimed job or send not finished by then is re-queued")
-    sweep_interval_seconds: float = Field(30.0, gt=0)
+    lease_seconds: float = Field(
+        600.0, gt=0, description="A claimed job or send not finished by then is re-queued by the sweep (every minute)")
 
 
 class RetentionSection(_Strict):
     purge_delivered_after_hours: float = Field(
         72.0, ge=0, description="Spool files, results and rows of a study whose results were all delivered"
     )
-    purge_interval_seconds: float = Field(3600.0, gt=0)
 
 
 class NodeConfig(_Strict):

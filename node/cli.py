@@ -1,0 +1,178 @@
+"""The ``dicom-node`` command line: serve, emulator, check-config, status, retry, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .config import ConfigError, NodeConfig, load_config
+
+
+def _load(path: str) -> NodeConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    print(f"{args.file}: OK")
+    print(f"  node {cfg.node.ae_title} on {cfg.node.host}:{cfg.node.port}, storage {cfg.storage_dir}")
+    for name, ep in cfg.endpoints.items():
+        where = ep.url or f"workspace {ep.workspace} / endpoint {ep.endpoint_name}"
+        print(f"  endpoint {name}: {ep.model} at {where} (auth {ep.auth})")
+    for name, d in cfg.destinations.items():
+        print(f"  destination {name}: {d.ae_title}@{d.host}:{d.port}")
+    for r in cfg.rules:
+        print(f"  rule {r.name}: {r.match} -> {r.endpoint} -> {r.send_to}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(_load(args.config))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .serve import setup_logging
+    from .worker import run_worker
+
+    cfg = _load(args.config)
+    setup_logging(cfg.log_level)
+    run_worker(cfg, parent_pid=args.parent_pid)
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    import os
+
+    from .emulator.server import serve_forever
+    from .serve import setup_logging
+
+    setup_logging("INFO")
+    key = os.environ.get(args.key_env) if args.key_env else None
+    if args.key_env and not key:
+        print(f"environment variable {args.key_env} is not set", file=sys.stderr)
+        return 2
+    serve_forever(args.host, args.port, key)
+    return 0
+
+
+def _fmt_time(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .state import Store
+
+    cfg = _load(args.config)
+    store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
+    s = store.summary(limit=args.limit)
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return 0
+    print(f"studies: {s['studies'] or 'none'}")
+    print(f"jobs:    {s['jobs'] or 'none'}")
+    print(f"outbox:  {s['outbox'] or 'none'}")
+    print(f"quarantined instances: {s['quarantined']}")
+    if s["parked"]:
+        print("\nALERT: results parked (not delivered; `dicom-node retry` sends them again):")
+        for r in s["parked"]:
+            print(f"  {r['result_uid']} -> {r['destination']}: {r['last_status']} {r['error']}")
+    if s["pending_outbox"]:
+        print("\noutbox, waiting to be sent:")
+        for r in s["pending_outbox"]:
+            print(f"  {r['result_uid']} -> {r['destination']}: attempts {r['attempts']}, next "
+                  f"{_fmt_time(r['next_attempt_at'])}, last {r['last_status'] or '-'} {r['error'] or ''}")
+    if s["recent_studies"]:
+        print("\nstudies:")
+        for r in s["recent_studies"]:
+            print(f"  {r['study_uid']}  {r['state']:<9} v{r['version']}  last instance {_fmt_time(r['last_received_at'])}"
+                  f"{'  ' + r['note'] if r['note'] else ''}")
+    if s["recent_jobs"]:
+        print("\njobs:")
+        for r in s["recent_jobs"]:
+            print(f"  #{r['id']} {r['rule_name']} study {r['study_uid']} v{r['study_version']}: {r['state']} "
+                  f"(attempts {r['attempts']}) {r['outcome'] or ''}")
+    if s["quarantine"]:
+        print("\nquarantine:")
+        for r in s["quarantine"]:
+            print(f"  {r['path']}: {r['reason']}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from .queue import Queue
+    from .state import Store
+
+    cfg = _load(args.config)
+    store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
+    n = store.retry_parked(args.destination)
+    queue = Queue(cfg)
+    for dest in {d for d, _ in store.due_destinations()}:
+        queue.enqueue_delivery(dest)
+    print(f"{n} parked result(s) queued again")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), keep_running=args.keep_running)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dicom-node", description="DICOM AI integration node")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the node (SCP, workers, outbox)")
+    s.add_argument("--config", required=True)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("worker", help=argparse.SUPPRESS)
+    s.add_argument("--config", required=True)
+    s.add_argument("--parent-pid", type=int, default=None)
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("emulator", help="run the local endpoint emulator (answers marked as emulated)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--key-env", default=None, help="require Authorization: Bearer <value of this variable>")
+    s.set_defaults(func=cmd_emulator)
+
+    s = sub.add_parser("check-config", help="validate a configuration file")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("status", help="studies, jobs, outbox and alerts")
+    s.add_argument("--config", required=True)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("retry", help="send parked results again")
+    s.add_argument("--config", required=True)
+    s.add_argument("--destination", default=None)
+    s.set_defaults(func=cmd_retry)
+
+    s = sub.add_parser("demo", help="emulator + node + a small PACS; sends a sample chest X-ray study")
+    s.add_argument("--out", default="./demo-out", help="folder for the results and the PNG of the boxes")
+    s.add_argument("--keep-running", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

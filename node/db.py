@@ -1,0 +1,164 @@
+"""The node's database: the source of truth for every instance, study, job, result and outbox row.
+
+SQLAlchemy Core, so that the same schema runs on SQLite (the embedded default: WAL mode, full sync) and on
+PostgreSQL. Work queues (Huey) only carry row ids; a restart resumes from these tables.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("study_uid", String(64), nullable=False, index=True),
+    Column("series_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("calling_ae", String(16), nullable=False, default=""),
+    Column("received_at", Float, nullable=False),
+    Column("is_prior", Boolean, nullable=False, default=False),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("study_uid", String(64), primary_key=True),
+    # receiving -> complete (jobs created) -> done / failed; a late instance sets it back to receiving
+    Column("state", String(16), nullable=False),
+    Column("version", Integer, nullable=False, default=0),  # how many times the study was decided
+    Column("first_received_at", Float, nullable=False),
+    Column("last_received_at", Float, nullable=False),
+    Column("check_due_at", Float),  # when the quiet-timer check is scheduled; NULL when none is pending
+    Column("completed_at", Float),
+    Column("is_prior", Boolean, nullable=False, default=False),
+    Column("note", Text),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_uid", String(64), nullable=False, unique=True),  # entropy for the result UIDs
+    Column("study_uid", String(64), nullable=False, index=True),
+    Column("study_version", Integer, nullable=False),
+    Column("rule_name", String(128), nullable=False),
+    Column("endpoint", String(128), nullable=False),
+    Column("series_uids", Text, nullable=False),  # JSON list of the matching series
+    # pending -> running -> done | failed | skipped
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("outcome", Text),  # a short human sentence: what happened (never PHI)
+    Column("endpoint_seconds", Float),
+    UniqueConstraint("study_uid", "rule_name", "study_version", name="uq_job_study_rule_version"),
+)
+
+results = Table(
+    "results",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("study_uid", String(64), nullable=False, index=True),
+    Column("series_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # sr | gsps | seg
+    Column("path", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("result_uid", String(64), ForeignKey("results.sop_instance_uid"), nullable=False),
+    Column("destination", String(128), nullable=False),
+    # pending -> delivered | parked
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    Column("last_status", String(32)),
+    Column("error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("delivered_at", Float),
+    UniqueConstraint("result_uid", "destination", name="uq_outbox_result_destination"),
+)
+Index("ix_outbox_due", outbox.c.destination, outbox.c.state, outbox.c.next_attempt_at)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("sop_instance_uid", String(64)),
+    Column("calling_ae", String(16)),
+    Column("received_at", Float, nullable=False),
+)
+
+
+def _sqlite_pragmas(synchronous: str):
+    def on_connect(dbapi_connection, _record) -> None:  # pragma: no cover - exercised through every test
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return on_connect
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine for ``url``; SQLite files are created with owner-only permissions in WAL mode."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               pool_size=20, max_overflow=20)
+        event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables that do not exist yet (idempotent)."""
+    metadata.create_all(engine)
+
+
+def now() -> float:
+    return time.time()

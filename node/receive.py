@@ -1,0 +1,184 @@
+"""Receive: the Storage SCP that takes studies from modalities and PACS routing rules.
+
+Each C-STORE is streamed to a file by pynetdicom (``STORE_RECV_CHUNKED_DATASET``), never decoded in memory.
+Before the node answers 0x0000 the file is fsynced, renamed atomically into the spool, the directory is
+fsynced and the database row is committed: a success the node sends is a promise it can keep after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from .config import NodeConfig
+from .spool import Spool, SpoolFullError, is_valid_uid, move_durably
+from .state import InstanceRecord, Store
+
+log = logging.getLogger(__name__)
+
+# C-STORE status codes (PS3.4 Annex B.2.3)
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_MISMATCH = 0xA900
+
+ScheduleCheck = Callable[[str, float], None]
+
+
+def configure_pynetdicom() -> None:
+    """Process-wide pynetdicom settings the node relies on."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    # Identifiers of queries and retrieves carry PHI: never log them.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_HANDLER_LEVEL = "none"
+
+
+class NodeAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with Nagle's algorithm off on every accepted socket.
+
+    A sender that waits for each C-STORE response would otherwise pay the delayed-ACK penalty (~40 ms per
+    instance on loopback).
+    """
+
+    def get_request(self):  # type: ignore[override]
+        client_socket, address = super().get_request()
+        try:
+            client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return client_socket, address
+
+
+class StorageSCP:
+    """The node's Storage SCP: C-ECHO and C-STORE of every storage SOP class into the durable spool."""
+
+    def __init__(self, cfg: NodeConfig, store: Store, spool: Spool, schedule_check: ScheduleCheck) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.spool = spool
+        self.schedule_check = schedule_check
+        self.ae = self._make_ae()
+        self._server: NodeAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self.received = 0
+
+    def _make_ae(self) -> AE:
+        node = self.cfg.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
+        ae.maximum_pdu_size = node.max_pdu_size
+        ae.network_timeout = node.network_timeout_seconds
+        ae.dimse_timeout = node.network_timeout_seconds
+        ae.acse_timeout = 30
+        if node.allowed_calling_ae_titles:
+            ae.require_calling_aet = list(node.allowed_calling_ae_titles)
+        ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    # Handlers ------------------------------------------------------------------------------------------
+    def handle_store(self, event: evt.Event) -> int:
+        """EVT_C_STORE: make the received file durable, then acknowledge it."""
+        tmp = Path(event.dataset_path)
+        calling_ae = event.assoc.requestor.ae_title.strip()
+        try:
+            self.spool.check_space(tmp.stat().st_size)
+        except (SpoolFullError, OSError) as exc:
+            log.error("spool full: refusing instance (0xA700): %s", exc)
+            return STATUS_OUT_OF_RESOURCES
+        try:
+            header = pydicom.dcmread(tmp, stop_before_pixels=True)
+            study_uid = str(header.get("StudyInstanceUID", ""))
+            series_uid = str(header.get("SeriesInstanceUID", ""))
+            sop_uid = str(header.get("SOPInstanceUID", ""))
+            sop_class = str(header.get("SOPClassUID", ""))
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, AttributeError) as exc:
+            return self._quarantine(tmp, f"cannot parse the data set: {type(exc).__name__}: {exc}", None, calling_ae)
+        except Exception as exc:  # pydicom raises many kinds on broken data; none of them may stop the SCP
+            return self._quarantine(tmp, f"cannot parse the data set: {type(exc).__name__}: {exc}", None, calling_ae)
+        command_uid = str(event.request.AffectedSOPInstanceUID)
+        for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
+                          ("SOPInstanceUID", sop_uid)):
+            if not is_valid_uid(uid):
+                return self._quarantine(tmp, f"{name} is missing or not a valid UID", command_uid, calling_ae)
+        if sop_uid != command_uid:
+            return self._quarantine(
+                tmp, "SOPInstanceUID in the data set differs from the C-STORE request's AffectedSOPInstanceUID",
+                command_uid, calling_ae, status=STATUS_MISMATCH)
+        dst = self.spool.instance_path(study_uid, series_uid, sop_uid)
+        try:
+            move_durably(tmp, dst)
+            size = dst.stat().st_size
+            due = self.store.record_instances([InstanceRecord(
+                sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid, sop_class_uid=sop_class,
+                transfer_syntax_uid=str(event.context.transfer_syntax), path=str(dst), size_bytes=size,
+                calling_ae=calling_ae)], self.cfg.node.study_complete_after_seconds)
+        except OSError as exc:
+            log.error("cannot store instance %s durably (0xA700): %s", sop_uid, exc)
+            return STATUS_OUT_OF_RESOURCES
+        for study, due_at in due:
+            self.schedule_check(study, max(0.0, due_at - time.time()))
+        self.received += 1
+        log.debug("stored %s (study %s) from %s", sop_uid, study_uid, calling_ae)
+        return STATUS_SUCCESS
+
+    def _quarantine(self, tmp: Path, reason: str, sop_uid: str | None, calling_ae: str,
+                    status: int = STATUS_CANNOT_UNDERSTAND) -> int:
+        try:
+            kept = self.spool.quarantine(tmp, reason)
+            self.store.record_quarantine(str(kept), reason, sop_uid, calling_ae)
+        except OSError as exc:
+            log.error("cannot quarantine a rejected instance: %s", exc)
+            return STATUS_OUT_OF_RESOURCES
+        log.warning("quarantined instance %s from %s: %s", sop_uid or "(no UID)", calling_ae, reason)
+        return status
+
+    def handle_association(self, event: evt.Event) -> None:
+        req = event.assoc.requestor
+        log.info("association from %s (%s:%s)", req.ae_title.strip(), req.address, req.port)
+
+    # Lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Listen on the configured address in a background thread."""
+        configure_pynetdicom()
+        tempfile.tempdir = str(self.spool.tmp)  # chunked receive files on the spool's filesystem
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association)]
+        node = self.cfg.node
+        server = self.ae.make_server((node.host, node.port), evt_handlers=handlers,
+                                     server_class=NodeAssociationServer)
+        self._server = server  # type: ignore[assignment]
+        self.ae._servers.append(server)  # so AE.shutdown() finds it
+        self._thread = threading.Thread(target=server.serve_forever, name="storage-scp", daemon=True)
+        self._thread.start()
+        log.info("Storage SCP %s listening on %s:%s", node.ae_title, node.host, server.server_address[1])
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        """Stop accepting associations, let those in progress finish (up to ``drain_seconds``), then abort."""
+        if self._server is None:
+            return
+        server = self._server
+        server.shutdown()
+        deadline = time.monotonic() + drain_seconds
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in server.active_associations:
+            assoc.abort()
+        self._server = None

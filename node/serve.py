@@ -1,0 +1,108 @@
+"""``dicom-node serve``: every role of the node on one machine.
+
+The main process runs the Storage SCP (receive) and supervises a worker process (decide, convert, invoke,
+write, return). SIGTERM or SIGINT drains: stop accepting associations, let those in progress finish, let the
+worker finish the tasks in flight (Huey's graceful stop), exit. What is not finished stays in the database
+and the durable queue and resumes on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import NodeConfig
+from .queue import Queue
+from .receive import StorageSCP
+from .spool import Spool
+from .state import Store
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: str) -> None:
+    """One format for every role; chatty libraries stay at WARNING unless DEBUG is asked for."""
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
+    if level != "DEBUG":
+        for name in ("pynetdicom", "huey", "httpx", "httpcore", "azure", "urllib3", "highdicom"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Node:
+    """The running node: SCP in this process, the worker in a child process."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        if cfg.source_path is None or not Path(cfg.source_path).is_file():
+            raise ValueError("serve needs a configuration file (the worker process reads the same file)")
+        self.cfg = cfg
+        self.spool = Spool(cfg.storage_dir, min_free_bytes=cfg.node.min_free_disk_mb * 1024 * 1024)
+        self.spool.create()
+        self.store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
+        released = self.store.release_leases_of(cfg.node.instance_id)
+        if released:
+            log.warning("resuming: released %d lease(s) left by an earlier run of this node", released)
+        self.queue = Queue(cfg)
+        self.scp = StorageSCP(cfg, self.store, self.spool, self.queue.schedule_check)
+        self.worker: subprocess.Popen | None = None
+        self._stop = threading.Event()
+
+    def _start_worker(self) -> None:
+        cmd = [sys.executable, "-m", "node.cli", "worker", "--config", str(self.cfg.source_path),
+               "--parent-pid", str(os.getpid())]
+        self.worker = subprocess.Popen(cmd)
+        log.info("worker process %d started", self.worker.pid)
+
+    def start(self) -> None:
+        self._start_worker()
+        self.scp.start()
+
+    def request_stop(self, *_args) -> None:
+        self._stop.set()
+
+    def run_until_stopped(self) -> None:
+        """Block until SIGTERM/SIGINT; restart the worker if it dies meanwhile."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        while not self._stop.wait(1.0):
+            if self.worker is not None and self.worker.poll() is not None:
+                log.error("worker process exited with %s; restarting it", self.worker.returncode)
+                self._start_worker()
+        self.stop()
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        log.info("draining: no new associations; waiting for those in progress and for tasks in flight")
+        self.scp.stop(drain_seconds)
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGINT)  # Huey: graceful stop, running tasks finish
+            try:
+                self.worker.wait(timeout=max(drain_seconds, self.cfg.queue.lease_seconds))
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        self.store.engine.dispose()
+        log.info("stopped")
+
+
+def serve(cfg: NodeConfig) -> int:
+    setup_logging(cfg.log_level)
+    node = Node(cfg)
+    node.start()
+    node.run_until_stopped()
+    return 0
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

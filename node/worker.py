@@ -1,0 +1,207 @@
+"""The worker role: runs the queue's tasks (decide, convert/invoke/write, return) in its own process.
+
+The SCP never waits for this process: conversion and model calls hold the GIL and the network for seconds,
+so ``dicom-node serve`` runs them here, in a child process, as Huey consumer threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from .config import NodeConfig
+from .outbox import deliver_due
+from .pipelines import JobContext, pipeline_for
+from .queue import Queue
+from .rules import plan_study
+from .spool import Spool, write_durably
+from .state import Store, lease_owner
+
+log = logging.getLogger(__name__)
+
+JOB_MAX_ATTEMPTS = 3  # whole-job attempts after the HTTP client's own retries are exhausted
+
+
+class Runtime:
+    """The task bodies, bound to one configuration, database and queue."""
+
+    def __init__(self, cfg: NodeConfig, store: Store | None = None, queue: Queue | None = None) -> None:
+        self.cfg = cfg
+        self.store = store or Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
+        self.queue = queue or Queue(cfg)
+        self.spool = Spool(cfg.storage_dir)
+        self.owner = lease_owner(cfg.node.instance_id)
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
+
+    # Decide -------------------------------------------------------------------------------------------
+    def check_study(self, study_uid: str) -> None:
+        """Quiet-timer check: close the study when no instance came for the configured time, and plan jobs."""
+        quiet = self.cfg.node.study_complete_after_seconds
+        decision, value = self.store.begin_decision(study_uid, quiet)
+        if decision == "wait":
+            self.queue.schedule_check(study_uid, float(value) - time.time())
+            return
+        if decision != "complete":
+            return
+        version = int(value)
+        headers = []
+        for row in self.store.study_instances(study_uid):
+            try:
+                headers.append(pydicom.dcmread(row["path"], stop_before_pixels=True))
+            except Exception as exc:  # the file was accepted once; a later read failure must not stop the study
+                log.warning("study %s: cannot read instance %s: %s", study_uid, row["sop_instance_uid"], exc)
+        plans = plan_study(self.cfg.rules, headers)
+        job_ids = self.store.create_jobs(study_uid, version, [(p.rule.name, p.rule.endpoint, p.series_uids)
+                                                              for p in plans])
+        log.info("study %s complete (version %d, %d instances): %d job(s) %s", study_uid, version, len(headers),
+                 len(job_ids), [p.rule.name for p in plans])
+        for job_id in job_ids:
+            self.queue.enqueue_job(job_id)
+
+    # Convert, invoke, write ---------------------------------------------------------------------------
+    def client(self, name: str):
+        with self._clients_lock:
+            if name not in self._clients:
+                from .invoke.client import EndpointClient
+
+                self._clients[name] = EndpointClient(name, self.cfg.endpoints[name])
+            return self._clients[name]
+
+    def run_job(self, job_id: int) -> None:
+        """Run one job under a lease; its results and outbox rows are committed together at the end."""
+        from .invoke.client import EndpointError
+
+        job = self.store.claim_job(job_id, self.owner, self.cfg.queue.lease_seconds)
+        if job is None:
+            return  # done already, or another worker holds it
+        rule = next((r for r in self.cfg.rules if r.name == job["rule_name"]), None)
+        if rule is None or job["endpoint"] not in self.cfg.endpoints:
+            self.store.finish_job(job_id, self.owner, state="failed",
+                                  outcome=f"rule {job['rule_name']!r} or its endpoint is no longer configured")
+            return
+        endpoint = self.cfg.endpoints[job["endpoint"]]
+        series = set(json.loads(job["series_uids"]))
+        paths = [Path(r["path"]) for r in self.store.study_instances(job["study_uid"]) if r["series_uid"] in series]
+        ctx = JobContext(job=job, rule=rule, endpoint_name=job["endpoint"], endpoint=endpoint,
+                         client=self.client(job["endpoint"]), instance_paths=paths,
+                         previous_results=lambda kind: self._previous(job, kind))
+        t0 = time.monotonic()
+        try:
+            output = pipeline_for(endpoint.model)(ctx)
+        except EndpointError as exc:
+            if exc.permanent or job["attempts"] >= JOB_MAX_ATTEMPTS:
+                self.store.finish_job(job_id, self.owner, state="failed", outcome=f"endpoint error: {exc}")
+                log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
+            else:
+                delay = 30.0 * job["attempts"]
+                self.store.release_job(job_id, self.owner, retry_in=delay, outcome=f"will retry: {exc}")
+                self.queue.enqueue_job(job_id, delay=delay)
+                log.warning("job %d (study %s) will be retried in %.0f s: %s", job_id, job["study_uid"], delay, exc)
+            return
+        except Exception as exc:
+            log.exception("job %d (study %s) failed", job_id, job["study_uid"])
+            self.store.finish_job(job_id, self.owner, state="failed", outcome=f"{type(exc).__name__}: {exc}")
+            return
+        rows = []
+        for kind, ds in output.results:
+            path = self.spool.result_path(job["study_uid"], str(ds.SOPInstanceUID))
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            write_durably(path, buf.getvalue())
+            rows.append({"sop_instance_uid": str(ds.SOPInstanceUID), "study_uid": job["study_uid"],
+                         "series_uid": str(ds.SeriesInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                         "kind": kind, "path": str(path)})
+        ok = self.store.finish_job(job_id, self.owner, state=output.state, outcome=output.outcome,
+                                   new_results=rows, destinations=rule.send_to if rows else (),
+                                   endpoint_seconds=output.endpoint_seconds)
+        if not ok:
+            log.warning("job %d: lease lost before the results were committed; another worker owns it", job_id)
+            return
+        log.info("job %d (study %s, rule %s) %s in %.2f s: %s", job_id, job["study_uid"], rule.name, output.state,
+                 time.monotonic() - t0, output.outcome)
+        if rows:
+            for dest in rule.send_to:
+                self.queue.enqueue_delivery(dest)
+
+    def _previous(self, job: dict[str, Any], kind: str) -> pydicom.Dataset | None:
+        prev = self.store.previous_result(job["study_uid"], job["rule_name"], job["study_version"], kind)
+        if prev is None:
+            return None
+        try:
+            return pydicom.dcmread(prev["path"])
+        except OSError:
+            return None
+
+    # Return -------------------------------------------------------------------------------------------
+    def deliver(self, destination: str) -> None:
+        """Send what is due for ``destination``; schedule the next attempt of what must wait."""
+        report = deliver_due(self.store, self.cfg, destination, self.owner)
+        if report.more_due:
+            self.queue.enqueue_delivery(destination)
+            return
+        for dest, due in self.store.due_destinations():
+            if dest == destination:
+                self.queue.enqueue_delivery(destination, delay=max(0.0, due - time.time()))
+
+    # Recovery -----------------------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Re-enqueue what a crash or a lost task left behind. Every task it enqueues is idempotent."""
+        stale = self.store.stale_work(self.cfg.node.study_complete_after_seconds)
+        for study_uid in stale["studies"]:
+            self.queue.check_study(study_uid)
+        for job_id in stale["jobs"]:
+            self.queue.enqueue_job(job_id)
+        for dest in stale["destinations"]:
+            self.queue.enqueue_delivery(dest)
+        purged = self.store.purge_delivered(self.cfg.retention.purge_delivered_after_hours * 3600.0)
+        if any(stale.values()) or purged:
+            log.info("sweep: re-enqueued %d studies, %d jobs, %d destinations; purged %d studies",
+                     len(stale["studies"]), len(stale["jobs"]), len(stale["destinations"]), purged)
+
+
+_RUNTIME: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    if _RUNTIME is None:
+        raise RuntimeError("the worker runtime is not initialised (run through `dicom-node worker`)")
+    return _RUNTIME
+
+
+def init_runtime(cfg: NodeConfig) -> Runtime:
+    global _RUNTIME
+    _RUNTIME = Runtime(cfg)
+    return _RUNTIME
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent (``serve``) dies, so no orphan keeps working."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_worker(cfg: NodeConfig, *, parent_pid: int | None = None) -> None:
+    """Run the Huey consumer until SIGINT/SIGTERM (graceful: tasks in flight finish first)."""
+    if parent_pid is not None:
+        _die_with_parent()
+        if os.getppid() != parent_pid:
+            return  # the parent died before prctl took effect
+    rt = init_runtime(cfg)
+    rt.sweep()  # resume at once what the previous run left
+    consumer = rt.queue.consumer(cfg.queue.workers)
+    log.info("worker started: %d threads, lease owner %s", cfg.queue.workers, rt.owner)
+    consumer.run()
