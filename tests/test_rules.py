@@ -1,0 +1,94 @@
+"""Routing rules: per-series matching, globs, lists, case, numbers, multi-valued and missing tags."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+
+from node.config import ConfigError, parse_config
+from node.rules import instance_matches, plan_study
+
+
+def ds(**kw) -> pydicom.Dataset:
+    d = pydicom.Dataset()
+    for k, v in kw.items():
+        setattr(d, k, v)
+    return d
+
+
+def test_scalar_list_glob_and_case() -> None:
+    d = ds(Modality="DX", BodyPartExamined="chest", SeriesNumber=3)
+    assert instance_matches({"Modality": ["CR", "DX"]}, d)
+    assert instance_matches({"BodyPartExamined": "CHEST*"}, d)
+    assert instance_matches({"BodyPartExamined": "ch?st"}, d)
+    assert not instance_matches({"BodyPartExamined": "ABDOMEN"}, d)
+    assert instance_matches({"SeriesNumber": 3}, d)
+    assert instance_matches({"SeriesNumber": "3"}, d)
+    assert not instance_matches({"SeriesNumber": 4}, d)
+    assert instance_matches({"Modality": "DX", "BodyPartExamined": "CHEST"}, d)
+    assert not instance_matches({"Modality": "CT", "BodyPartExamined": "CHEST"}, d)
+
+
+def test_missing_and_empty_tags_do_not_match() -> None:
+    assert not instance_matches({"BodyPartExamined": "*"}, ds(Modality="CR"))
+    assert not instance_matches({"BodyPartExamined": "*"}, ds(Modality="CR", BodyPartExamined=""))
+    assert instance_matches({}, ds(Modality="CR"))
+
+
+def test_multivalued_attribute_matches_any_value() -> None:
+    d = ds(ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+    assert instance_matches({"ImageType": "AXIAL"}, d)
+    assert not instance_matches({"ImageType": "LOCALIZER"}, d)
+
+
+def test_plan_is_per_series_and_every_matching_rule_runs() -> None:
+    cfg = parse_config({
+        "endpoints": {"cxr": {"model": "cxrreportgen", "url": "http://127.0.0.1:1/score", "auth": "none"},
+                      "emb": {"model": "medimageinsight", "url": "http://127.0.0.1:1/score", "auth": "none"}},
+        "rules": [
+            {"name": "cxr", "match": {"Modality": ["CR", "DX"], "BodyPartExamined": "CHEST*"}, "endpoint": "cxr"},
+            {"name": "all", "match": {}, "endpoint": "emb"},
+            {"name": "ct", "match": {"Modality": "CT"}, "endpoint": "emb"},
+        ]})
+    headers = [
+        ds(SeriesInstanceUID="1.1", Modality="CR", BodyPartExamined="CHEST"),
+        ds(SeriesInstanceUID="1.2", Modality="CR", BodyPartExamined="CHEST"),
+        ds(SeriesInstanceUID="1.3", Modality="DX"),  # no body part: the cxr rule does not take it
+    ]
+    plans = {p.rule.name: p.series_uids for p in plan_study(cfg.rules, headers)}
+    assert plans == {"cxr": ["1.1", "1.2"], "all": ["1.1", "1.2", "1.3"]}
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"node": {"port": 70000}}, "node.port"),
+    ({"node": {"ae_title": "THIS_AE_TITLE_IS_TOO_LONG"}}, "node.ae_title"),
+    ({"rules": [{"name": "r", "endpoint": "nope"}]}, "rules[0].endpoint: unknown endpoint 'nope'"),
+    ({"endpoints": {"e": {"model": "gpt", "url": "https://x/score"}}}, "endpoints.e.model: allowed:"),
+    ({"endpoints": {"e": {"model": "cxrreportgen", "url": "https://x/score"}}}, "needs key_env"),
+    ({"endpoints": {"e": {"model": "cxrreportgen", "auth": "none"}}}, "give either url"),
+    ({"node": {"surprise": 1}}, "node.surprise: unknown key"),
+    ({"rules": [{"name": "r", "endpoint": "e", "match": {"Modalty": "CR"}}],
+      "endpoints": {"e": {"model": "cxrreportgen", "url": "http://x/score", "auth": "none"}}},
+     "not a DICOM keyword"),
+])
+def test_config_errors_name_file_key_and_allowed(tmp_path, doc, expected) -> None:
+    import yaml
+
+    from node.config import load_config
+
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert str(f) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_example_config_is_valid_and_paths_are_relative_to_it(monkeypatch) -> None:
+    from conftest import REPO
+    from node.config import load_config
+
+    cfg = load_config(REPO / "config" / "example.yaml")
+    assert cfg.storage_dir == (REPO / "config" / "var").resolve()
+    assert cfg.rules[0].name == "chest-xray-findings"
+    assert cfg.database_url.endswith("node.db") and cfg.queue_url.endswith("queue.db")
