@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Install what the test suite needs, idempotently; fast when everything is already there.
+#
+#   - Debian packages: dcmtk (storescu/echoscu/... peers), orthanc (test PACS), dicom3tools (dciodvfy),
+#     dcm2niix (reference NIfTI geometry)
+#   - the Debian orthanc service is stopped and disabled: tests start their own Orthanc on free ports
+#   - this project, editable, with its test extra: python3 -m pip install -e ".[test]"
+#
+# Run as root, or as a user with sudo. PYTHON=/path/to/python overrides python3.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+APT_PACKAGES=(dcmtk orthanc dicom3tools dcm2niix)
+
+step() { printf '[setup] %s\n' "$*"; }
+
+SUDO=()
+if [[ ${EUID} -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); fi
+fi
+as_root() {
+    if [[ ${EUID} -ne 0 && ${#SUDO[@]} -eq 0 ]]; then
+        step "need root for: $*" >&2
+        return 1
+    fi
+    "${SUDO[@]}" "$@"
+}
+
+installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
+
+# 1. Debian packages -------------------------------------------------------------------------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do installed "${pkg}" || missing+=("${pkg}"); done
+if ! command -v "${PYTHON}" >/dev/null 2>&1; then
+    missing+=(python3 python3-pip python3-venv)
+elif ! "${PYTHON}" -m pip --version >/dev/null 2>&1; then
+    missing+=(python3-pip)
+fi
+if [[ ${#missing[@]} -eq 0 ]]; then
+    step "apt: ${APT_PACKAGES[*]} already installed"
+else
+    if [[ ${EUID} -ne 0 && ${#SUDO[@]} -eq 0 ]]; then
+        step "not root and no sudo: as root, run: apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+        exit 1
+    fi
+    step "apt-get update"
+    as_root apt-get update -q
+    step "apt-get install ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# 2. The Debian orthanc service must not run (nor come back at boot) --------------------------------------------
+if [[ -d /run/systemd/system ]]; then
+    if systemctl is-enabled --quiet orthanc 2>/dev/null || systemctl is-active --quiet orthanc 2>/dev/null; then
+        step "orthanc service: systemctl disable --now orthanc"
+        as_root systemctl disable --now orthanc >/dev/null 2>&1 || true
+    else
+        step "orthanc service: not enabled, not running (systemd)"
+    fi
+elif [[ -x /etc/init.d/orthanc ]]; then
+    # No systemd (container, CI): the package's postinst may have started the SysV script.
+    if compgen -G "/etc/rc[2-5].d/S*orthanc" >/dev/null || /etc/init.d/orthanc status >/dev/null 2>&1; then
+        step "orthanc service: stop and disable (no systemd)"
+        as_root service orthanc stop >/dev/null 2>&1 || true
+        as_root update-rc.d orthanc disable >/dev/null 2>&1 || true
+    else
+        step "orthanc service: not enabled, not running (no systemd)"
+    fi
+fi
+# Whatever the init system, no Debian-service Orthanc may keep the default ports (4242 DICOM, 8042 HTTP).
+if [[ -s /run/orthanc.pid ]]; then
+    pid="$(cat /run/orthanc.pid)"
+    if [[ "$(readlink "/proc/${pid}/exe" 2>/dev/null)" == /usr/sbin/Orthanc ]]; then
+        step "orthanc service: process ${pid} survived the stop, killing it"
+        as_root kill "${pid}" || true
+        for _ in $(seq 50); do [[ -e "/proc/${pid}" ]] || break; sleep 0.1; done
+        [[ -e "/proc/${pid}" ]] && as_root kill -9 "${pid}" || true
+    fi
+fi
+busy="$("${PYTHON}" - <<'EOF' 2>/dev/null || true
+import socket
+for port in (4242, 8042):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError:
+            print(port, end=" ")
+EOF
+)"
+if [[ -n "${busy}" ]]; then
+    step "warning: something still listens on port(s) ${busy}(not the Debian orthanc service; tests use free ports)"
+else
+    step "ports 4242/8042: free"
+fi
+
+# 3. This project, editable, with the test extra ----------------------------------------------------------------
+# Up to date when the editable install points at this checkout and every dependency, the test extra included,
+# is installed at a satisfying version, with the console scripts of pyproject.toml. (Run from /: the build's
+# dicom_ai_node.egg-info in the checkout would otherwise shadow the installed metadata.)
+if (cd / && "${PYTHON}" - "${REPO}") <<'EOF' 2>/dev/null
+import json, sys, tomllib
+from importlib import metadata
+from pathlib import Path
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+
+repo = Path(sys.argv[1]).resolve()
+project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+dist = metadata.distribution(project["name"])
+direct = json.loads(dist.read_text("direct_url.json") or "{}")
+assert direct.get("dir_info", {}).get("editable"), "not editable"
+assert Path(direct["url"].removeprefix("file://")).resolve() == repo, "another checkout"
+assert dist.version == project["version"], "version changed"
+scripts = {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
+assert scripts == project.get("scripts", {}), "console scripts changed"
+for text in project["dependencies"] + project.get("optional-dependencies", {}).get("test", []):
+    req = Requirement(text)
+    if req.marker and not req.marker.evaluate():
+        continue
+    assert req.specifier.contains(metadata.version(req.name), prereleases=True), text
+EOF
+then
+    step "pip: dicom-ai-node[test] already installed (editable, ${REPO})"
+else
+    pip_args=(install -e "${REPO}[test]")
+    if "${PYTHON}" -c 'import sys, sysconfig, pathlib; sys.exit(not (pathlib.Path(sysconfig.get_path("stdlib")) / "EXTERNALLY-MANAGED").exists())'; then
+        pip_args+=(--break-system-packages)  # Debian's own python3 (PEP 668)
+    fi
+    step "pip ${pip_args[*]}"
+    pip_args+=(--quiet)
+    export PIP_ROOT_USER_ACTION=ignore
+    if [[ -w "$("${PYTHON}" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" ]]; then
+        "${PYTHON}" -m pip "${pip_args[@]}"
+    else
+        as_root "${PYTHON}" -m pip "${pip_args[@]}"
+    fi
+fi
+step "done"
