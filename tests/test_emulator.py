@@ -213,6 +213,7 @@ def test_fault_kinds(emulator):
     assert post(emulator, payload).status_code == 200
     statuses = [e["status"] for e in emulator.requests]
     assert statuses == [200, 200, 424, None, 500, 500, 200]
+    assert emulator.requests[3]["state"] == "closed" and emulator.requests[3]["fault"] == {"close": True}
     with pytest.raises(ValueError):
         emulator.script_faults([{"status": "500"}])
 
@@ -248,6 +249,8 @@ def test_stop_frees_the_port_and_wakes_stalls():
     deadline = time.monotonic() + 5
     while server.in_flight == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
+    [entry] = server.requests  # logged on arrival, while still stalling
+    assert entry["state"] == "in_progress" and entry["status"] is None
     started = time.monotonic()
     server.stop()
     t.join(5)

@@ -391,7 +391,7 @@ def test_semaphore_not_held_while_sleeping(emulator):
         t0 = time.monotonic()
         ta = threading.Thread(target=lambda: (a.score(PAYLOAD), done.__setitem__("a", time.monotonic() - t0)))
         ta.start()
-        while not emulator.requests:  # a got its 429 and is sleeping
+        while not emulator.requests or emulator.requests[0]["status"] != 429:  # a got its 429 and is sleeping
             time.sleep(0.005)
         b.score(PAYLOAD)
         done["b"] = time.monotonic() - t0

@@ -319,9 +319,14 @@ class _Handler(BaseHTTPRequestHandler):
             "body_size": len(raw),
             "time": received,
             "status": None,
+            "state": "in_progress",
             "fault": None,
             "elapsed_ms": None,
         }
+        with state.lock:  # logged on arrival: a test can see a call that is still stalling
+            state.log.append(entry)
+            if len(state.log) > LOG_LIMIT:
+                del state.log[: len(state.log) - LOG_LIMIT]
         doc: Any = None
         try:
             doc = json.loads(raw)
@@ -334,12 +339,10 @@ class _Handler(BaseHTTPRequestHandler):
                 entry["rows"] = len(input_data["data"])
 
         def finish(status: int | None) -> None:
-            entry["status"] = status
-            entry["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
             with state.lock:
-                state.log.append(entry)
-                if len(state.log) > LOG_LIMIT:
-                    del state.log[: len(state.log) - LOG_LIMIT]
+                entry["status"] = status
+                entry["state"] = "answered" if status is not None else "closed"
+                entry["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
 
         if not self._authorized():
             finish(401)
@@ -361,7 +364,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         try:
             fault = state.next_fault()
-            entry["fault"] = fault
+            with state.lock:
+                entry["fault"] = fault
             fault = fault or {}
             if fault.get("stall_seconds"):
                 state.stopping.wait(float(fault["stall_seconds"]))
@@ -382,7 +386,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if "status" not in fault and "body" not in fault and not fault.get("malformed"):
                     raise
             model_version = handler.model_version if handler is not None else None
-            entry["model"] = handler.name if handler is not None else None
+            with state.lock:
+                entry["model"] = handler.name if handler is not None else None
 
             if "body" in fault:
                 status = int(fault.get("status", 200))
@@ -563,9 +568,10 @@ class EmulatorServer:
 
     @property
     def requests(self) -> list[dict]:
-        """The /score requests received: path, model, columns, rows, headers (no Authorization), authorization
-        (a fingerprint, see :func:`fingerprint`), body_size, time, status answered (None: closed), fault,
-        elapsed_ms."""
+        """The /score requests received, logged on arrival: path, model, columns, rows, headers (no
+        Authorization), authorization (a fingerprint, see :func:`fingerprint`), body_size, time (received, POSIX),
+        status answered (None while in progress or when closed), state ("in_progress", "answered", "closed"),
+        fault, elapsed_ms."""
         with self._state.lock:
             return [dict(e) for e in self._state.log]
 
