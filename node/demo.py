@@ -151,7 +151,9 @@ def _sr_sentences(sr: pydicom.Dataset) -> list[str]:
 
     def walk(items) -> None:
         for item in items:
-            if item.get("ValueType") == "TEXT" and item.TextValue not in found:
+            concept = item.get("ConceptNameCodeSequence")
+            is_finding = concept is not None and concept[0].CodeValue == "121071"  # (DCM, Finding)
+            if item.get("ValueType") == "TEXT" and is_finding and item.TextValue not in found:
                 found.append(str(item.TextValue))
             walk(item.get("ContentSequence", []))
 
