@@ -176,3 +176,32 @@ def test_sigkill_with_results_in_the_outbox_delivers_exactly_once(tmp_path: Path
             node.stop()
         assert len(uids) == 2 and sorted(uids) == sorted(ds.SOPInstanceUID for ds in got)
         assert len(emulator.requests) == 1, "the endpoint must not be called again for results already made"
+
+
+def test_late_instance_reopens_study_and_new_sr_points_to_the_old_one(tmp_path: Path, data: Path) -> None:
+    from node.emulator.server import EmulatorServer
+
+    study = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
+                             data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
+    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc") as pacs:
+        node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=emulator.url,
+                                                 pacs=(pacs.aet, pacs.dicom_port)))
+        node.start()
+        try:
+            send(node, study[:1])  # the frontal alone
+            first = pacs.wait_for_instances(2, timeout=120)
+            send(node, study[1:])  # the lateral arrives after the study was processed
+            got = pacs.wait_for_instances(4, timeout=120)
+            time.sleep(2)
+            uids = pacs.sop_instance_uids()
+            status = node.status()
+        finally:
+            node.stop()
+    assert len(uids) == 4, "the first results must not be sent again, the new ones once"
+    old_sr = next(ds for ds in first if ds.Modality == "SR")
+    new_sr = next(ds for ds in got if ds.Modality == "SR" and ds.SOPInstanceUID != old_sr.SOPInstanceUID)
+    pred = new_sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == old_sr.SOPInstanceUID
+    assert new_sr.SeriesInstanceUID != old_sr.SeriesInstanceUID
+    assert len(emulator.requests) == 2 and "lateral_image" in emulator.requests[1]["columns"]
+    assert "done" in status and "v2" in status, status
