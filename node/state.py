@@ -205,8 +205,8 @@ class Store:
 
     def _settle_study(self, conn, job_id: int) -> None:
         study_uid = conn.execute(select(jobs.c.study_uid).where(jobs.c.id == job_id)).scalar_one()
-        row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().one()
-        if row["state"] != "complete":
+        row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
+        if row is None or row["state"] != "complete":
             return
         open_jobs = conn.execute(select(func.count()).select_from(jobs).where(and_(
             jobs.c.study_uid == study_uid, jobs.c.study_version == row["version"],

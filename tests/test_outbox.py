@@ -1,0 +1,133 @@
+"""Return: the outbox against a real pynetdicom Storage SCP that answers scripted statuses."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
+
+from node.config import parse_config
+from node.demo import free_port
+from node.outbox import deliver_due
+from node.state import Store
+
+
+class ScriptedPACS:
+    """Answers each C-STORE with the next scripted status (0x0000 when the script is empty)."""
+
+    def __init__(self, statuses: list[int], *, require_calling: list[str] | None = None) -> None:
+        self.statuses = list(statuses)
+        self.stored: list[str] = []
+        self.port = free_port()
+        self.ae = AE(ae_title="PACS")
+        for cx in AllStoragePresentationContexts:
+            self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        if require_calling:
+            self.ae.require_calling_aet = require_calling
+        self._lock = threading.Lock()
+
+    def _store(self, event) -> int:
+        with self._lock:
+            status = self.statuses.pop(0) if self.statuses else 0x0000
+            if status in (0x0000, 0xB000, 0x0111):
+                self.stored.append(str(event.request.AffectedSOPInstanceUID))
+            return status
+
+    def __enter__(self) -> "ScriptedPACS":
+        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+
+
+def make_outbox(tmp_path: Path, data: Path, port: int, n: int = 1, **dest) -> tuple[Store, object, list[str]]:
+    cfg = parse_config({
+        "node": {"storage_dir": str(tmp_path / "var")},
+        "endpoints": {"cxr": {"model": "cxrreportgen", "url": "http://127.0.0.1:1/score", "auth": "none"}},
+        "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": port,
+                                  "backoff_initial_seconds": 0, "backoff_max_seconds": 0, **dest}},
+        "rules": [{"name": "r", "endpoint": "cxr", "send_to": ["pacs"]}],
+    })
+    store = Store.open(cfg.database_url)
+    owner = "test:1:x"
+    jid = store.create_jobs("1.2.3", 1, [("r", "cxr", ["1.2.3.4"])])[0]
+    assert store.claim_job(jid, owner, 60) is not None
+    uids, rows = [], []
+    src = pydicom.dcmread(data / "compressed" / "CT1_UNC.dcm")
+    for i in range(n):
+        src.SOPInstanceUID = f"1.2.3.9.{i + 1}"
+        src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
+        path = tmp_path / f"r{i}.dcm"
+        src.save_as(path, enforce_file_format=True)
+        uids.append(src.SOPInstanceUID)
+        rows.append({"sop_instance_uid": src.SOPInstanceUID, "study_uid": "1.2.3", "series_uid": "1.2.3.9",
+                     "sop_class_uid": str(src.SOPClassUID), "kind": "sr", "path": str(path)})
+    assert store.finish_job(jid, owner, state="done", outcome="ok", new_results=rows, destinations=["pacs"])
+    return store, cfg, uids
+
+
+def outbox_rows(store: Store) -> list[dict]:
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.exec_driver_sql("SELECT * FROM outbox ORDER BY id").mappings()]
+
+
+def test_out_of_resources_is_retried_then_delivered_once(tmp_path: Path, data: Path) -> None:
+    with ScriptedPACS([0xA700]) as pacs:
+        store, cfg, uids = make_outbox(tmp_path, data, pacs.port)
+        first = deliver_due(store, cfg, "pacs", "w:1:a")
+        assert (first.delivered, first.retrying) == (0, 1)
+        assert outbox_rows(store)[0]["last_status"] == "0xA700"
+        second = deliver_due(store, cfg, "pacs", "w:1:a")
+        assert second.delivered == 1
+        third = deliver_due(store, cfg, "pacs", "w:1:a")  # nothing left: never sent twice
+        assert third.delivered == 0
+        assert pacs.stored == uids
+
+
+@pytest.mark.parametrize("status", [0xA900, 0x0122, 0x0124])
+def test_permanent_answers_park_the_row_with_the_reason(tmp_path: Path, data: Path, status: int) -> None:
+    with ScriptedPACS([status]) as pacs:
+        store, cfg, _ = make_outbox(tmp_path, data, pacs.port)
+        report = deliver_due(store, cfg, "pacs", "w:1:a")
+        assert report.parked == 1
+        row = outbox_rows(store)[0]
+        assert row["state"] == "parked" and row["last_status"] == f"0x{status:04X}" and row["error"]
+        assert store.summary()["parked"], "a parked row is an alert in status"
+        assert store.retry_parked() == 1  # `dicom-node retry`
+        assert deliver_due(store, cfg, "pacs", "w:1:a").delivered == 1
+
+
+def test_processing_failure_is_retried_a_few_times_then_parked(tmp_path: Path, data: Path) -> None:
+    with ScriptedPACS([0x0110] * 10) as pacs:
+        store, cfg, _ = make_outbox(tmp_path, data, pacs.port, max_processing_failure_attempts=2)
+        assert deliver_due(store, cfg, "pacs", "w:1:a").retrying == 1
+        assert deliver_due(store, cfg, "pacs", "w:1:a").parked == 1
+
+
+def test_warning_and_duplicate_count_as_delivered(tmp_path: Path, data: Path) -> None:
+    with ScriptedPACS([0xB000, 0x0111]) as pacs:
+        store, cfg, _ = make_outbox(tmp_path, data, pacs.port, n=2)
+        assert deliver_due(store, cfg, "pacs", "w:1:a").delivered == 2
+
+
+def test_unreachable_destination_is_retried_and_rejected_permanent_is_parked(tmp_path: Path, data: Path) -> None:
+    store, cfg, _ = make_outbox(tmp_path, data, free_port())
+    assert deliver_due(store, cfg, "pacs", "w:1:a").retrying == 1
+    assert outbox_rows(store)[0]["last_status"] == "network"
+    with ScriptedPACS([], require_calling=["SOMEONE"]) as pacs:
+        store2, cfg2, _ = make_outbox(tmp_path / "b", data, pacs.port)
+        assert deliver_due(store2, cfg2, "pacs", "w:1:a").parked == 1
+        assert outbox_rows(store2)[0]["last_status"] == "rejected-permanent"
+
+
+def test_max_attempts_parks_a_row_that_never_gets_through(tmp_path: Path, data: Path) -> None:
+    store, cfg, _ = make_outbox(tmp_path, data, free_port(), max_attempts=2)
+    assert deliver_due(store, cfg, "pacs", "w:1:a").retrying == 1
+    time.sleep(0.01)
+    assert deliver_due(store, cfg, "pacs", "w:1:a").parked == 1
