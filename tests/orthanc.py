@@ -83,12 +83,20 @@ class Orthanc:
     STOP_TIMEOUT = 15.0
 
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC",
-                 modalities: dict[str, tuple[str, str, int]] | None = None):
+                 modalities: dict[str, tuple[str, str, int]] | None = None,
+                 dicom_port: int | None = None, http_port: int | None = None):
+        """``modalities``: name -> (AET, host, port) of the DICOM peers Orthanc knows (C-MOVE destinations).
+
+        ``dicom_port``/``http_port``: fixed ports (e.g. a PACS that comes back on the port a node already
+        knows); by default free ones are picked at each start.
+        """
         self.workdir = Path(workdir)
         self.aet = aet
         self.modalities = dict(modalities or {})
-        self.dicom_port = 0
-        self.http_port = 0
+        self.fixed_dicom_port = dicom_port
+        self.fixed_http_port = http_port
+        self.dicom_port = dicom_port or 0
+        self.http_port = http_port or 0
         self.url = ""
         self.process: subprocess.Popen[bytes] | None = None
         self._client: httpx.Client | None = None
@@ -133,8 +141,9 @@ class Orthanc:
         logs.mkdir(exist_ok=True)
         last_error = ""
         for _attempt in range(3):  # another process may grab a "free" port before Orthanc binds it
-            self.dicom_port, self.http_port = free_port(), free_port()
-            while self.http_port == self.dicom_port:
+            self.dicom_port = self.fixed_dicom_port or free_port()
+            self.http_port = self.fixed_http_port or free_port()
+            while self.http_port == self.dicom_port and not self.fixed_http_port:
                 self.http_port = free_port()
             self.url = f"http://{HOST}:{self.http_port}"
             config_path = self.workdir / "orthanc.json"

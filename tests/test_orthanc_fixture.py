@@ -65,3 +65,21 @@ def test_stop_frees_the_ports(tmp_path: Path, graceful: bool) -> None:
     assert port_is_free(server.dicom_port)
     assert port_is_free(server.http_port)
     server.stop()  # a second stop is harmless
+
+
+def test_fixed_dicom_port_survives_a_restart(tmp_path: Path, data: Path) -> None:
+    """A PACS that comes back on the port the sender already knows, with the instances stored before."""
+    from orthanc import free_port
+
+    port = free_port()
+    source = data / "mr" / "prostate_adc_20slices" / "000000.dcm"
+    with Orthanc(tmp_path / "pacs", dicom_port=port) as first:
+        assert first.dicom_port == port
+        assert_ok(storescu(HOST, port, [source], called_ae=first.aet))
+        first.wait_for_instances(1, timeout=30)
+        first.stop(graceful=False)
+    assert port_is_free(port)
+    with Orthanc(tmp_path / "pacs", dicom_port=port) as again:
+        assert again.dicom_port == port
+        assert_ok(echoscu(HOST, port, again.aet))
+        assert len(again.instances()) == 1
