@@ -131,3 +131,24 @@ def test_max_attempts_parks_a_row_that_never_gets_through(tmp_path: Path, data: 
     assert deliver_due(store, cfg, "pacs", "w:1:a").retrying == 1
     time.sleep(0.01)
     assert deliver_due(store, cfg, "pacs", "w:1:a").parked == 1
+
+
+def test_retention_purges_delivered_studies_and_keeps_undelivered_ones(tmp_path: Path, data: Path) -> None:
+    from node.state import InstanceRecord
+
+    with ScriptedPACS([]) as pacs:
+        store, cfg, _ = make_outbox(tmp_path, data, pacs.port)
+        spooled = tmp_path / "spooled.dcm"
+        spooled.write_bytes(b"x")
+        store.record_instances([InstanceRecord("1.2.3.5", "1.2.3", "1.2.3.4", "1.2", "1.2.840.10008.1.2.1",
+                                               str(spooled), 1, "MOD")], quiet_seconds=0)
+        with store.engine.begin() as conn:  # the study was decided long ago and its job is done
+            conn.exec_driver_sql("UPDATE studies SET state='done', completed_at=0")
+        result_file = tmp_path / "r0.dcm"
+        assert result_file.exists()
+        assert store.purge_delivered(0) == 0, "an undelivered result keeps its study"
+        assert deliver_due(store, cfg, "pacs", "w:1:a").delivered == 1
+        assert store.purge_delivered(3600 * 24 * 365 * 100) == 0, "too recent for the retention period"
+        assert store.purge_delivered(0) == 1
+        assert not spooled.exists() and not result_file.exists()
+        assert outbox_rows(store) == [] and store.summary()["studies"] == {}
