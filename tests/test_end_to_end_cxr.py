@@ -80,6 +80,9 @@ def test_chest_xray_study_to_orthanc(tmp_path: Path, data: Path) -> None:
         finally:
             node.stop()
         assert node.proc.returncode == 0, "SIGTERM must drain and exit cleanly"
+        logs = node.logs()
+        for phi in ("DEMO^PATIENT", "DEMO-0001", frontal.get("PatientBirthDate") or "no-birth-date"):
+            assert phi not in logs, f"PHI {phi!r} in the node's log"
         by_modality = {ds.Modality: ds for ds in got}
         assert set(by_modality) == {"SR", "PR"}, node.logs()
         sr, pr = by_modality["SR"], by_modality["PR"]
