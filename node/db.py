@@ -135,8 +135,17 @@ def _sqlite_pragmas(synchronous: str):
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
+        # pysqlite's own transaction handling is turned off so that "begin" below controls it.
+        dbapi_connection.isolation_level = None
 
     return on_connect
+
+
+def _begin_immediate(conn) -> None:
+    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY when another writer got
+    # there first (busy_timeout does not apply to the lock upgrade). Taking the write lock up front serialises
+    # writers cleanly, which matters when several associations deliver the same study at once.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
@@ -150,6 +159,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                pool_size=20, max_overflow=20)
         event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
+        event.listen(engine, "begin", _begin_immediate)
     else:
         engine = create_engine(url, pool_pre_ping=True)
     return engine

@@ -57,6 +57,17 @@ class Store:
 
         Returns the studies whose quiet-timer check must be scheduled, with the time it is due.
         """
+        for attempt in range(5):
+            try:
+                return self._record_instances(records, quiet_seconds)
+            except IntegrityError:
+                # Two associations created the same study row at once (PostgreSQL, READ COMMITTED): the
+                # row exists now, so the next attempt takes the update path.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
         t = now()
         to_schedule: dict[str, float] = {}
         with self.engine.begin() as conn:

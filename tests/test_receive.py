@@ -138,3 +138,26 @@ def test_late_instance_reopens_a_decided_study(tmp_path: Path, data: Path) -> No
         row = h.store.study(study)
         assert row["state"] == "receiving" and row["version"] == 1
         assert "re-opened" in row["note"]
+
+
+def test_parallel_associations_delivering_one_study(tmp_path: Path, data: Path) -> None:
+    """A PACS often sends one study over several associations at once: every instance is stored, one study row."""
+    import concurrent.futures
+
+    src = pydicom.dcmread(data / "compressed" / "CT1_UNC.dcm")
+    folders = []
+    for sender in range(4):
+        folder = tmp_path / f"sender{sender}"
+        folder.mkdir()
+        for i in range(8):
+            src.SOPInstanceUID = generate_uid()
+            src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
+            src.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+        folders.append(folder)
+    with Harness(tmp_path) as h:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            procs = list(pool.map(lambda f: h.send([f]), folders))
+        assert all(p.returncode == 0 for p in procs), [p.stderr for p in procs]
+        assert _count_rows(h.store, "instances") == 32
+        assert _count_rows(h.store, "studies") == 1
+        assert len(h.scheduled) == 1
