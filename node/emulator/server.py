@@ -51,7 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
 
 from node.emulator import EMULATOR_HEADER_VALUE, ModelHandler, RequestError
-from node.emulator import cxr as _cxr
+from node.emulator import cxr as _cxr, parse as _parse, parse3d as _parse3d
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def register_handler(handler: ModelHandler) -> None:
     HANDLERS[handler.name] = handler
 
 
-register_handler(_cxr.HANDLER)
+for _handler in (_cxr.HANDLER, _parse.HANDLER, _parse3d.HANDLER):
+    register_handler(_handler)
 
 
 def fingerprint(authorization: str | None) -> str | None:
