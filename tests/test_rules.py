@@ -92,3 +92,28 @@ def test_example_config_is_valid_and_paths_are_relative_to_it(monkeypatch) -> No
     assert cfg.storage_dir == (REPO / "config" / "var").resolve()
     assert cfg.rules[0].name == "chest-xray-findings"
     assert cfg.database_url.endswith("node.db") and cfg.queue_url.endswith("queue.db")
+
+
+def test_example_config_documents_every_key() -> None:
+    """config/example.yaml names every key of the config model (commented-out ones count)."""
+    from pydantic import BaseModel
+
+    from conftest import REPO
+    from node.config import NodeConfig
+
+    text = (REPO / "config" / "example.yaml").read_text()
+    missing = []
+
+    def walk(model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            if field.exclude:
+                continue
+            if f"{name}:" not in text:
+                missing.append(f"{model.__name__}.{name}")
+            ann = field.annotation
+            for candidate in (ann, *getattr(ann, "__args__", ())):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    walk(candidate)
+
+    walk(NodeConfig)
+    assert not missing, f"undocumented keys in config/example.yaml: {missing}"
