@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -105,10 +104,11 @@ class StorageSCP:
             series_uid = str(header.get("SeriesInstanceUID", ""))
             sop_uid = str(header.get("SOPInstanceUID", ""))
             sop_class = str(header.get("SOPClassUID", ""))
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, AttributeError) as exc:
-            return self._quarantine(tmp, f"cannot parse the data set: {type(exc).__name__}: {exc}", None, calling_ae)
         except Exception as exc:  # pydicom raises many kinds on broken data; none of them may stop the SCP
-            return self._quarantine(tmp, f"cannot parse the data set: {type(exc).__name__}: {exc}", None, calling_ae)
+            # pydicom's messages may quote element values (a birth date, a name): they go to the quarantine
+            # record on disk only; the log gets the exception type.
+            return self._quarantine(tmp, f"cannot parse the data set: {type(exc).__name__}: {exc}", None, calling_ae,
+                                    log_reason=f"cannot parse the data set ({type(exc).__name__})")
         command_uid = str(event.request.AffectedSOPInstanceUID)
         for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
                           ("SOPInstanceUID", sop_uid)):
@@ -136,14 +136,14 @@ class StorageSCP:
         return STATUS_SUCCESS
 
     def _quarantine(self, tmp: Path, reason: str, sop_uid: str | None, calling_ae: str,
-                    status: int = STATUS_CANNOT_UNDERSTAND) -> int:
+                    status: int = STATUS_CANNOT_UNDERSTAND, log_reason: str | None = None) -> int:
         try:
             kept = self.spool.quarantine(tmp, reason)
             self.store.record_quarantine(str(kept), reason, sop_uid, calling_ae)
         except OSError as exc:
             log.error("cannot quarantine a rejected instance: %s", exc)
             return STATUS_OUT_OF_RESOURCES
-        log.warning("quarantined instance %s from %s: %s", sop_uid or "(no UID)", calling_ae, reason)
+        log.warning("quarantined instance %s from %s: %s", sop_uid or "(no UID)", calling_ae, log_reason or reason)
         return status
 
     def handle_association(self, event: evt.Event) -> None:
