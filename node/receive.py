@@ -20,9 +20,12 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from .audit import audit_log
 from .config import NodeConfig
+from .scp_security import ScpSecurity
 from .spool import Spool, SpoolFullError, is_valid_uid, move_durably
 from .state import InstanceRecord, Store
+from .tls import start_tls_listener
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class StorageSCP:
         self.schedule_check = schedule_check
         self.ae = self._make_ae()
         self._server: NodeAssociationServer | None = None
+        self.security = ScpSecurity(cfg, audit_log(cfg))
+        self._tls_server: NodeAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.received = 0
 
@@ -132,6 +137,7 @@ class StorageSCP:
         for study, due_at in due:
             self.schedule_check(study, max(0.0, due_at - time.time()))
         self.received += 1
+        self.security.instance_received(event, study_uid, series_uid, sop_uid, sop_class)
         log.debug("stored %s (study %s) from %s", sop_uid, study_uid, calling_ae)
         return STATUS_SUCCESS
 
@@ -144,6 +150,7 @@ class StorageSCP:
             log.error("cannot quarantine a rejected instance: %s", exc)
             return STATUS_OUT_OF_RESOURCES
         log.warning("quarantined instance %s from %s: %s", sop_uid or "(no UID)", calling_ae, log_reason or reason)
+        self.security.instance_quarantined(calling_ae, sop_uid, status)
         return status
 
     def handle_association(self, event: evt.Event) -> None:
@@ -155,7 +162,8 @@ class StorageSCP:
         """Listen on the configured address in a background thread."""
         configure_pynetdicom()
         tempfile.tempdir = str(self.spool.tmp)  # chunked receive files on the spool's filesystem
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association)]
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association),
+                    *self.security.handlers()]
         node = self.cfg.node
         server = self.ae.make_server((node.host, node.port), evt_handlers=handlers,
                                      server_class=NodeAssociationServer)
@@ -164,11 +172,18 @@ class StorageSCP:
         self._thread = threading.Thread(target=server.serve_forever, name="storage-scp", daemon=True)
         self._thread.start()
         log.info("Storage SCP %s listening on %s:%s", node.ae_title, node.host, server.server_address[1])
+        if node.tls is not None:
+            self._tls_server = start_tls_listener(self.ae, node.host, node.tls, handlers, NodeAssociationServer,
+                                                  self.security.tls_failure)
 
     @property
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        return None if self._tls_server is None else int(self._tls_server.server_address[1])
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         """Stop accepting associations, let those in progress finish (up to ``drain_seconds``), then abort."""
@@ -176,9 +191,13 @@ class StorageSCP:
             return
         server = self._server
         server.shutdown()
+        if self._tls_server is not None:
+            self._tls_server.shutdown()
         deadline = time.monotonic() + drain_seconds
-        while server.active_associations and time.monotonic() < deadline:
+        servers = [s for s in (server, self._tls_server) if s is not None]
+        while any(s.active_associations for s in servers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        for assoc in server.active_associations:
+        for assoc in [a for s in servers for a in s.active_associations]:
             assoc.abort()
+        self._tls_server = None
         self._server = None

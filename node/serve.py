@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .config import NodeConfig
+from .logsafety import install_redaction
 from .queue import Queue
 from .receive import StorageSCP
 from .spool import Spool
@@ -30,6 +31,7 @@ def setup_logging(level: str) -> None:
     """One format for every role; chatty libraries stay at WARNING unless DEBUG is asked for."""
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
+    install_redaction()  # secrets that slip into a record are masked (node/logsafety.py)
     if level != "DEBUG":
         for name in ("pynetdicom", "huey", "httpx", "httpcore", "azure", "urllib3", "highdicom"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pydicom
 
+from .audit import audit_log
 from .config import NodeConfig
 from .outbox import deliver_due
 from .pipelines import JobContext, pipeline_for
@@ -60,7 +61,9 @@ class Runtime:
             try:
                 headers.append(pydicom.dcmread(row["path"], stop_before_pixels=True))
             except Exception as exc:  # the file was accepted once; a later read failure must not stop the study
-                log.warning("study %s: cannot read instance %s: %s", study_uid, row["sop_instance_uid"], exc)
+                # pydicom's messages may quote element values: the type only
+                log.warning("study %s: cannot read instance %s: %s", study_uid, row["sop_instance_uid"],
+                            type(exc).__name__)
         plans = plan_study(self.cfg.rules, headers)
         job_ids = self.store.create_jobs(study_uid, version, [(p.rule.name, p.rule.endpoint, p.series_uids)
                                                               for p in plans])
@@ -103,6 +106,7 @@ class Runtime:
             if exc.permanent or job["attempts"] >= JOB_MAX_ATTEMPTS:
                 self.store.finish_job(job_id, self.owner, state="failed", outcome=f"endpoint error: {exc}")
                 log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
+                self._audit_job(job, "job-failed", "serious-failure", reason=f"endpoint error: {exc}")
             else:
                 delay = 30.0 * job["attempts"]
                 self.store.release_job(job_id, self.owner, retry_in=delay, outcome=f"will retry: {exc}")
@@ -110,9 +114,15 @@ class Runtime:
                 log.warning("job %d (study %s) will be retried in %.0f s: %s", job_id, job["study_uid"], delay, exc)
             return
         except Exception as exc:
-            log.exception("job %d (study %s) failed", job_id, job["study_uid"])
+            # Exception messages may quote header values (PHI): the type at ERROR, the traceback at DEBUG only.
+            log.error("job %d (study %s) failed: %s (details in `dicom-node status`)", job_id, job["study_uid"],
+                      type(exc).__name__)
+            log.debug("job %d traceback", job_id, exc_info=True)
             self.store.finish_job(job_id, self.owner, state="failed", outcome=f"{type(exc).__name__}: {exc}")
+            self._audit_job(job, "job-failed", "serious-failure", reason=type(exc).__name__)
             return
+        if output.state == "done":  # a skipped job sent nothing
+            self._audit_job(job, "model-request", result=output.outcome)
         rows = []
         for kind, ds in output.results:
             path = self.spool.result_path(job["study_uid"], str(ds.SOPInstanceUID))
@@ -133,6 +143,16 @@ class Runtime:
         if rows:
             for dest in rule.send_to:
                 self.queue.enqueue_delivery(dest)
+
+    def _audit_job(self, job: dict[str, Any], event: str, outcome: str = "success", **fields: Any) -> None:
+        """Audit what a job sent to which endpoint (study and series UIDs, the endpoint's host)."""
+        from urllib.parse import urlsplit
+
+        endpoint = self.cfg.endpoints.get(job["endpoint"])
+        host = urlsplit(endpoint.url).hostname if endpoint is not None and endpoint.url else None
+        audit_log(self.cfg).record(event, outcome, job_id=job["id"], rule=job["rule_name"], endpoint=job["endpoint"],
+                                   endpoint_host=host, study_uid=job["study_uid"],
+                                   series_uids=json.loads(job["series_uids"]), **fields)
 
     def _previous(self, job: dict[str, Any], kind: str) -> pydicom.Dataset | None:
         prev = self.store.previous_result(job["study_uid"], job["rule_name"], job["study_version"], kind)

@@ -52,6 +52,7 @@ from typing import Any, Iterable
 
 from node.emulator import EMULATOR_HEADER_VALUE, ModelHandler, RequestError
 from node.emulator import cxr as _cxr, parse as _parse, parse3d as _parse3d
+from node.emulator.inspect import describe_payload
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
             entry["columns"] = [str(c) for c in input_data["columns"]]
             if isinstance(input_data.get("data"), list):
                 entry["rows"] = len(input_data["data"])
+            entry["payload"] = describe_payload(input_data)  # what left the node: image kinds, text
 
         def finish(status: int | None) -> None:
             with state.lock:

@@ -7,6 +7,7 @@ import logging
 import pydicom
 
 from converters.cxr import NoFrontalView, build_cxr_inputs
+from converters.scrub import burned_in_refusal, scrub_request_text
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.gsps import build_findings_gsps
 from dicom_out.sr import GroundedFinding, build_findings_sr
@@ -37,6 +38,9 @@ def run(ctx: JobContext) -> JobOutput:
         inputs = build_cxr_inputs(ctx.instance_paths, max_side=ctx.rule.params.get("max_side"))
     except NoFrontalView as exc:
         return JobOutput(state="skipped", outcome=f"no frontal chest image: {exc}")
+    sent = [pydicom.dcmread(p, stop_before_pixels=True) for p in (inputs.frontal_path, inputs.lateral_path) if p]
+    if refusal := burned_in_refusal(sent, ctx.rule.params):
+        return JobOutput(state="skipped", outcome=refusal)
     payload = build_request(
         frontal_png=inputs.frontal.png,
         lateral_png=inputs.lateral.png if inputs.lateral else None,
@@ -44,6 +48,7 @@ def run(ctx: JobContext) -> JobOutput:
         technique=inputs.text.technique,
         comparison=inputs.text.comparison,
     )
+    payload = scrub_request_text(payload, sent)  # free text: no names, IDs, dates of the study's own header
     reply = ctx.client.score(payload, request_id=ctx.request_id)
     raw = parse_response(reply.body)
     findings = [GroundedFinding(text=f.text, boxes=map_boxes(f.boxes, inputs.frontal, ctx.endpoint.box_reference))
