@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .config import NodeConfig
+from .hardening import harden_process
 from .logsafety import install_redaction
 from .queue import Queue
 from .receive import StorageSCP
@@ -44,6 +45,7 @@ class Node:
         if cfg.source_path is None or not Path(cfg.source_path).is_file():
             raise ValueError("serve needs a configuration file (the worker process reads the same file)")
         self.cfg = cfg
+        harden_process(cfg.storage_dir)  # umask 077, owner-only storage, no identifiers in pynetdicom's logs
         self.spool = Spool(cfg.storage_dir, min_free_bytes=cfg.node.min_free_disk_mb * 1024 * 1024)
         self.spool.create()
         self.store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)

@@ -21,6 +21,7 @@ import pydicom
 
 from .audit import audit_log
 from .config import NodeConfig
+from .hardening import harden_process
 from .outbox import deliver_due
 from .pipelines import JobContext, pipeline_for
 from .queue import Queue
@@ -220,6 +221,7 @@ def run_worker(cfg: NodeConfig, *, parent_pid: int | None = None) -> None:
         _die_with_parent()
         if os.getppid() != parent_pid:
             return  # the parent died before prctl took effect
+    harden_process(cfg.storage_dir)  # also when the worker runs on its own (`dicom-node worker`)
     rt = init_runtime(cfg)
     rt.sweep()  # resume at once what the previous run left
     consumer = rt.queue.consumer(cfg.queue.workers)
