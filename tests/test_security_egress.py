@@ -4,6 +4,7 @@ says what left the node."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import uuid
 from pathlib import Path
@@ -115,12 +116,23 @@ def test_what_the_cxr_pipeline_sends_is_pixels_and_scrubbed_text(tmp_path: Path,
         # Pixels only: a PNG with no text chunks, never a DICOM file (whose header would carry the PHI).
         assert desc["kind"] == "png", (column, desc)
         assert set(desc["png_chunks"]) <= {"IHDR", "IDAT", "IEND", "PLTE"}, desc
-    texts = {c: d["text"] for c, d in row.items() if d["kind"] == "text"}
-    assert "indication" in texts and "comparison" in texts, texts
-    joined = " ".join(texts.values()).lower()
+    # The emulator logs a hash of each text column: it must be the hash of the scrubbed header text.
+    from converters.cxr import clinical_text
+
+    frontal = pydicom.dcmread(study[0], stop_before_pixels=True)
+    lateral = pydicom.dcmread(study[1], stop_before_pixels=True)
+    raw = clinical_text(frontal, views="PA and lateral views of the chest")
+    expected = {"indication": scrub_text(raw.indication, [frontal, lateral]),
+                "comparison": scrub_text(raw.comparison, [frontal, lateral])}
+    sent = {c: d for c, d in row.items() if d["kind"] == "text"}
+    assert {"indication", "comparison"} <= set(sent), sent
+    for column, text in expected.items():
+        assert sent[column]["sha256"] == hashlib.sha256(text.encode()).hexdigest(), (column, text)
+        assert text != getattr(raw, column), "the raw text held identity: scrubbing must have changed it"
+    joined = " ".join(expected.values()).lower()
     for leaked in ("quixote", "alonso", PHI["id"].lower(), PHI["accession"].lower(), "05/03/1961", "1961-03-05"):
-        assert leaked not in joined, (leaked, texts)
-    assert "cough" in joined and "[name]" in joined
+        assert leaked not in joined, (leaked, expected)
+    assert "cough" in joined and "[name]" in joined and "[id]" in joined and "[date]" in joined
 
 
 def test_burned_in_frontal_is_not_sent_unless_allowed(tmp_path: Path, data: Path) -> None:

@@ -2,7 +2,7 @@
 
 Tests use it to check the node's egress: images leave as pixels only (PNG or NIfTI, never a DICOM file with its
 header; no PNG text chunks) and free text is what the scrubber left. Image columns are summarised (kind, size,
-PNG chunk types), text columns are kept (they are short).
+PNG chunk types), text columns by length and SHA-256 (the log holds no text).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import hashlib
 import struct
 from typing import Any
 
-TEXT_LIMIT = 4000
 
 
 def png_chunks(data: bytes) -> list[str]:
@@ -66,7 +66,9 @@ def describe_value(value: Any) -> dict[str, Any]:
                 doc["nifti_text"] = _nifti_text(raw)
             return doc
     if isinstance(value, str):
-        return {"kind": "text", "text": value[:TEXT_LIMIT]}
+        # The log never keeps the text itself (it may be PHI a test wants to find elsewhere): its length and
+        # SHA-256 let a test check exactly what was sent.
+        return {"kind": "text", "chars": len(value), "sha256": hashlib.sha256(value.encode("utf-8")).hexdigest()}
     return {"kind": type(value).__name__}
 
 
