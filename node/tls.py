@@ -15,7 +15,7 @@ import socket
 import ssl
 from typing import Callable
 
-from .config import TlsClientSection, TlsServerSection
+from .config import ConfigError, NodeConfig, TlsClientSection, TlsServerSection
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,20 @@ def _harden(ctx: ssl.SSLContext, min_version: str) -> ssl.SSLContext:
     return ctx
 
 
+def _load(where: str, what: str, fn, *args) -> None:
+    try:
+        fn(*args)
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(str(a) for a in args if a)
+        raise ConfigError(f"{where}: cannot load {what} ({files}): {exc.strerror or exc}") from None
+
+
 def server_context(cfg: TlsServerSection) -> ssl.SSLContext:
     """The SCP's context: this node's certificate; client certificates verified against ``ca_file``."""
     ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cfg.min_version)
-    ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    _load("node.tls", "cert_file/key_file", ctx.load_cert_chain, str(cfg.cert_file), str(cfg.key_file))
     if cfg.ca_file is not None:
-        ctx.load_verify_locations(cafile=str(cfg.ca_file))
+        _load("node.tls", "ca_file", ctx.load_verify_locations, str(cfg.ca_file))
     ctx.verify_mode = ssl.CERT_REQUIRED if cfg.require_client_cert else (
         ssl.CERT_OPTIONAL if cfg.ca_file is not None else ssl.CERT_NONE)
     return ctx
@@ -56,12 +64,29 @@ def server_context(cfg: TlsServerSection) -> ssl.SSLContext:
 def client_context(cfg: TlsClientSection) -> ssl.SSLContext:
     """The SCU's context toward one destination: its certificate must chain to ``ca_file``."""
     ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cfg.min_version)
-    ctx.load_verify_locations(cafile=str(cfg.ca_file))
+    _load("destination tls", "ca_file", ctx.load_verify_locations, str(cfg.ca_file))
     ctx.check_hostname = cfg.check_hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
     if cfg.cert_file is not None and cfg.key_file is not None:
-        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+        _load("destination tls", "cert_file/key_file", ctx.load_cert_chain, str(cfg.cert_file), str(cfg.key_file))
     return ctx
+
+
+def check_tls_files(cfg: NodeConfig) -> list[str]:
+    """Build every TLS context of the configuration (raises ConfigError naming the key); one line per context."""
+    lines = []
+    if cfg.node.tls is not None:
+        server_context(cfg.node.tls)
+        lines.append(f"DICOM TLS on port {cfg.node.tls.port} ({cfg.node.tls.min_version}+, client certificate "
+                     f"{'required' if cfg.node.tls.require_client_cert else 'optional'})")
+    for name, dest in cfg.destinations.items():
+        if dest.tls is not None:
+            try:
+                client_context(dest.tls)
+            except ConfigError as exc:
+                raise ConfigError(str(exc).replace("destination tls", f"destinations.{name}.tls")) from None
+            lines.append(f"destination {name}: DICOM TLS ({dest.tls.min_version}+)")
+    return lines
 
 
 def client_tls_args(cfg: TlsClientSection | None, host: str) -> tuple[ssl.SSLContext, str] | None:
