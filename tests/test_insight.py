@@ -288,3 +288,52 @@ def test_rules_with_classified_wait_and_then_match_stored_labels() -> None:
     with pytest.raises(Exception, match="classified maps label sets"):
         parse_config({"endpoints": cfg.model_dump(mode="json")["endpoints"],
                       "rules": [{"name": "x", "endpoint": "cxr", "match": {"classified": ["a"]}}]})
+
+
+# --- pipeline ------------------------------------------------------------------------------------------------
+
+def test_pipeline_batches_by_bytes_stores_vectors_and_caches_label_texts(tmp_path: Path, data: Path) -> None:
+    from converters.insight import to_insight_image
+    from node.config import parse_config
+    from node.demo import derive_cxr_study
+    from node.embeddings import count_embeddings, study_labels
+    from node.emulator.server import EmulatorServer
+    from node.invoke.client import EndpointClient
+    from node.pipelines import JobContext
+    from node.pipelines.insight import run
+    from node.state import Store
+
+    paths = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
+                             data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
+    sizes = [len(to_insight_image(pydicom.dcmread(p), resize=256).png) for p in paths]
+    store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
+    labels = ["x-ray chest anteroposterior", "x-ray chest lateral"]
+    with EmulatorServer("127.0.0.1", 0) as emulator:
+        cfg = parse_config({
+            "endpoints": {"insight": {"model": "medimageinsight", "url": emulator.model_url("medimageinsight"),
+                                      "auth": "none"}},
+            "rules": [{"name": "view", "endpoint": "insight", "params": {
+                "labels": {"view": labels}, "resize": 256,
+                "max_request_bytes": max(sizes) * 4 // 3 + 1024}}]})  # room for one image per request
+        with EndpointClient("insight", cfg.endpoints["insight"]) as client:
+            def job(uid: str):
+                ctx = JobContext(job={"id": 1, "job_uid": uid, "attempts": 1}, rule=cfg.rules[0],
+                                 endpoint_name="insight", endpoint=cfg.endpoints["insight"], client=client,
+                                 instance_paths=paths, previous_results=lambda kind: None, store=store)
+                out = run(ctx)
+                with store.engine.begin() as conn:
+                    for write in out.writes:
+                        write(conn)
+                return out
+
+            first = job("a" * 32)
+            calls_first = [r["rows"] for r in emulator.requests]
+            second = job("b" * 32)
+            calls_second = [r["rows"] for r in emulator.requests][len(calls_first):]
+    assert calls_first == [1, 1, 2], "one image per request (byte limit), then the two label texts"
+    assert calls_second == [1, 1], "label texts come from the cache the second time"
+    assert first.state == second.state == "done" and [k for k, _ in first.results] == ["sr"]
+    study_uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    stored = study_labels(store.engine, study_uid)["view"]
+    assert len(stored) == 2 and set(stored.values()) <= set(labels)
+    assert count_embeddings(store.engine, "MedImageInsight", "medimageinsight-emulator-1") == 2
