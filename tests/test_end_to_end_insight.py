@@ -93,6 +93,9 @@ def test_view_classification_routes_a_study_without_viewposition(tmp_path: Path,
         finally:
             node.stop()
     assert len(uids) == 3, f"{len(uids)} instances in the PACS:\n{status}\n{node.logs()[-3000:]}"
+    assert node.proc.returncode == 0, "SIGTERM must drain and exit cleanly"
+    for phi in ("DEMO^PATIENT", "DEMO-0001"):
+        assert phi not in node.logs(), f"PHI {phi!r} in the node's log"
     srs = [ds for ds in got if ds.Modality == "SR"]
     classification = next(ds for ds in srs if "classification" in ds.SeriesDescription.lower())
     report = next(ds for ds in srs if ds is not classification)
