@@ -39,7 +39,6 @@ EMBEDDING_DIM = 1024
 MAX_ROWS = 1024  # the document's "index: 0 - 1024"
 DEFAULT_MAX_ROWS = 32  # "keep this number in the dozens"
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
-MAX_TEXT_CHARS = 231  # 77 CLIP tokens at about three characters each; the server truncates the rest anyway
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ENVELOPE_BYTES = 128  # {"input_data": {"columns": [...], "index": [], "data": []}, "params": {...}}
