@@ -131,7 +131,8 @@ def params_for(model: str, params: dict[str, Any]) -> Any:
     try:
         return schema.model_validate(params)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # A typo'd key explains a "missing" one: report unknown keys first.
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
