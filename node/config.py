@@ -208,6 +208,12 @@ class NodeConfig(_Strict):
                     ("rules", i, "endpoint"),
                     f"unknown endpoint {rule.endpoint!r}; allowed: {sorted(self.endpoints) or 'define one under endpoints'}",
                 )
+            from .rule_params import RuleParamsError, params_for
+
+            try:
+                params_for(self.endpoints[rule.endpoint].model, rule.params)
+            except RuleParamsError as exc:
+                raise _KeyedError(("rules", i, "params", *exc.loc), str(exc)) from None
             for j, dest in enumerate(rule.send_to):
                 if dest not in self.destinations:
                     raise _KeyedError(

@@ -285,6 +285,15 @@ def test_rules_with_classified_wait_and_then_match_stored_labels() -> None:
     plans = plan_study(cfg.rules, headers, labels)
     assert [(p.rule.name, p.series_uids) for p in plans] == [("view", ["1.2.0", "1.2.1"]), ("frontal", ["1.2.1"])]
     assert plan_study(cfg.rules[1:], headers, {"view": {}}) == []
+    from node.config import ConfigError
+
+    bad = {"endpoints": cfg.model_dump(mode="json")["endpoints"],
+           "rules": [{"name": "v", "endpoint": "insight", "params": {"labels": {"view": ["only one"]}}}]}
+    with pytest.raises(ConfigError, match=r"node.yaml: rules\[0\]\.params\.labels: .*at least two"):
+        parse_config(bad, "node.yaml")
+    bad["rules"][0]["params"] = {"lables": {}}
+    with pytest.raises(ConfigError, match=r"params\.lables: unknown key.*allowed: labels"):
+        parse_config(bad, "node.yaml")
     with pytest.raises(Exception, match="classified maps label sets"):
         parse_config({"endpoints": cfg.model_dump(mode="json")["endpoints"],
                       "rules": [{"name": "x", "endpoint": "cxr", "match": {"classified": ["a"]}}]})

@@ -64,4 +64,12 @@ def pipeline_for(model: str) -> Pipeline:
         from .insight import run
 
         return run
+    if model == "medimageparse":
+        from .parse2d import run
+
+        return run
+    if model == "medimageparse3d":
+        from .parse3d import run
+
+        return run
     raise NotImplementedError(f"no pipeline for model {model!r} yet")
