@@ -143,6 +143,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), keep_running=args.keep_running)
 
 
+def cmd_similar(args: argparse.Namespace) -> int:
+    from .similar_cli import cmd_similar as run
+
+    return run(args, _load(args.config))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dicom-node", description="DICOM AI integration node")
     sub = p.add_subparsers(dest="command", required=True)
@@ -181,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="./demo-out", help="folder for the results and the PNG of the boxes")
     s.add_argument("--keep-running", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    from .similar_cli import add_parser as add_similar
+
+    add_similar(sub)
+    sub.choices["similar"].set_defaults(func=cmd_similar)
     return p
 
 

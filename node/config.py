@@ -196,13 +196,16 @@ class DestinationSection(_Strict):
 
 
 MatchValue = str | int | float | list[str | int | float]
+#: ``match: {classified: {label_set: [labels]}}``: the zero-shot labels of the study's classification rules
+CLASSIFIED_KEY = "classified"
+ClassifiedMatch = dict[str, str | list[str]]
 
 
 class RuleSection(_Strict):
     """A routing rule: which series go to which endpoint, and where the results go."""
 
     name: str = Field(min_length=1)
-    match: dict[str, MatchValue] = Field(default_factory=dict)
+    match: dict[str, MatchValue | ClassifiedMatch] = Field(default_factory=dict)
     endpoint: str
     send_to: list[str] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -212,7 +215,13 @@ class RuleSection(_Strict):
     def _keywords(cls, match: dict[str, MatchValue]) -> dict[str, MatchValue]:
         from pydicom.datadict import tag_for_keyword
 
-        for key in match:
+        for key, value in match.items():
+            if key == CLASSIFIED_KEY:
+                if not isinstance(value, dict) or not value:
+                    raise ValueError("match.classified maps label sets to labels, e.g. {view: [x-ray chest lateral]}")
+                continue
+            if isinstance(value, dict):
+                raise ValueError(f"match key {key!r}: a mapping is allowed only under {CLASSIFIED_KEY!r}")
             if tag_for_keyword(key) is None:
                 raise ValueError(f"match key {key!r} is not a DICOM keyword (e.g. Modality, BodyPartExamined)")
         return match
@@ -264,6 +273,12 @@ class NodeConfig(_Strict):
                     ("rules", i, "endpoint"),
                     f"unknown endpoint {rule.endpoint!r}; allowed: {sorted(self.endpoints) or 'define one under endpoints'}",
                 )
+            from .rule_params import RuleParamsError, params_for
+
+            try:
+                params_for(self.endpoints[rule.endpoint].model, rule.params)
+            except RuleParamsError as exc:
+                raise _KeyedError(("rules", i, "params", *exc.loc), str(exc)) from None
             for j, dest in enumerate(rule.send_to):
                 if dest not in self.destinations:
                     raise _KeyedError(

@@ -133,12 +133,17 @@ class Store:
                 return ("wait", t + 0.5)  # an instance arrived meanwhile
             return ("complete", version)
 
-    def create_jobs(self, study_uid: str, version: int, planned: Iterable[tuple[str, str, list[str]]]) -> list[int]:
-        """Create one pending job per (rule, endpoint, series); idempotent per (study, rule, version)."""
+    def create_jobs(self, study_uid: str, version: int, planned: Iterable[tuple[str, str, list[str]]],
+                    waiting: Iterable[tuple[str, str, list[str]]] = ()) -> list[int]:
+        """Create one pending job per (rule, endpoint, series); idempotent per (study, rule, version).
+
+        ``waiting``: jobs of rules with ``classified:``, created in state "waiting" (node/classified.py).
+        """
         ids: list[int] = []
         t = now()
         with self.engine.begin() as conn:
-            for rule_name, endpoint, series_uids in planned:
+            for (rule_name, endpoint, series_uids), state in [*((p, "pending") for p in planned),
+                                                             *((w, "waiting") for w in waiting)]:
                 existing = conn.execute(select(jobs.c.id).where(and_(
                     jobs.c.study_uid == study_uid, jobs.c.rule_name == rule_name,
                     jobs.c.study_version == version))).scalar()
@@ -147,7 +152,7 @@ class Store:
                     continue
                 res = conn.execute(insert(jobs).values(
                     job_uid=uuid.uuid4().hex, study_uid=study_uid, study_version=version, rule_name=rule_name,
-                    endpoint=endpoint, series_uids=json.dumps(series_uids), state="pending", attempts=0,
+                    endpoint=endpoint, series_uids=json.dumps(series_uids), state=state, attempts=0,
                     next_attempt_at=t, created_at=t, updated_at=t))
                 ids.append(int(res.inserted_primary_key[0]))
             if not ids:
@@ -187,8 +192,8 @@ class Store:
 
     def finish_job(self, job_id: int, owner: str, *, state: str, outcome: str,
                    new_results: Sequence[dict[str, Any]] = (), destinations: Sequence[str] = (),
-                   endpoint_seconds: float | None = None) -> bool:
-        """End a job; its results and their outbox rows are committed in the same transaction."""
+                   endpoint_seconds: float | None = None, writes: Sequence[Any] = ()) -> bool:
+        """End a job; its results, their outbox rows and ``writes`` (fn(connection)) commit in one transaction."""
         t = now()
         with self.engine.begin() as conn:
             res = conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.lease_owner == owner,
@@ -211,6 +216,8 @@ class Store:
                         conn.execute(insert(outbox).values(result_uid=r["sop_instance_uid"], destination=dest,
                                                            state="pending", attempts=0, next_attempt_at=t,
                                                            created_at=t))
+            for write in writes:
+                write(conn)
             self._settle_study(conn, job_id)
         return True
 
@@ -221,7 +228,7 @@ class Store:
             return
         open_jobs = conn.execute(select(func.count()).select_from(jobs).where(and_(
             jobs.c.study_uid == study_uid, jobs.c.study_version == row["version"],
-            jobs.c.state.in_(["pending", "running"])))).scalar_one()
+            jobs.c.state.in_(["pending", "running", "waiting"])))).scalar_one()
         if open_jobs == 0:
             failed = conn.execute(select(func.count()).select_from(jobs).where(and_(
                 jobs.c.study_uid == study_uid, jobs.c.study_version == row["version"],
@@ -238,6 +245,40 @@ class Store:
                             jobs.c.study_version < version, results.c.kind == kind))
                 .order_by(jobs.c.study_version.desc())).mappings().first()
             return dict(row) if row else None
+
+    # Classification-aware routing (node/classified.py) ------------------------------------------------
+    def waiting_jobs(self, study_uid: str | None = None) -> list[dict[str, Any]]:
+        """Jobs in state "waiting" (of one study, or of every study)."""
+        q = select(jobs).where(jobs.c.state == "waiting")
+        if study_uid is not None:
+            q = q.where(jobs.c.study_uid == study_uid)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(jobs.c.id)).mappings()]
+
+    def open_jobs_of_rules(self, study_uid: str, version: int, rule_names: Iterable[str]) -> int:
+        """How many jobs of these rules are pending or running for this study version."""
+        names = list(rule_names)
+        if not names:
+            return 0
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(jobs).where(and_(
+                jobs.c.study_uid == study_uid, jobs.c.study_version == version, jobs.c.rule_name.in_(names),
+                jobs.c.state.in_(["pending", "running"])))).scalar_one())
+
+    def resolve_waiting_jobs(self, decisions: Sequence[tuple[int, str, list[str], str]]) -> list[int]:
+        """Set waiting jobs to (job id, "pending" | "skipped", series, outcome); returns the ids now pending."""
+        t = now()
+        pending: list[int] = []
+        with self.engine.begin() as conn:
+            for job_id, state, series_uids, outcome in decisions:
+                res = conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state == "waiting"))
+                                   .values(state=state, series_uids=json.dumps(series_uids), outcome=outcome,
+                                           next_attempt_at=t, updated_at=t))
+                if res.rowcount == 1 and state == "pending":
+                    pending.append(job_id)
+            for job_id, *_ in decisions:
+                self._settle_study(conn, job_id)
+        return pending
 
     # Outbox -------------------------------------------------------------------------------------------
     def claim_outbox(self, destination: str, owner: str, lease_seconds: float, limit: int = 64) -> list[dict[str, Any]]:

@@ -66,12 +66,17 @@ class Runtime:
                 log.warning("study %s: cannot read instance %s: %s", study_uid, row["sop_instance_uid"],
                             type(exc).__name__)
         plans = plan_study(self.cfg.rules, headers)
+        from .classified import resolve_waiting, waiting_plans
+
+        waiting = waiting_plans(self.cfg, headers)  # rules with `classified:` wait for the study's labels
         job_ids = self.store.create_jobs(study_uid, version, [(p.rule.name, p.rule.endpoint, p.series_uids)
-                                                              for p in plans])
+                                                              for p in plans], waiting=waiting)
         log.info("study %s complete (version %d, %d instances): %d job(s) %s", study_uid, version, len(headers),
                  len(job_ids), [p.rule.name for p in plans])
         for job_id in job_ids:
             self.queue.enqueue_job(job_id)
+        if waiting:
+            resolve_waiting(self, study_uid)
 
     # Convert, invoke, write ---------------------------------------------------------------------------
     def client(self, name: str):
@@ -99,7 +104,8 @@ class Runtime:
         paths = [Path(r["path"]) for r in self.store.study_instances(job["study_uid"]) if r["series_uid"] in series]
         ctx = JobContext(job=job, rule=rule, endpoint_name=job["endpoint"], endpoint=endpoint,
                          client=self.client(job["endpoint"]), instance_paths=paths,
-                         previous_results=lambda kind: self._previous(job, kind))
+                         previous_results=lambda kind: self._previous(job, kind),
+                         classifications=self._labels(job["study_uid"]), store=self.store)
         t0 = time.monotonic()
         try:
             output = pipeline_for(endpoint.model)(ctx)
@@ -108,6 +114,7 @@ class Runtime:
                 self.store.finish_job(job_id, self.owner, state="failed", outcome=f"endpoint error: {exc}")
                 log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
                 self._audit_job(job, "job-failed", "serious-failure", reason=f"endpoint error: {exc}")
+                self._after_job(job["study_uid"])
             else:
                 delay = 30.0 * job["attempts"]
                 self.store.release_job(job_id, self.owner, retry_in=delay, outcome=f"will retry: {exc}")
@@ -121,6 +128,7 @@ class Runtime:
             log.debug("job %d traceback", job_id, exc_info=True)
             self.store.finish_job(job_id, self.owner, state="failed", outcome=f"{type(exc).__name__}: {exc}")
             self._audit_job(job, "job-failed", "serious-failure", reason=type(exc).__name__)
+            self._after_job(job["study_uid"])
             return
         if output.state == "done":  # a skipped job sent nothing
             self._audit_job(job, "model-request", result=output.outcome)
@@ -135,7 +143,7 @@ class Runtime:
                          "kind": kind, "path": str(path)})
         ok = self.store.finish_job(job_id, self.owner, state=output.state, outcome=output.outcome,
                                    new_results=rows, destinations=rule.send_to if rows else (),
-                                   endpoint_seconds=output.endpoint_seconds)
+                                   endpoint_seconds=output.endpoint_seconds, writes=output.writes)
         if not ok:
             log.warning("job %d: lease lost before the results were committed; another worker owns it", job_id)
             return
@@ -144,6 +152,21 @@ class Runtime:
         if rows:
             for dest in rule.send_to:
                 self.queue.enqueue_delivery(dest)
+        self._after_job(job["study_uid"])
+
+    def _labels(self, study_uid: str) -> dict[str, dict[str, str]]:
+        from .embeddings import study_labels
+
+        return study_labels(self.store.engine, study_uid)
+
+    def _after_job(self, study_uid: str) -> None:
+        """Rules with `classified:` waiting on this study may be decided now (node/classified.py)."""
+        from .classified import resolve_waiting
+
+        try:
+            resolve_waiting(self, study_uid)
+        except Exception:  # the sweep tries again
+            log.exception("study %s: resolving classified rules failed", study_uid)
 
     def _audit_job(self, job: dict[str, Any], event: str, outcome: str = "success", **fields: Any) -> None:
         """Audit what a job sent to which endpoint (study and series UIDs, the endpoint's host)."""
@@ -185,6 +208,9 @@ class Runtime:
             self.queue.enqueue_job(job_id)
         for dest in stale["destinations"]:
             self.queue.enqueue_delivery(dest)
+        from .classified import resolve_all
+
+        resolve_all(self)
         purged = self.store.purge_delivered(self.cfg.retention.purge_delivered_after_hours * 3600.0)
         if any(stale.values()) or purged:
             log.info("sweep: re-enqueued %d studies, %d jobs, %d destinations; purged %d studies",

@@ -4,7 +4,7 @@ Routes
 ------
 ``POST /score``                 dispatched by ``input_data.columns`` (``frontal_image`` -> CXRReportGen); when
                                 several handlers accept the columns, the server's ``model`` setting decides, else 400
-``POST /<model>/score``         that model explicitly (``/cxrreportgen/score``)
+``POST /<model>/score``         that model explicitly (``/cxrreportgen/score``, ``/medimageinsight/score``)
 ``GET  /``                      liveness (``{"status": "Healthy", "models": [...]}``)
 ``POST /_emulator/faults``      ``{"faults": [fault, ...]}``: appended to the fault script
 ``GET  /_emulator/faults``      the faults still pending
@@ -52,6 +52,7 @@ from typing import Any, Iterable
 
 from node.emulator import EMULATOR_HEADER_VALUE, ModelHandler, RequestError
 from node.emulator import cxr as _cxr, parse as _parse, parse3d as _parse3d
+from node.emulator import insight as _insight
 from node.emulator.inspect import describe_payload
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def register_handler(handler: ModelHandler) -> None:
     HANDLERS[handler.name] = handler
 
 
-for _handler in (_cxr.HANDLER, _parse.HANDLER, _parse3d.HANDLER):
+for _handler in (_cxr.HANDLER, _parse.HANDLER, _parse3d.HANDLER, _insight.HANDLER):
     register_handler(_handler)
 
 
@@ -430,6 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
             if delay > 0:
                 state.stopping.wait(delay)
             options = dict(config)
+            options["params"] = doc.get("params") if isinstance(doc.get("params"), dict) else {}
             if fault.get("shape"):
                 options["response_shape"] = fault["shape"]
             result = handler.score(input_data, options)

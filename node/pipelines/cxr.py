@@ -35,7 +35,11 @@ def map_boxes(raw_boxes, image, reference: str) -> tuple[tuple[float, float, flo
 def run(ctx: JobContext) -> JobOutput:
     """Convert the study's views, call the endpoint, and write the SR and the presentation state."""
     try:
-        inputs = build_cxr_inputs(ctx.instance_paths, max_side=ctx.rule.params.get("max_side"))
+        # zero-shot view labels of the study (a MedImageInsight rule's label set, "view" by default) are used
+        # for images whose header gives no view
+        classified = ctx.classifications.get(ctx.rule.params.get("view_label_set", "view"))
+        inputs = build_cxr_inputs(ctx.instance_paths, max_side=ctx.rule.params.get("max_side"),
+                                  classified=classified)
     except NoFrontalView as exc:
         return JobOutput(state="skipped", outcome=f"no frontal chest image: {exc}")
     sent = [pydicom.dcmread(p, stop_before_pixels=True) for p in (inputs.frontal_path, inputs.lateral_path) if p]
