@@ -6,13 +6,15 @@
   study, series, acquisition and content dates in the usual written forms (20240131, 2024-01-31, 31/01/2024,
   01/31/2024, 31.01.2024). It does not try to find identity the header does not know about.
 * :func:`scrub_request_text` applies it to the text columns of a model request (``input_data.data``).
-* :func:`burned_in_refusal`: images marked BurnedInAnnotation=YES are not sent unless the rule allows it.
+* :func:`burned_in_refusal`: images marked BurnedInAnnotation=YES are not sent unless the rule allows it
+  (``params.allow_burned_in: true``); the worker checks every instance of a job's series before any model runs.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -120,3 +122,18 @@ def burned_in_refusal(headers: Iterable[pydicom.Dataset], params: dict[str, Any]
         return None
     return (f"not sent: {len(marked)} image(s) marked BurnedInAnnotation=YES ({', '.join(marked)}); "
             "set allow_burned_in: true in the rule's params to send them")
+
+
+def burned_in_refusal_for_files(paths: Iterable[Path], params: dict[str, Any]) -> str | None:
+    """:func:`burned_in_refusal` over files (only two attributes are read); unreadable files are left to the
+    pipeline, which reports them."""
+    if params.get("allow_burned_in") is True:
+        return None
+    headers = []
+    for path in paths:
+        try:
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True,
+                                           specific_tags=["BurnedInAnnotation", "SOPInstanceUID"]))
+        except Exception:  # noqa: BLE001 - broken files are the pipeline's to report
+            continue
+    return burned_in_refusal(headers, params)

@@ -19,6 +19,8 @@ from typing import Any
 
 import pydicom
 
+from converters.scrub import burned_in_refusal_for_files
+
 from .audit import audit_log
 from .config import NodeConfig
 from .hardening import harden_process
@@ -102,6 +104,11 @@ class Runtime:
         endpoint = self.cfg.endpoints[job["endpoint"]]
         series = set(json.loads(job["series_uids"]))
         paths = [Path(r["path"]) for r in self.store.study_instances(job["study_uid"]) if r["series_uid"] in series]
+        if refusal := burned_in_refusal_for_files(paths, rule.params):  # nothing leaves: BurnedInAnnotation=YES
+            self.store.finish_job(job_id, self.owner, state="skipped", outcome=refusal)
+            log.info("job %d (study %s, rule %s) skipped: %s", job_id, job["study_uid"], rule.name, refusal)
+            self._after_job(job["study_uid"])
+            return
         ctx = JobContext(job=job, rule=rule, endpoint_name=job["endpoint"], endpoint=endpoint,
                          client=self.client(job["endpoint"]), instance_paths=paths,
                          previous_results=lambda kind: self._previous(job, kind),

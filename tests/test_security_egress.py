@@ -135,17 +135,16 @@ def test_what_the_cxr_pipeline_sends_is_pixels_and_scrubbed_text(tmp_path: Path,
     assert "cough" in joined and "[name]" in joined and "[id]" in joined and "[date]" in joined
 
 
-def test_burned_in_frontal_is_not_sent_unless_allowed(tmp_path: Path, data: Path) -> None:
-    from node.emulator.server import EmulatorServer
+def test_burned_in_files_are_found_before_anything_is_sent(tmp_path: Path, data: Path) -> None:
+    """The worker's gate (node/worker.py) over a job's files; the full run is in test_security_end_to_end."""
+    from converters.scrub import burned_in_refusal_for_files
 
     study = _study_with_phi(tmp_path, data, BurnedInAnnotation="YES")
     frontal_uid = pydicom.dcmread(study[0], stop_before_pixels=True).SOPInstanceUID
-    with EmulatorServer("127.0.0.1", 0) as emulator:
-        refused = _run_cxr(tmp_path, study, emulator.url, {})
-        assert refused.state == "skipped" and "BurnedInAnnotation=YES" in refused.outcome
-        assert frontal_uid in refused.outcome and not emulator.requests, "nothing may leave"
-        allowed = _run_cxr(tmp_path, study, emulator.url, {"allow_burned_in": True})
-        assert allowed.state == "done" and len(emulator.requests) == 1
+    why = burned_in_refusal_for_files([*study, tmp_path / "missing.dcm"], {})
+    assert why is not None and frontal_uid in why and "allow_burned_in" in why
+    assert burned_in_refusal_for_files(study, {"allow_burned_in": True}) is None
+    assert burned_in_refusal_for_files(study[1:], {}) is None
 
 
 def test_nifti_sent_to_medimageparse3d_carries_no_text(data: Path) -> None:

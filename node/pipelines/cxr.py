@@ -7,7 +7,7 @@ import logging
 import pydicom
 
 from converters.cxr import NoFrontalView, build_cxr_inputs
-from converters.scrub import burned_in_refusal, scrub_request_text
+from converters.scrub import scrub_request_text
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.gsps import build_findings_gsps
 from dicom_out.sr import GroundedFinding, build_findings_sr
@@ -43,8 +43,6 @@ def run(ctx: JobContext) -> JobOutput:
     except NoFrontalView as exc:
         return JobOutput(state="skipped", outcome=f"no frontal chest image: {exc}")
     sent = [pydicom.dcmread(p, stop_before_pixels=True) for p in (inputs.frontal_path, inputs.lateral_path) if p]
-    if refusal := burned_in_refusal(sent, ctx.rule.params):
-        return JobOutput(state="skipped", outcome=refusal)
     payload = build_request(
         frontal_png=inputs.frontal.png,
         lateral_png=inputs.lateral.png if inputs.lateral else None,
