@@ -101,6 +101,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in s["recent_jobs"]:
             print(f"  #{r['id']} {r['rule_name']} study {r['study_uid']} v{r['study_version']}: {r['state']} "
                   f"(attempts {r['attempts']}) {r['outcome'] or ''}")
+    if s.get("priors"):
+        print("\nprior lookups:")
+        for r in s["priors"]:
+            took = f"{r['seconds']:.2f} s" if r["seconds"] is not None else "in progress"
+            print(f"  study {r['for_study_uid']}: {r['state']} ({took}) {r['outcome'] or ''}")
     if s["quarantine"]:
         print("\nquarantine:")
         for r in s["quarantine"]:

@@ -95,7 +95,8 @@ class Runtime:
         paths = [Path(r["path"]) for r in self.store.study_instances(job["study_uid"]) if r["series_uid"] in series]
         ctx = JobContext(job=job, rule=rule, endpoint_name=job["endpoint"], endpoint=endpoint,
                          client=self.client(job["endpoint"]), instance_paths=paths,
-                         previous_results=lambda kind: self._previous(job, kind))
+                         previous_results=lambda kind: self._previous(job, kind),
+                         prior_lookup=self._prior_lookup())
         t0 = time.monotonic()
         try:
             output = pipeline_for(endpoint.model)(ctx)
@@ -133,6 +134,14 @@ class Runtime:
         if rows:
             for dest in rule.send_to:
                 self.queue.enqueue_delivery(dest)
+
+    def _prior_lookup(self):
+        """The prior lookup of node/priors.py, when the configuration asks for priors."""
+        if self.cfg.priors is None or not self.cfg.priors.enabled:
+            return None
+        from .priors import PriorFetcher
+
+        return PriorFetcher(self.cfg, self.store, self.spool).fetch
 
     def _previous(self, job: dict[str, Any], kind: str) -> pydicom.Dataset | None:
         prev = self.store.previous_result(job["study_uid"], job["rule_name"], job["study_version"], kind)

@@ -28,6 +28,8 @@ class JobContext:
     client: Any  # node.invoke.client.EndpointClient
     instance_paths: list[Path]
     previous_results: Callable[[str], pydicom.Dataset | None]  # kind -> the result it replaces, if any
+    # frontal header -> node.priors.PriorResult; None when priors are not configured
+    prior_lookup: Callable[[pydicom.Dataset], Any] | None = None
 
     def uid(self, label: str) -> str:
         """A result UID derived from the job: the same on every re-run of the job, new for a new job."""
