@@ -4,7 +4,9 @@ Used for the prior report sent to CXRReportGen. The content tree is walked in do
 gives one line. A TEXT item directly under a section CONTAINER other than the document root (e.g. "Findings",
 "Impression") is grouped under that section's heading: ``Findings: <text> <text>``. Concept names of the TEXT
 items themselves ("Finding", "Impression") are not repeated when they equal the section heading. CODE items
-under a section are not text the radiologist wrote and are left out, as are coordinates and references.
+under a section are not text the radiologist wrote and are left out, as are coordinates, references and
+everything said about the report rather than in it (HAS OBS CONTEXT, HAS CONCEPT MOD, HAS ACQ CONTEXT: observer,
+tracking identifiers, algorithm name and version).
 TID 1500's structural containers ("Imaging Measurements", "Measurement Group") are not headings, and a sentence
 repeated in one section (one TID 1410 group per box of the same finding) is written once.
 """
@@ -32,6 +34,7 @@ def is_text_sr(ds: pydicom.Dataset) -> bool:
     return str(ds.get("SOPClassUID", "")) in SR_STORAGE_CLASSES
 
 
+_CONTEXT = frozenset({"HAS OBS CONTEXT", "HAS CONCEPT MOD", "HAS ACQ CONTEXT"})
 _STRUCTURAL = frozenset({"imaging measurements", "measurement group", "derived imaging measurements",
                          "qualitative evaluations"})
 
@@ -47,6 +50,8 @@ def _sections(items, heading: str) -> Iterator[tuple[str, str]]:
     """(heading, text) of every TEXT item below ``items``, in document order."""
     for item in items or []:
         value_type = str(item.get("ValueType", ""))
+        if str(item.get("RelationshipType", "CONTAINS")) in _CONTEXT:
+            continue  # observer, tracking identifier, algorithm name/version: about the report, not the report
         if value_type == "TEXT":
             text = re.sub(r"\s+", " ", str(item.get("TextValue", "") or "")).strip()
             if text:

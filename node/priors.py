@@ -43,7 +43,21 @@ from typing import Any, Callable, Literal
 
 import pydicom
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ComprehensiveSRStorage,
     Comprehensive3DSRStorage,
@@ -76,18 +90,21 @@ _SUCCESS, _WARNING = 0x0000, 0xB000
 _PENDING = (0xFF00, 0xFF01)
 
 #: Storage classes accepted on a C-GET association (a prior chest X-ray and its reports).
-GET_STORAGE_CLASSES = (
+GET_IMAGE_CLASSES = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
     SecondaryCaptureImageStorage,  # digitised films and exports from other archives are often stored as SC
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    BasicTextSRStorage,
-    EnhancedSRStorage,
-    ComprehensiveSRStorage,
-    Comprehensive3DSRStorage,
 )
+GET_SR_CLASSES = (BasicTextSRStorage, EnhancedSRStorage, ComprehensiveSRStorage, Comprehensive3DSRStorage)
+#: One presentation context per compressed transfer syntax: the acceptor picks ONE syntax per context, and
+#: Orthanc picks an uncompressed one from a mixed list, decompressing the image before it sends it. With a context
+#: per syntax the image arrives as stored, pixel for pixel what a C-MOVE brings.
+_UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+_COMPRESSED = [JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
+               JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
 
 #: Instance-level keys asked for, so that the frontal can be chosen without retrieving every image.
 _IMAGE_KEYS = ("SOPClassUID", "InstanceNumber", "ViewPosition", "ImageType", "Rows", "Columns",
@@ -423,8 +440,13 @@ class _Session:
         roles = []
         if self.method == "c-get":
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-            for uid in GET_STORAGE_CLASSES:
-                ae.add_requested_context(uid, ALL_TRANSFER_SYNTAXES)
+            for uid in GET_IMAGE_CLASSES:
+                ae.add_requested_context(uid, _UNCOMPRESSED)
+                for syntax in _COMPRESSED:
+                    ae.add_requested_context(uid, [syntax])
+                roles.append(build_role(uid, scp_role=True))
+            for uid in GET_SR_CLASSES:
+                ae.add_requested_context(uid, [*_UNCOMPRESSED, DeflatedExplicitVRLittleEndian])
                 roles.append(build_role(uid, scp_role=True))
             handlers.append((evt.EVT_C_STORE, self.fetcher.store_retrieved))
         else:

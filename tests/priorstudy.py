@@ -15,7 +15,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from dicom_out.algorithm import AlgorithmInfo
-from dicom_out.sr import GroundedFinding, build_findings_sr, quiet_person_name_warnings
+from dicom_out.sr import GroundedFinding, build_findings_sr, quiet_person_name_warnings, source_header
 from node.demo import derive_cxr_study
 
 PRIOR_DATE = "20230115"
@@ -57,7 +57,7 @@ def radiologist_sr(frontal: pydicom.Dataset, path: Path) -> Path:
     ])
     with quiet_person_name_warnings():
         sr = hd.sr.EnhancedSR(
-            evidence=[frontal], content=root, series_instance_uid=generate_uid(), series_number=50,
+            evidence=[source_header(frontal)], content=root, series_instance_uid=generate_uid(), series_number=50,
             sop_instance_uid=generate_uid(), instance_number=1, manufacturer="Reporting Co",
             is_complete=True, is_final=True, is_verified=True, verifying_observer_name="Reader^Rita",
             verifying_organization="Test Hospital")
