@@ -31,6 +31,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  destination {name}: {d.ae_title}@{d.host}:{d.port}")
     for r in cfg.rules:
         print(f"  rule {r.name}: {r.match} -> {r.endpoint} -> {r.send_to}")
+    if cfg.priors is not None:
+        p = cfg.priors
+        print(f"  priors: {'on' if p.enabled else 'off'}, {p.method} from {p.query}, {p.lookback_days} days back, "
+              f"timeout {p.timeout_seconds:g} s")
     return 0
 
 

@@ -101,6 +101,41 @@ def test_instances_of_an_expected_prior_are_kept_apart_and_purged(tmp_path: Path
     assert store.study("1.2.3") is not None
 
 
+def test_report_choice_and_the_configured_text_sources(tmp_path: Path, data: Path) -> None:
+    """A radiologist's final SR wins over the node's own; without an SR, report_text_dir, then the attributes."""
+    from node.config import parse_config
+    from node.priors import PriorFetcher
+    from node.spool import Spool
+    from node.state import Store
+
+    prior = make_prior_study(tmp_path / "prior", data)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    cfg = parse_config({"node": {"storage_dir": str(tmp_path / "var")},
+                        "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}},
+                        "priors": {"query": "pacs", "report_text_dir": str(reports),
+                                   "report_text_attributes": ["ImageComments", "StudyComments"]}})
+    fetcher = PriorFetcher(cfg, Store.open(cfg.database_url), Spool(cfg.storage_dir))
+    radiologist = f"Findings: {RADIOLOGIST_FINDINGS}\nImpressions: {RADIOLOGIST_IMPRESSION}"
+    for order in ([prior.own_sr, prior.radiologist_sr], [prior.radiologist_sr, prior.own_sr]):
+        assert fetcher._report(prior.study_uid, prior.frontal, order) == (radiologist, "a radiologist's final SR")
+    assert fetcher._report(prior.study_uid, prior.frontal, [prior.own_sr]) == (OWN_FINDING, "this node's earlier SR")
+    draft = pydicom.dcmread(prior.radiologist_sr)
+    draft.VerificationFlag = "UNVERIFIED"
+    draft.save_as(tmp_path / "draft.dcm")
+    assert fetcher._report(prior.study_uid, prior.frontal, [prior.own_sr, tmp_path / "draft.dcm"])[1] == \
+        "a radiologist's SR (not final)"
+    # No SR: the study's exported report, then the image's own attributes, then nothing.
+    assert fetcher._report(prior.study_uid, prior.frontal, []) == (None, None)
+    image = pydicom.dcmread(prior.frontal)
+    image.StudyComments = "Report: stable chest."
+    image.save_as(prior.frontal)
+    assert fetcher._report(prior.study_uid, prior.frontal, []) == ("Report: stable chest.",
+                                                                    "the prior image's StudyComments")
+    (reports / f"{prior.study_uid}.txt").write_text("Exported report text.\n")
+    assert fetcher._report(prior.study_uid, prior.frontal, []) == ("Exported report text.", "report_text_dir")
+
+
 # --- end to end -------------------------------------------------------------------------------------------
 
 def send(node: NodeProcess, files: list[Path]) -> None:
@@ -123,6 +158,14 @@ def wait_for_job(node: NodeProcess, timeout: float = 120) -> dict:
             return s
         time.sleep(0.3)
     raise AssertionError(f"no job finished in {timeout} s:\n{node.status()}\n{node.logs()}")
+
+
+def job_seconds(logs: str) -> float:
+    """The worker's own time for the one job (lookup, conversion, model call, SR and GSPS), from its log line."""
+    import re
+
+    (seconds,) = re.findall(r"job \d+ \(study [^)]*\) done in ([\d.]+) s", logs)
+    return float(seconds)
 
 
 def current_study(tmp_path: Path, data: Path) -> list[Path]:
@@ -222,7 +265,8 @@ def test_prior_image_and_report_reach_the_model_and_the_sr_names_the_prior(tmp_p
     assert "radiologist's final SR" in lookup["outcome"]
     assert "prior lookups:" in text_status and "found" in text_status
     assert "radiologist's final SR" in s["recent_jobs"][0]["outcome"]
-    print(f"\nprior lookup ({method}, Orthanc on loopback, 1 image + 2 SRs retrieved): {lookup['seconds']:.2f} s")
+    print(f"\nprior lookup ({method}, Orthanc on loopback, 1 image + 2 SRs retrieved): {lookup['seconds']:.2f} s; "
+          f"whole job {job_seconds(logs):.2f} s")
 
 
 @pytest.mark.slow
@@ -253,7 +297,8 @@ def test_a_pacs_without_priors_ends_well(tmp_path: Path, data: Path) -> None:
     assert not {"prior_image", "prior_report", "comparison"} & set(call["columns"]), call["columns"]
     assert s["jobs"] == {"done": 1} and s["priors"][0]["state"] == "none"
     assert "no prior CR/DX study in the 1825 days before this one" in text_status, text_status
-    print(f"\nprior lookup with no prior on the PACS: {s['priors'][0]['seconds']:.2f} s")
+    print(f"\nprior lookup with no prior on the PACS: {s['priors'][0]['seconds']:.2f} s; "
+          f"whole job {job_seconds(node.logs()):.2f} s")
 
 
 class SilentPeer:
@@ -314,4 +359,5 @@ def test_a_pacs_that_does_not_answer_ends_well_within_the_timeout(tmp_path: Path
     assert timeout - 0.5 <= lookup["seconds"] <= timeout + 2, lookup
     assert s["jobs"] == {"done": 1}
     assert f"did not answer within {timeout:g} s" in text_status, text_status
-    print(f"\nprior lookup against a PACS that never answers: {lookup['seconds']:.2f} s (timeout {timeout:g} s)")
+    print(f"\nprior lookup against a PACS that never answers: {lookup['seconds']:.2f} s (timeout {timeout:g} s); "
+          f"whole job {job_seconds(node.logs()):.2f} s")
