@@ -212,7 +212,9 @@ class PriorFetcher:
         except PriorError as exc:
             result = PriorResult("error", f"no prior: {exc}", 0.0)
         except Exception as exc:  # a prior is optional: nothing here may fail the study
-            log.exception("study %s: prior lookup failed", study_uid)
+            # pydicom's messages may quote element values (PHI): the type at ERROR, the traceback at DEBUG only
+            log.error("study %s: prior lookup failed: %s", study_uid, type(exc).__name__)
+            log.debug("prior lookup traceback", exc_info=True)
             result = PriorResult("error", f"no prior: {type(exc).__name__} during the lookup", 0.0)
         seconds = time.monotonic() - deadline.start
         result = dataclasses.replace(result, seconds=seconds)
