@@ -4,7 +4,8 @@ One lookup (:meth:`PriorFetcher.fetch`) for the frontal image of a complete ches
 
 1. C-FIND, study level (study root): same PatientID and IssuerOfPatientID, StudyDate in
    ``[current date - lookback_days, current date]``, ModalitiesInStudy among ``priors.modalities``. The most recent
-   study strictly before the current one (StudyDate + StudyTime; never the current study) is the prior.
+   study strictly before the current one (StudyDate + StudyTime; never the current study) that holds a frontal
+   image is the prior (at most :data:`MAX_STUDIES` are tried, most recent first).
 2. Its UID is committed to the ``priors`` table before anything is retrieved: from then on, instances of that
    study arriving through the node's SCP (C-MOVE) or on the lookup's association (C-GET) are recorded as priors
    (:meth:`node.state.Store.record_instances`): their study is 'done' at once, triggers no rule, is never sent
@@ -84,6 +85,7 @@ from .state import InstanceRecord, Store
 
 log = logging.getLogger(__name__)
 
+MAX_STUDIES = 3  # prior studies tried, most recent first, until one holds a frontal image
 MAX_REPORTS = 4  # SR instances of the prior study retrieved at most
 MAX_UNKNOWN_IMAGES = 4  # images retrieved to choose the frontal when the C-FIND answers do not tell
 _SUCCESS, _WARNING = 0x0000, 0xB000
@@ -226,20 +228,21 @@ class PriorFetcher:
         if not _text(current, "PatientID"):
             return PriorResult("none", "no prior: the study has no PatientID", 0.0)
         with _Session(self, deadline) as session:
-            prior = self._find_prior_study(session, current)
-            if prior is None:
+            candidates = self._find_prior_studies(session, current)
+            if not candidates:
                 return PriorResult("none", f"no prior {'/'.join(self.priors.modalities)} study in the "
                                            f"{self.priors.lookback_days} days before this one", 0.0)
-            self.store.expect_prior(lookup_id, prior.study_uid)
-            images, reports = self._find_instances(session, prior.study_uid)
-            if not images:
-                return PriorResult("none", f"no prior: study {prior.study_uid} holds no "
-                                           f"{'/'.join(self.priors.modalities)} image", 0.0,
-                                   study_uid=prior.study_uid, study_date=prior.date)
-            frontal = self._frontal(session, images)
-            if frontal is None:
-                return PriorResult("none", f"no prior: study {prior.study_uid} holds no frontal image", 0.0,
-                                   study_uid=prior.study_uid, study_date=prior.date)
+            skipped = []
+            for prior in candidates[:MAX_STUDIES]:  # the most recent study that holds a frontal image
+                self.store.expect_prior(lookup_id, prior.study_uid)
+                images, reports = self._find_instances(session, prior.study_uid)
+                frontal = self._frontal(session, images) if images else None
+                if frontal is not None:
+                    break
+                skipped.append(prior.study_uid)
+            else:
+                return PriorResult("none", f"no prior: no frontal {'/'.join(self.priors.modalities)} image in "
+                                           f"the latest {len(skipped)} prior studies ({', '.join(skipped)})", 0.0)
             sr_paths = [p for p in (self._retrieve(session, ds, required=False) for ds in reports) if p]
         report, source = self._report(prior.study_uid, frontal, sr_paths)
         sent = f"report from {source}" if report else "no report"
@@ -247,7 +250,8 @@ class PriorFetcher:
                            study_date=prior.date, image_path=frontal, report=report, report_source=source)
 
     # --- queries ----------------------------------------------------------------------------------------
-    def _find_prior_study(self, session: "_Session", current: Dataset) -> _Candidate | None:
+    def _find_prior_studies(self, session: "_Session", current: Dataset) -> list[_Candidate]:
+        """This patient's earlier studies of the wanted modalities in the look-back window, most recent first."""
         day = _study_date(current)
         start = day - dt.timedelta(days=self.priors.lookback_days)
         issuer = _text(current, "IssuerOfPatientID")
@@ -262,7 +266,7 @@ class PriorFetcher:
         current_uid = _text(current, "StudyInstanceUID")
         current_key = (f"{day:%Y%m%d}", _text(current, "StudyTime") or "999999")
         wanted = {m.upper() for m in self.priors.modalities}
-        best: _Candidate | None = None
+        found: list[_Candidate] = []
         for ds in session.find(query):
             uid = _text(ds, "StudyInstanceUID")
             date, tm = _text(ds, "StudyDate")[:8], _text(ds, "StudyTime")
@@ -272,9 +276,8 @@ class PriorFetcher:
                     or (modalities and not modalities & wanted) or (date, tm) >= current_key
                     or date < f"{start:%Y%m%d}"):
                 continue  # a PACS that ignores a matching key must not hand us another patient's study
-            if best is None or (date, tm) > (best.date, best.time):
-                best = _Candidate(uid, date, tm)
-        return best
+            found.append(_Candidate(uid, date, tm))
+        return sorted(found, key=lambda c: (c.date, c.time), reverse=True)
 
     def _find_instances(self, session: "_Session", study_uid: str) -> tuple[list[Dataset], list[Dataset]]:
         """(image headers of the wanted modalities, SR headers) of the prior study, from C-FIND answers."""

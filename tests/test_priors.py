@@ -136,6 +136,71 @@ def test_report_choice_and_the_configured_text_sources(tmp_path: Path, data: Pat
     assert fetcher._report(prior.study_uid, prior.frontal, []) == ("Exported report text.", "report_text_dir")
 
 
+def fetcher_for(tmp_path: Path, port: int, **priors) -> "PriorFetcher":  # noqa: F821
+    from node.config import parse_config
+    from node.priors import PriorFetcher
+    from node.spool import Spool
+    from node.state import Store
+
+    cfg = parse_config({"node": {"storage_dir": str(tmp_path / "var")},
+                        "destinations": {"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": port}},
+                        "priors": {"query": "pacs", **priors}})
+    spool = Spool(cfg.storage_dir)
+    spool.create()
+    return PriorFetcher(cfg, Store.open(cfg.database_url), spool)
+
+
+def test_a_pacs_that_accepts_and_then_stalls_a_query_costs_the_timeout_only(tmp_path: Path, data: Path) -> None:
+    """A real Q/R SCP (pynetdicom) that accepts the association and never answers the C-FIND."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    release = threading.Event()
+
+    def stall(event):
+        release.wait(30)
+        yield 0x0000, None
+
+    scp = AE(ae_title="STALL")
+    scp.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, stall)])
+    try:
+        fetcher = fetcher_for(tmp_path, server.server_address[1], timeout_seconds=2)
+        (frontal,) = derive_cxr_study(tmp_path / "cur", data / "cxr" / "cr_pa_jpeg_baseline.dcm", None)
+        t0 = time.monotonic()
+        result = fetcher.fetch(pydicom.dcmread(frontal, stop_before_pixels=True))
+        took = time.monotonic() - t0
+    finally:
+        release.set()
+        server.shutdown()
+    assert result.state == "timeout" and "did not answer within 2 s" in result.outcome, result
+    assert 1.5 <= took <= 4, took
+    assert fetcher.store.summary()["priors"][0]["state"] == "timeout"
+
+
+def test_the_latest_prior_without_a_frontal_gives_way_to_an_older_one(tmp_path: Path, data: Path) -> None:
+    """C-GET from a real Orthanc: the 2023 study holds a lateral only, so the 2021 study's frontal is the prior."""
+    lateral_only = derive_cxr_study(tmp_path / "lat", data / "cxr" / "cr_pa_jpeg_baseline.dcm", None,
+                                    frontal_view="LL", study_date="20230601")
+    older = make_prior_study(tmp_path / "older", data, study_date="20210301")
+    (frontal,) = derive_cxr_study(tmp_path / "cur", data / "cxr" / "cr_pa_jpeg_baseline.dcm", None,
+                                  study_date=CURRENT_DATE)
+    with Orthanc(tmp_path / "orthanc", modalities={"AINODE": ("AINODE", "127.0.0.1", 11112)}) as pacs:
+        for f in lateral_only + older.files:
+            pacs.upload(f)
+        fetcher = fetcher_for(tmp_path, pacs.dicom_port, method="c-get")
+        result = fetcher.fetch(pydicom.dcmread(frontal, stop_before_pixels=True))
+    assert result.state == "found" and result.study_uid == older.study_uid, result
+    assert result.study_date == "20210301" and result.comparison == "Chest radiograph of 2021-03-01."
+    got, sent = pydicom.dcmread(result.image_path), pydicom.dcmread(older.frontal)
+    assert got.SOPInstanceUID == sent.SOPInstanceUID
+    assert got.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID and got.PixelData == sent.PixelData, \
+        "C-GET must bring the image as stored (JPEG baseline), not decompressed by the PACS"
+    assert result.report_source == "a radiologist's final SR"
+    held = fetcher.store.instance(str(pydicom.dcmread(older.frontal).SOPInstanceUID))
+    assert held["is_prior"] and fetcher.store.study(older.study_uid)["state"] == "done"
+
+
 # --- end to end -------------------------------------------------------------------------------------------
 
 def send(node: NodeProcess, files: list[Path]) -> None:
