@@ -99,6 +99,16 @@ def scrub_text(text: str | None, headers: pydicom.Dataset | Iterable[pydicom.Dat
     return text
 
 
+def names_and_ids(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """The name and ID attributes of ``ds`` only: a prior study's identity, without its dates (the prior's date
+    is what the model needs to compare; it is not the current study's)."""
+    out = pydicom.Dataset()
+    for keyword in (*NAME_KEYWORDS, *ID_KEYWORDS):
+        if keyword in ds:
+            setattr(out, keyword, ds.get(keyword))
+    return out
+
+
 def scrub_request_text(payload: dict, headers: pydicom.Dataset | Iterable[pydicom.Dataset],
                        columns: Sequence[str] = CXR_TEXT_COLUMNS) -> dict:
     """The request with every text column among ``columns`` scrubbed (images are left as they are)."""

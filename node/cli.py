@@ -32,6 +32,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  destination {name}: {d.ae_title}@{d.host}:{d.port}")
     for r in cfg.rules:
         print(f"  rule {r.name}: {r.match} -> {r.endpoint} -> {r.send_to}")
+    if cfg.priors is not None:
+        p = cfg.priors
+        print(f"  priors: {'on' if p.enabled else 'off'}, {p.method} from {p.query}, {p.lookback_days} days back, "
+              f"timeout {p.timeout_seconds:g} s")
     for line in tls_lines:
         print(f"  {line}")
     return 0
@@ -116,6 +120,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in s["recent_jobs"]:
             print(f"  #{r['id']} {r['rule_name']} study {r['study_uid']} v{r['study_version']}: {r['state']} "
                   f"(attempts {r['attempts']}) {r['outcome'] or ''}")
+    if s.get("priors"):
+        print("\nprior lookups:")
+        for r in s["priors"]:
+            took = f"{r['seconds']:.2f} s" if r["seconds"] is not None else "in progress"
+            print(f"  study {r['for_study_uid']}: {r['state']} ({took}) {r['outcome'] or ''}")
     if s["quarantine"]:
         print("\nquarantine:")
         for r in s["quarantine"]:

@@ -127,6 +127,22 @@ quarantine = Table(
     Column("received_at", Float, nullable=False),
 )
 
+# Prior lookups (node/priors.py): one row per lookup for a current study. ``prior_study_uid`` is written before
+# the retrieve starts, so that instances of that study arriving through the SCP are recorded as priors.
+priors = Table(
+    "priors",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("for_study_uid", String(64), nullable=False, index=True),
+    Column("prior_study_uid", String(64), index=True),
+    # querying -> retrieving -> found | none | timeout | error
+    Column("state", String(16), nullable=False),
+    Column("outcome", Text),  # a short human sentence (never PHI)
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("seconds", Float),
+)
+
 
 # MedImageInsight (node/embeddings.py) ------------------------------------------------------------------
 # Image embeddings: float32 little-endian bytes. Kept after the study's spool is purged (similar-case search

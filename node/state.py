@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from . import db
-from .db import instances, jobs, now, outbox, quarantine, results, studies
+from .db import instances, jobs, now, outbox, priors, quarantine, results, studies
 
 
 def lease_owner(instance_id: str) -> str:
@@ -72,6 +72,9 @@ class Store:
         to_schedule: dict[str, float] = {}
         with self.engine.begin() as conn:
             for rec in records:
+                if rec.is_prior or self._expected_prior(conn, rec.study_uid):
+                    self._record_prior(conn, rec, t)
+                    continue
                 conn.execute(delete(instances).where(instances.c.sop_instance_uid == rec.sop_instance_uid))
                 conn.execute(insert(instances).values(received_at=t, **rec.__dict__))
                 row = conn.execute(select(studies).where(studies.c.study_uid == rec.study_uid)).mappings().first()
@@ -398,6 +401,8 @@ class Store:
                 except FileNotFoundError:
                     pass
             purged += 1
+        with self.engine.begin() as conn:  # lookup records age out with the studies they were made for
+            conn.execute(delete(priors).where(priors.c.started_at < t - older_than_seconds))
         return purged
 
     # Status -------------------------------------------------------------------------------------------
@@ -421,4 +426,55 @@ class Store:
                     select(outbox).where(outbox.c.state == "pending").order_by(outbox.c.id).limit(limit)).mappings()],
                 "quarantine": [dict(r) for r in conn.execute(
                     select(quarantine).order_by(quarantine.c.id.desc()).limit(limit)).mappings()],
+                "priors": [dict(r) for r in conn.execute(
+                    select(priors).order_by(priors.c.id.desc()).limit(limit)).mappings()],
             }
+
+    # Priors (node/priors.py) ----------------------------------------------------------------------------
+    @staticmethod
+    def _expected_prior(conn, study_uid: str) -> bool:
+        return conn.execute(select(priors.c.id).where(priors.c.prior_study_uid == study_uid).limit(1)).first() \
+            is not None
+
+    @staticmethod
+    def _record_prior(conn, rec: InstanceRecord, t: float) -> None:
+        """A retrieved prior: kept apart from received work. Its study is 'done' at once (no quiet timer, no
+        rule), so retention purges it like a finished study; a study the node already holds as its own work is
+        left as it is, and so is an instance it already holds."""
+        have = conn.execute(select(instances.c.is_prior).where(
+            instances.c.sop_instance_uid == rec.sop_instance_uid)).first()
+        if have is not None and not have[0]:
+            return
+        conn.execute(delete(instances).where(instances.c.sop_instance_uid == rec.sop_instance_uid))
+        conn.execute(insert(instances).values(received_at=t, **{**rec.__dict__, "is_prior": True}))
+        row = conn.execute(select(studies.c.is_prior).where(studies.c.study_uid == rec.study_uid)).first()
+        if row is None:
+            conn.execute(insert(studies).values(
+                study_uid=rec.study_uid, state="done", version=0, first_received_at=t, last_received_at=t,
+                completed_at=t, is_prior=True, note="prior study, retrieved for comparison"))
+        elif row[0]:
+            conn.execute(update(studies).where(studies.c.study_uid == rec.study_uid)
+                         .values(last_received_at=t, completed_at=t))
+
+    def start_prior_lookup(self, for_study_uid: str) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(insert(priors).values(for_study_uid=for_study_uid, state="querying",
+                                                     started_at=now()))
+            return int(res.inserted_primary_key[0])
+
+    def expect_prior(self, lookup_id: int, prior_study_uid: str) -> None:
+        """Committed before the retrieve: instances of ``prior_study_uid`` are recorded as priors from now on."""
+        with self.engine.begin() as conn:
+            conn.execute(update(priors).where(priors.c.id == lookup_id)
+                         .values(prior_study_uid=prior_study_uid, state="retrieving"))
+
+    def finish_prior_lookup(self, lookup_id: int, state: str, outcome: str, seconds: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(priors).where(priors.c.id == lookup_id)
+                         .values(state=state, outcome=outcome, finished_at=now(), seconds=seconds))
+
+    def instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(instances).where(
+                instances.c.sop_instance_uid == sop_instance_uid)).mappings().first()
+            return dict(row) if row else None

@@ -112,7 +112,8 @@ class Runtime:
         ctx = JobContext(job=job, rule=rule, endpoint_name=job["endpoint"], endpoint=endpoint,
                          client=self.client(job["endpoint"]), instance_paths=paths,
                          previous_results=lambda kind: self._previous(job, kind),
-                         classifications=self._labels(job["study_uid"]), store=self.store)
+                         classifications=self._labels(job["study_uid"]), store=self.store,
+                         prior_lookup=self._prior_lookup())
         t0 = time.monotonic()
         try:
             output = pipeline_for(endpoint.model)(ctx)
@@ -184,6 +185,14 @@ class Runtime:
         audit_log(self.cfg).record(event, outcome, job_id=job["id"], rule=job["rule_name"], endpoint=job["endpoint"],
                                    endpoint_host=host, study_uid=job["study_uid"],
                                    series_uids=json.loads(job["series_uids"]), **fields)
+
+    def _prior_lookup(self):
+        """The prior lookup of node/priors.py, when the configuration asks for priors."""
+        if self.cfg.priors is None or not self.cfg.priors.enabled:
+            return None
+        from .priors import PriorFetcher
+
+        return PriorFetcher(self.cfg, self.store, self.spool).fetch
 
     def _previous(self, job: dict[str, Any], kind: str) -> pydicom.Dataset | None:
         prev = self.store.previous_result(job["study_uid"], job["rule_name"], job["study_version"], kind)

@@ -179,3 +179,11 @@ def test_png_converter_writes_no_metadata(data: Path) -> None:
     png = to_model_image(pydicom.dcmread(data / "cxr" / "cr_pa_mono1_uncompressed.dcm")).png
     assert set(png_chunks(png)) <= {"IHDR", "IDAT", "IEND", "PLTE"}
     assert not Image.open(io.BytesIO(png)).info.get("exif")
+
+
+def test_a_priors_names_and_ids_are_scrubbed_but_its_date_is_kept() -> None:
+    from converters.scrub import names_and_ids
+
+    prior = header(AccessionNumber="ACC-PRIOR-1", StudyDate="20230115")
+    text = "Prior ACC-PRIOR-1 of 2023-01-15 for Quixote: clear lungs."
+    assert scrub_text(text, [header(), names_and_ids(prior)]) == "Prior [id] of 2023-01-15 for [name]: clear lungs."

@@ -31,6 +31,8 @@ class JobContext:
     # zero-shot labels stored for this study: label set -> SOP Instance UID -> winning label (node/embeddings.py)
     classifications: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     store: Any = None  # node.state.Store, for caches only (results go through JobOutput)
+    # frontal header -> node.priors.PriorResult; None when priors are not configured
+    prior_lookup: Callable[[pydicom.Dataset], Any] | None = None
 
     def uid(self, label: str) -> str:
         """A result UID derived from the job: the same on every re-run of the job, new for a new job."""

@@ -7,11 +7,12 @@ import logging
 import pydicom
 
 from converters.cxr import NoFrontalView, build_cxr_inputs
-from converters.scrub import scrub_request_text
+from converters.scrub import names_and_ids, scrub_request_text
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.gsps import build_findings_gsps
 from dicom_out.sr import GroundedFinding, build_findings_sr
 from node.invoke.cxrreportgen import build_request, denormalize_box, parse_response
+from node.priors import prior_inputs
 
 from . import JobContext, JobOutput
 
@@ -43,14 +44,18 @@ def run(ctx: JobContext) -> JobOutput:
     except NoFrontalView as exc:
         return JobOutput(state="skipped", outcome=f"no frontal chest image: {exc}")
     sent = [pydicom.dcmread(p, stop_before_pixels=True) for p in (inputs.frontal_path, inputs.lateral_path) if p]
+    prior = prior_inputs(ctx.prior_lookup, inputs.frontal_path, max_side=ctx.rule.params.get("max_side"))
     payload = build_request(
         frontal_png=inputs.frontal.png,
         lateral_png=inputs.lateral.png if inputs.lateral else None,
+        prior_png=prior.png,
         indication=inputs.text.indication,
         technique=inputs.text.technique,
-        comparison=inputs.text.comparison,
+        comparison=inputs.text.comparison or prior.comparison,
+        prior_report=prior.report,
     )
-    payload = scrub_request_text(payload, sent)  # free text: no names, IDs, dates of the study's own header
+    # free text: no names, IDs, dates of the study's own header (nor the prior's names and IDs)
+    payload = scrub_request_text(payload, [*sent, *(names_and_ids(ds) for ds in prior.evidence)])
     reply = ctx.client.score(payload, request_id=ctx.request_id)
     raw = parse_response(reply.body)
     findings = [GroundedFinding(text=f.text, boxes=map_boxes(f.boxes, inputs.frontal, ctx.endpoint.box_reference))
@@ -65,12 +70,12 @@ def run(ctx: JobContext) -> JobOutput:
     sr = build_findings_sr(
         frontal=frontal, evidence=evidence, findings=findings, algorithm=algorithm,
         series_instance_uid=ctx.uid("sr-series"), sop_instance_uid=ctx.uid("sr"),
-        series_number=SR_SERIES_NUMBER, predecessor=ctx.previous_results("sr"))
+        series_number=SR_SERIES_NUMBER, predecessor=ctx.previous_results("sr"), other_evidence=prior.evidence)
     gsps = build_findings_gsps(
         frontal=frontal, findings=findings, algorithm=algorithm,
         series_instance_uid=ctx.uid("gsps-series"), sop_instance_uid=ctx.uid("gsps"),
         series_number=GSPS_SERIES_NUMBER)
     n_boxes = sum(len(f.boxes) for f in findings)
     views = "frontal + lateral" if inputs.lateral else "frontal only"
-    return JobOutput(state="done", outcome=f"{len(findings)} findings, {n_boxes} boxes ({views})",
+    return JobOutput(state="done", outcome=f"{len(findings)} findings, {n_boxes} boxes ({views}){prior.note}",
                      results=[("sr", sr), ("gsps", gsps)], endpoint_seconds=reply.elapsed_seconds)
