@@ -20,6 +20,7 @@ from typing import Any
 import pydicom
 
 from .config import NodeConfig
+from .failpoints import failpoint
 from .outbox import deliver_due
 from .pipelines import JobContext, pipeline_for
 from .queue import Queue
@@ -122,6 +123,7 @@ class Runtime:
             rows.append({"sop_instance_uid": str(ds.SOPInstanceUID), "study_uid": job["study_uid"],
                          "series_uid": str(ds.SeriesInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
                          "kind": kind, "path": str(path)})
+        failpoint("results_written")
         ok = self.store.finish_job(job_id, self.owner, state=output.state, outcome=output.outcome,
                                    new_results=rows, destinations=rule.send_to if rows else (),
                                    endpoint_seconds=output.endpoint_seconds)

@@ -10,6 +10,7 @@ from converters.cxr import NoFrontalView, build_cxr_inputs
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.gsps import build_findings_gsps
 from dicom_out.sr import GroundedFinding, build_findings_sr
+from node.failpoints import failpoint
 from node.invoke.cxrreportgen import build_request, denormalize_box, parse_response
 
 from . import JobContext, JobOutput
@@ -37,6 +38,7 @@ def run(ctx: JobContext) -> JobOutput:
         inputs = build_cxr_inputs(ctx.instance_paths, max_side=ctx.rule.params.get("max_side"))
     except NoFrontalView as exc:
         return JobOutput(state="skipped", outcome=f"no frontal chest image: {exc}")
+    failpoint("converted")
     payload = build_request(
         frontal_png=inputs.frontal.png,
         lateral_png=inputs.lateral.png if inputs.lateral else None,
