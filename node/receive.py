@@ -177,7 +177,10 @@ class StorageSCP:
         server = self._server
         server.shutdown()
         deadline = time.monotonic() + drain_seconds
-        while server.active_associations and time.monotonic() < deadline:
+        # Only established associations are drained: a TCP connection that never asked for one (a health
+        # check, a port scan) would otherwise hold the shutdown for the whole ACSE timeout (the acceptor
+        # thread waits in a queue that abort() does not wake); its daemon thread ends with the process.
+        while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
             time.sleep(0.05)
         for assoc in server.active_associations:
             assoc.abort()

@@ -157,9 +157,9 @@ class Runtime:
                 self.queue.enqueue_delivery(destination, delay=max(0.0, due - time.time()))
 
     # Recovery -----------------------------------------------------------------------------------------
-    def sweep(self) -> None:
+    def sweep(self, fresh_start: bool = False) -> None:
         """Re-enqueue what a crash or a lost task left behind. Every task it enqueues is idempotent."""
-        stale = self.store.stale_work(self.cfg.node.study_complete_after_seconds)
+        stale = self.store.stale_work(self.cfg.node.study_complete_after_seconds, fresh_start=fresh_start)
         for study_uid in stale["studies"]:
             self.queue.check_study(study_uid)
         for job_id in stale["jobs"]:
@@ -203,7 +203,7 @@ def run_worker(cfg: NodeConfig, *, parent_pid: int | None = None) -> None:
         if os.getppid() != parent_pid:
             return  # the parent died before prctl took effect
     rt = init_runtime(cfg)
-    rt.sweep()  # resume at once what the previous run left
+    rt.sweep(fresh_start=True)  # resume at once what the previous run left (a job released at restart too)
     consumer = rt.queue.consumer(cfg.queue.workers)
     log.info("worker started: %d threads, lease owner %s", cfg.queue.workers, rt.owner)
     consumer.run()

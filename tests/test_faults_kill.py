@@ -142,3 +142,22 @@ def test_sigkill_during_the_return_cstore_delivers_exactly_once(tmp_path: Path, 
     assert len(uids) == 2 and len(set(uids)) == 2, uids
     assert set(first) <= set(uids), "the resend must reuse the result's SOP Instance UID"
     assert len(emulator.requests) == 1, "results already made are not made again"
+
+
+def test_a_silent_tcp_connection_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    """A health check or port scan that connects and never asks for an association: SIGTERM still drains at once.
+
+    (It used to wait for pynetdicom's 30 s ACSE timeout, so every test's node.stop() took 30 s.)
+    """
+    import socket
+
+    node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url="http://127.0.0.1:9/score", pacs=None))
+    node.start()
+    silent = socket.create_connection(("127.0.0.1", node.port))
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        assert node.stop() == 0
+        assert time.monotonic() - t0 < 10, f"shutdown took {time.monotonic() - t0:.1f} s"
+    finally:
+        silent.close()
