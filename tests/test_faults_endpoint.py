@@ -67,7 +67,7 @@ CASES = {
     "503_twice": ([{"status": 503, "repeat": 2}], "done", ""),
     "stall_past_timeout": ([{"stall_seconds": READ_TIMEOUT + 3}], "done", ""),
     "connection_closed": ([{"close": True}], "done", ""),
-    "malformed_json": ([{"malformed": True}], "failed", "not JSON"),
+    "malformed_json": ([{"malformed": True}], "failed", "not valid JSON"),
     "box_of_wrong_shape": ([{"body": [{"output": '[["EMULATED finding", [[0.1, 0.2, 0.3]]]]'}]}], "failed",
                            "must be 4 numbers"),
     "not_a_list": ([{"body": {"result": "EMULATED"}}], "failed", "without 'output'"),
@@ -103,4 +103,4 @@ def test_endpoint_fault(env: Env, case: str) -> None:
     time.sleep(0.5)
     counts = pacs_uids_by_study(env.pacs)
     assert counts.get(b_uid) == 2 and counts.get(a_uid) in (None, 2), counts
-    assert env.emulator.pending_faults() == [], "every scripted fault was met"
+    assert env.emulator.pending_faults == [], "every scripted fault was met"
