@@ -19,8 +19,10 @@ import pydicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import NodeConfig
+from .receive_guard import install as install_receive_guard, write_failed
 from .spool import Spool, SpoolFullError, is_valid_uid, move_durably
 from .state import InstanceRecord, Store
 
@@ -42,6 +44,7 @@ def configure_pynetdicom() -> None:
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.LOG_HANDLER_LEVEL = "none"
+    install_receive_guard()  # a full disk while receiving answers 0xA700 instead of killing the association
 
 
 class NodeAssociationServer(ThreadedAssociationServer):
@@ -93,8 +96,13 @@ class StorageSCP:
         """EVT_C_STORE: make the received file durable, then acknowledge it."""
         tmp = Path(event.dataset_path)
         calling_ae = event.assoc.requestor.ae_title.strip()
+        if write_failed(tmp):
+            tmp.unlink(missing_ok=True)
+            return STATUS_OUT_OF_RESOURCES
         try:
-            self.spool.check_space(tmp.stat().st_size)
+            tmp.stat()
+            # the received file is already on this file system (and counted): only the floor matters now
+            self.spool.check_space(0)
         except (SpoolFullError, OSError) as exc:
             log.error("spool full: refusing instance (0xA700): %s", exc)
             return STATUS_OUT_OF_RESOURCES
@@ -119,6 +127,7 @@ class StorageSCP:
                 tmp, "SOPInstanceUID in the data set differs from the C-STORE request's AffectedSOPInstanceUID",
                 command_uid, calling_ae, status=STATUS_MISMATCH)
         dst = self.spool.instance_path(study_uid, series_uid, sop_uid)
+        replaces = dst.exists()  # a resend of an instance already acknowledged
         try:
             move_durably(tmp, dst)
             size = dst.stat().st_size
@@ -126,8 +135,12 @@ class StorageSCP:
                 sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid, sop_class_uid=sop_class,
                 transfer_syntax_uid=str(event.context.transfer_syntax), path=str(dst), size_bytes=size,
                 calling_ae=calling_ae)], self.cfg.node.study_complete_after_seconds)
-        except OSError as exc:
-            log.error("cannot store instance %s durably (0xA700): %s", sop_uid, exc)
+        except (OSError, SQLAlchemyError) as exc:
+            # ENOSPC on the rename, or SQLite's "database or disk is full" on the commit: nothing was
+            # recorded, so a new file must not stay in the spool unknown to the database.
+            log.error("cannot store instance %s durably (0xA700): %s", sop_uid, type(exc).__name__)
+            if not replaces:
+                dst.unlink(missing_ok=True)
             return STATUS_OUT_OF_RESOURCES
         for study, due_at in due:
             self.schedule_check(study, max(0.0, due_at - time.time()))

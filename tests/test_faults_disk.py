@@ -59,7 +59,18 @@ def test_full_spool_answers_out_of_resources_and_keeps_what_it_acknowledged(tmp_
         refused = [s for s in statuses if s != "Success"]
         assert ok > 0, out[-3000:]
         assert refused and all("OutOfResources" in s for s in refused), sorted(set(statuses))
-        assert ok + len(refused) == len(files)
+        assert ok + len(refused) <= len(files)  # storescu stops at the first refusal
+        # Fill what is left but 64 KiB, then send one more: now the write of the received data set itself
+        # meets ENOSPC (not only the free-space check before the rename).
+        free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+        filler = small_fs / "filler"
+        filler.write_bytes(b"\0" * max(0, free - 64 * 1024))
+        late = storescu("127.0.0.1", node.port, files[-1:], extra=["-v", "-x="])
+        late_status = re.findall(r"Received Store Response \(([^)]*)\)", late.stdout + late.stderr)
+        filler.unlink()
+        assert late_status == ["Refused: OutOfResources"], late.stdout + late.stderr
+        assert "Traceback" not in node.logs(), "the reactor thread must not die on ENOSPC"
+        assert not [p for p in (small_fs / "tmp").iterdir()], "the refused partial file is removed"
         acked = set()
         for sent, status in zip(re.findall(r"Sending file: (\S+)", out), statuses):
             if status == "Success":
