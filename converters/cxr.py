@@ -170,6 +170,8 @@ def read_header(path: Path) -> tuple[Dataset, bool]:
         # read_partial is what dcmread(stop_before_pixels=True) runs; the callback also tells us pixels exist.
         try:
             ds = read_partial(handle, stop_when=stop_at_pixels)
+            for _elem in ds:  # convert every raw element now: a bad VR or length fails here, not mid-selection
+                pass
         except (InvalidDicomError, OSError, ValueError, EOFError):
             raise
         except Exception as exc:  # broken data raise many kinds (BytesLengthException, struct.error...)

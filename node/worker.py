@@ -19,6 +19,7 @@ from typing import Any
 
 import pydicom
 
+from .checks import mixed_patients_reason
 from .config import NodeConfig
 from .failpoints import failpoint
 from .outbox import deliver_due
@@ -94,6 +95,11 @@ class Runtime:
         endpoint = self.cfg.endpoints[job["endpoint"]]
         series = set(json.loads(job["series_uids"]))
         paths = [Path(r["path"]) for r in self.store.study_instances(job["study_uid"]) if r["series_uid"] in series]
+        mixed = mixed_patients_reason(paths)
+        if mixed:
+            self.store.finish_job(job_id, self.owner, state="failed", outcome=mixed)
+            log.error("job %d (study %s) failed: %s", job_id, job["study_uid"], mixed)
+            return
         ctx = JobContext(job=job, rule=rule, endpoint_name=job["endpoint"], endpoint=endpoint,
                          client=self.client(job["endpoint"]), instance_paths=paths,
                          previous_results=lambda kind: self._previous(job, kind))
