@@ -40,6 +40,7 @@ def test_sigkill_during_cstore_association_keeps_every_acknowledged_instance(tmp
     acked: list[str] = []
     try:
         ae = AE(ae_title="MODALITY")
+        ae.dimse_timeout = ae.network_timeout = 5  # after the kill no reply will come
         ae.add_requested_context(CTImageStorage)
         assoc = ae.associate("127.0.0.1", node.port, ae_title="AINODE")
         assert assoc.is_established

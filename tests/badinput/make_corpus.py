@@ -97,7 +97,7 @@ def build_corpus(out: Path, data: Path) -> list[Case]:
     c.files = [_save(ds, d / "0.dcm")]
 
     # Rows written with a wrong VR and a 3-byte value (explicit VR: the bytes say "US" but hold nonsense)
-    c, study, d = case("wrong_vr_rows", "failed", "")
+    c, study, d = case("wrong_vr_rows", "skipped", "not readable as DICOM")
     ds = _chest(base, study_uid=study, patient_id="BAD-04")
     del ds.Rows
     ds[Tag(0x00280010)] = RawDataElement(Tag(0x00280010), "US", 3, b"\x01\x02\x03", 0, False, True)
