@@ -63,7 +63,13 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
             continue
         limit = dest.max_processing_failure_attempts if out.verdict == "retry_limited" else dest.max_attempts
         if out.verdict == "park" or attempts >= limit or too_old:
-            why = out.reason if out.verdict == "park" else f"{out.reason}; gave up after {attempts} attempts"
+            if out.verdict == "park":
+                why = out.reason
+            elif attempts >= limit:
+                why = f"{out.reason}; gave up after {attempts} attempts"
+            else:
+                why = (f"{out.reason}; not delivered within give_up_after_seconds "
+                       f"({dest.give_up_after_seconds:g} s, {attempts} attempts)")
             store.settle_outbox(row["id"], row["lease_owner"], state="parked", status=out.status, error=why)
             report.parked += 1
             log.error("ALERT: result %s parked for %s: %s (%s)", row["result_uid"], destination, why, out.status)

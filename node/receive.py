@@ -19,9 +19,11 @@ import pydicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
 
 from .audit import audit_log
 from .config import NodeConfig
+from .receive_guard import install as install_receive_guard, write_failed
 from .scp_security import ScpSecurity
 from .spool import Spool, SpoolFullError, is_valid_uid, move_durably
 from .state import InstanceRecord, Store
@@ -45,6 +47,7 @@ def configure_pynetdicom() -> None:
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.LOG_HANDLER_LEVEL = "none"
+    install_receive_guard()  # a full disk while receiving answers 0xA700 instead of killing the association
 
 
 class NodeAssociationServer(ThreadedAssociationServer):
@@ -98,8 +101,13 @@ class StorageSCP:
         """EVT_C_STORE: make the received file durable, then acknowledge it."""
         tmp = Path(event.dataset_path)
         calling_ae = event.assoc.requestor.ae_title.strip()
+        if write_failed(tmp):
+            tmp.unlink(missing_ok=True)
+            return STATUS_OUT_OF_RESOURCES
         try:
-            self.spool.check_space(tmp.stat().st_size)
+            tmp.stat()
+            # the received file is already on this file system (and counted): only the floor matters now
+            self.spool.check_space(0)
         except (SpoolFullError, OSError) as exc:
             log.error("spool full: refusing instance (0xA700): %s", exc)
             return STATUS_OUT_OF_RESOURCES
@@ -124,6 +132,7 @@ class StorageSCP:
                 tmp, "SOPInstanceUID in the data set differs from the C-STORE request's AffectedSOPInstanceUID",
                 command_uid, calling_ae, status=STATUS_MISMATCH)
         dst = self.spool.instance_path(study_uid, series_uid, sop_uid)
+        replaces = dst.exists()  # a resend of an instance already acknowledged
         try:
             move_durably(tmp, dst)
             size = dst.stat().st_size
@@ -131,8 +140,12 @@ class StorageSCP:
                 sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid, sop_class_uid=sop_class,
                 transfer_syntax_uid=str(event.context.transfer_syntax), path=str(dst), size_bytes=size,
                 calling_ae=calling_ae)], self.cfg.node.study_complete_after_seconds)
-        except OSError as exc:
-            log.error("cannot store instance %s durably (0xA700): %s", sop_uid, exc)
+        except (OSError, SQLAlchemyError) as exc:
+            # ENOSPC on the rename, or SQLite's "database or disk is full" on the commit: nothing was
+            # recorded, so a new file must not stay in the spool unknown to the database.
+            log.error("cannot store instance %s durably (0xA700): %s", sop_uid, type(exc).__name__)
+            if not replaces:
+                dst.unlink(missing_ok=True)
             return STATUS_OUT_OF_RESOURCES
         for study, due_at in due:
             self.schedule_check(study, max(0.0, due_at - time.time()))
@@ -195,7 +208,11 @@ class StorageSCP:
             self._tls_server.shutdown()
         deadline = time.monotonic() + drain_seconds
         servers = [s for s in (server, self._tls_server) if s is not None]
-        while any(s.active_associations for s in servers) and time.monotonic() < deadline:
+        # Only established associations are drained: a TCP connection that never asked for one (a health
+        # check, a port scan) would otherwise hold the shutdown for the whole ACSE timeout (the acceptor
+        # thread waits in a queue that abort() does not wake); its daemon thread ends with the process.
+        while (any(a.is_established for s in servers for a in s.active_associations)
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         for assoc in [a for s in servers for a in s.active_associations]:
             assoc.abort()

@@ -22,7 +22,9 @@ import pydicom
 from converters.scrub import burned_in_refusal_for_files
 
 from .audit import audit_log
+from .checks import mixed_patients_reason
 from .config import NodeConfig
+from .failpoints import failpoint
 from .hardening import harden_process
 from .outbox import deliver_due
 from .pipelines import JobContext, pipeline_for
@@ -104,6 +106,12 @@ class Runtime:
         endpoint = self.cfg.endpoints[job["endpoint"]]
         series = set(json.loads(job["series_uids"]))
         paths = [Path(r["path"]) for r in self.store.study_instances(job["study_uid"]) if r["series_uid"] in series]
+        mixed = mixed_patients_reason(paths)
+        if mixed:  # nothing leaves: a study mixing patients is an identification error upstream
+            self.store.finish_job(job_id, self.owner, state="failed", outcome=mixed)
+            log.error("job %d (study %s) failed: %s", job_id, job["study_uid"], mixed)
+            self._after_job(job["study_uid"])
+            return
         if refusal := burned_in_refusal_for_files(paths, rule.params):  # nothing leaves: BurnedInAnnotation=YES
             self.store.finish_job(job_id, self.owner, state="skipped", outcome=refusal)
             log.info("job %d (study %s, rule %s) skipped: %s", job_id, job["study_uid"], rule.name, refusal)
@@ -149,6 +157,7 @@ class Runtime:
             rows.append({"sop_instance_uid": str(ds.SOPInstanceUID), "study_uid": job["study_uid"],
                          "series_uid": str(ds.SeriesInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
                          "kind": kind, "path": str(path)})
+        failpoint("results_written")
         ok = self.store.finish_job(job_id, self.owner, state=output.state, outcome=output.outcome,
                                    new_results=rows, destinations=rule.send_to if rows else (),
                                    endpoint_seconds=output.endpoint_seconds, writes=output.writes)
@@ -215,9 +224,9 @@ class Runtime:
                 self.queue.enqueue_delivery(destination, delay=max(0.0, due - time.time()))
 
     # Recovery -----------------------------------------------------------------------------------------
-    def sweep(self) -> None:
+    def sweep(self, fresh_start: bool = False) -> None:
         """Re-enqueue what a crash or a lost task left behind. Every task it enqueues is idempotent."""
-        stale = self.store.stale_work(self.cfg.node.study_complete_after_seconds)
+        stale = self.store.stale_work(self.cfg.node.study_complete_after_seconds, fresh_start=fresh_start)
         for study_uid in stale["studies"]:
             self.queue.check_study(study_uid)
         for job_id in stale["jobs"]:
@@ -265,7 +274,7 @@ def run_worker(cfg: NodeConfig, *, parent_pid: int | None = None) -> None:
             return  # the parent died before prctl took effect
     harden_process(cfg.storage_dir)  # also when the worker runs on its own (`dicom-node worker`)
     rt = init_runtime(cfg)
-    rt.sweep()  # resume at once what the previous run left
+    rt.sweep(fresh_start=True)  # resume at once what the previous run left (a job released at restart too)
     consumer = rt.queue.consumer(cfg.queue.workers)
     log.info("worker started: %d threads, lease owner %s", cfg.queue.workers, rt.owner)
     consumer.run()

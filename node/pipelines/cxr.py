@@ -11,6 +11,7 @@ from converters.scrub import names_and_ids, scrub_request_text
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.gsps import build_findings_gsps
 from dicom_out.sr import GroundedFinding, build_findings_sr
+from node.failpoints import failpoint
 from node.invoke.cxrreportgen import build_request, denormalize_box, parse_response
 from node.priors import prior_inputs
 
@@ -43,6 +44,7 @@ def run(ctx: JobContext) -> JobOutput:
                                   classified=classified)
     except NoFrontalView as exc:
         return JobOutput(state="skipped", outcome=f"no frontal chest image: {exc}")
+    failpoint("converted")
     sent = [pydicom.dcmread(p, stop_before_pixels=True) for p in (inputs.frontal_path, inputs.lateral_path) if p]
     prior = prior_inputs(ctx.prior_lookup, inputs.frontal_path, max_side=ctx.rule.params.get("max_side"))
     payload = build_request(
