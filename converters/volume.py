@@ -434,7 +434,8 @@ def mask_on_volume(mask_data: np.ndarray, mask_affine: np.ndarray, volume: Volum
 
     The model may answer in another voxel order than it was sent (a reoriented, flipped or cropped mask): every
     voxel ``(i, j, k)`` of ``volume`` takes the mask voxel whose centre is nearest to the same world point,
-    ``round(inv(mask_affine) @ volume.affine @ (i, j, k, 1))``; points outside the mask are 0. The usual case,
+    ``round(inv(mask_affine) @ volume.affine @ (i, j, k, 1))``. A mask that does not cover the whole volume (a
+    reply of the wrong shape or geometry) is a :class:`VolumeError`, not a partial answer. The usual case,
     a mask on the very grid of the request, is returned as it is (a copy). ``mask_data`` is 3-D, or 4-D with one
     volume in its last axis. The result has ``volume.data.shape`` and the mask's dtype.
     """
@@ -450,6 +451,11 @@ def mask_on_volume(mask_data: np.ndarray, mask_affine: np.ndarray, volume: Volum
     to_mask = np.linalg.inv(mask_affine) @ volume.affine  # volume voxel -> mask voxel
     if data.shape == shape and np.allclose(to_mask, np.eye(4), atol=GRID_TOLERANCE_VOXELS):
         return data.copy()
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    landed = np.rint((corners @ to_mask.T)[:, :3])
+    if np.any(landed < 0) or np.any(landed > np.asarray(data.shape) - 1):
+        raise VolumeError(f"the mask (shape {list(data.shape)}) does not cover the {list(shape)} volume it was asked "
+                          f"for: a reply of the wrong shape or geometry")
     out = np.zeros(shape, dtype=data.dtype)
     ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     plane = np.stack([ii.ravel(), jj.ravel()], axis=0).astype(np.float64)  # (2, n) of this slice's (i, j)

@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from validate import assert_valid_dicom
 
 from converters.parse2d import to_parse_image
-from converters.volume import mask_on_volume, series_to_volume
+from converters.volume import VolumeError, mask_on_volume, series_to_volume
 from node.config import parse_config
 from node.emulator.parse import emulate_masks
 from node.emulator.server import EmulatorServer
@@ -134,10 +134,28 @@ def test_mask_in_another_voxel_order_is_put_back_on_the_request_grid(data: Path)
     flipped = nibabel.Nifti1Image(np.asanyarray(canonical.dataobj)[::-1, :, ::-1].copy(), canonical.affine @ flip)
     for answer in (image, canonical, flipped):
         assert np.array_equal(mask_on_volume(np.asanyarray(answer.dataobj), answer.affine, volume), truth)
-    cropped = image.slicer[10:, :, 2:]
-    got = mask_on_volume(np.asanyarray(cropped.dataobj), cropped.affine, volume)
-    assert np.array_equal(got[10:, :, 2:], truth[10:, :, 2:])
-    assert not got[:10].any() and not got[:, :, :2].any()
+    for wrong in (image.slicer[10:, :, 2:], nibabel.Nifti1Image(truth[:, :, :-1], volume.affine)):
+        with pytest.raises(VolumeError, match="does not cover"):
+            mask_on_volume(np.asanyarray(wrong.dataobj), wrong.affine, volume)
+
+
+def test_replies_of_the_wrong_shape_fail_the_job_clearly(emulator, data: Path, tmp_path: Path) -> None:
+    import base64
+    import gzip
+    import json
+
+    bad_2d = {"data": base64.b64encode(np.zeros((1, 512, 512), np.uint8).tobytes()).decode(), "shape": [1, 512, 512],
+              "dtype": "uint8"}
+    emulator.script_faults([{"body": [{"image_features": json.dumps(bad_2d), "text_features": ["liver"]}]}])
+    path = _synthetic(tmp_path, 64, 32)
+    with pytest.raises(ValueError, match=r"masks of shape \[1, 512, 512\]; expected \[n_prompts, 1024, 1024\]"):
+        run_pipeline(emulator, "medimageparse", [path], {"prompt": "liver"})
+    paths = sorted((data / MR_DIR).glob("*.dcm"))
+    small = nibabel.Nifti1Image(np.zeros((256, 256, 19), np.uint8), series_to_volume(paths).affine)
+    nifti = base64.b64encode(gzip.compress(small.to_bytes())).decode()
+    emulator.script_faults([{"body": [{"nifti_file": json.dumps({"data": nifti})}]}])
+    with pytest.raises(VolumeError, match="does not cover"):
+        run_pipeline(emulator, "medimageparse3d", paths, {"prompt": "prostate", "series": "matched"})
 
 
 def test_volume_over_the_request_limit_is_refused_before_sending(emulator, data: Path) -> None:
