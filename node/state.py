@@ -70,17 +70,23 @@ class Store:
     def _record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
         t = now()
         to_schedule: dict[str, float] = {}
+        # One statement per kind of row, one read and one update per study: a group commit brings many
+        # records of few studies. A SOP Instance UID twice in one batch (a resend racing itself): the last wins.
+        latest = list({rec.sop_instance_uid: rec for rec in records}.values())
         with self.engine.begin() as conn:
-            for rec in records:
-                conn.execute(delete(instances).where(instances.c.sop_instance_uid == rec.sop_instance_uid))
-                conn.execute(insert(instances).values(received_at=t, **rec.__dict__))
-                row = conn.execute(select(studies).where(studies.c.study_uid == rec.study_uid)).mappings().first()
+            conn.execute(delete(instances).where(instances.c.sop_instance_uid.in_([r.sop_instance_uid for r in latest])))
+            conn.execute(insert(instances), [dict(received_at=t, **rec.__dict__) for rec in latest])
+            first_of_study: dict[str, InstanceRecord] = {}
+            for rec in latest:
+                first_of_study.setdefault(rec.study_uid, rec)
+            for study_uid, rec in first_of_study.items():
+                row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
                 due = t + quiet_seconds
                 if row is None:
                     conn.execute(insert(studies).values(
-                        study_uid=rec.study_uid, state="receiving", version=0, first_received_at=t,
+                        study_uid=study_uid, state="receiving", version=0, first_received_at=t,
                         last_received_at=t, check_due_at=due, is_prior=rec.is_prior))
-                    to_schedule[rec.study_uid] = due
+                    to_schedule[study_uid] = due
                 else:
                     values: dict[str, Any] = {"last_received_at": t}
                     if row["state"] != "receiving":
@@ -88,8 +94,8 @@ class Store:
                         values["note"] = f"re-opened by a new instance after version {row['version']}"
                     if row["check_due_at"] is None:
                         values["check_due_at"] = due
-                        to_schedule[rec.study_uid] = due
-                    conn.execute(update(studies).where(studies.c.study_uid == rec.study_uid).values(**values))
+                        to_schedule[study_uid] = due
+                    conn.execute(update(studies).where(studies.c.study_uid == study_uid).values(**values))
         return list(to_schedule.items())
 
     def record_quarantine(self, path: str, reason: str, sop_instance_uid: str | None, calling_ae: str) -> None:
