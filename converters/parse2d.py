@@ -26,7 +26,8 @@ with black (seed document; NOTES "MedImageParse"). Documented choices:
 - Resampling filter: LANCZOS for the image (masks never go through Pillow).
 - **Frame selection** (:func:`select_frames`): default ``"middle"``; frames of all instances are put in one list
   sorted by InstanceNumber (then by frame), and the middle one is index ``(n - 1) // 2`` (the lower middle for an
-  even count); a single single-frame image gives itself.
+  even count); a single single-frame image gives itself. Also ``"all"``, ``"every:N"`` and ``"instances:3,7"``
+  (by InstanceNumber).
 """
 
 from __future__ import annotations
@@ -288,7 +289,8 @@ def select_frames(instances: list[tuple[Path, pydicom.Dataset]], how: str = "mid
 
     All frames of all instances, sorted by InstanceNumber (then path, then frame), then:
     ``"middle"`` (default): the frame at index ``(n - 1) // 2``; ``"all"``: every frame;
-    ``"every:N"``: frames 0, N, 2N, ... (N >= 1). An empty series gives [].
+    ``"every:N"``: frames 0, N, 2N, ... (N >= 1); ``"instances:3,7"``: every frame of the instances with those
+    InstanceNumbers (a number no instance has is ignored). An empty series gives [].
     """
     ordered = sorted(instances, key=lambda item: (_instance_number(item[1]), str(item[0])))
     frames = [(path, f) for path, ds in ordered for f in range(_number_of_frames(ds))]
@@ -302,4 +304,10 @@ def select_frames(instances: list[tuple[Path, pydicom.Dataset]], how: str = "mid
     match = re.fullmatch(r"every:(\d+)", how)
     if match and int(match.group(1)) >= 1:
         return frames[:: int(match.group(1))]
-    raise ValueError(f"unknown frame selection {how!r}: use 'middle', 'all' or 'every:N' (N >= 1)")
+    match = re.fullmatch(r"instances:(\d+(?:,\d+)*)", how.replace(" ", ""))
+    if match:
+        wanted = {float(n) for n in match.group(1).split(",")}
+        keep = {str(path) for path, ds in ordered if _instance_number(ds) in wanted}
+        return [(path, f) for path, f in frames if str(path) in keep]
+    raise ValueError(f"unknown frame selection {how!r}: use 'middle', 'all', 'every:N' (N >= 1) or "
+                     f"'instances:N[,N...]'")

@@ -64,7 +64,7 @@ from pydicom.pixels import apply_modality_lut
 
 __all__ = ["VolumeError", "SeriesCandidate", "Volume", "select_volume_series", "series_to_volume",
            "AXIAL_MAX_DEGREES", "ORIENTATION_TOLERANCE", "DUPLICATE_TOLERANCE_MM", "SPACING_RELATIVE_TOLERANCE",
-           "SPACING_ABSOLUTE_TOLERANCE_MM"]
+           "SPACING_ABSOLUTE_TOLERANCE_MM", "mask_on_volume", "GRID_TOLERANCE_VOXELS"]
 
 AXIAL_MAX_DEGREES = 30.0
 ORIENTATION_TOLERANCE = 1e-4
@@ -483,3 +483,44 @@ def _int(value: Any, default: int) -> int:
 
 def _fmt(values: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:.5g}" for v in values) + "]"
+
+
+# --- model output back onto the volume -------------------------------------------------------------------------------
+
+#: How far (in voxels) the mask grid may sit from the volume grid and still count as the same grid.
+GRID_TOLERANCE_VOXELS = 1e-3
+
+
+def mask_on_volume(mask_data: np.ndarray, mask_affine: np.ndarray, volume: Volume) -> np.ndarray:
+    """A mask volume (with its own affine) resampled onto ``volume``'s voxel grid, nearest neighbour.
+
+    The model may answer in another voxel order than it was sent (a reoriented, flipped or cropped mask): every
+    voxel ``(i, j, k)`` of ``volume`` takes the mask voxel whose centre is nearest to the same world point,
+    ``round(inv(mask_affine) @ volume.affine @ (i, j, k, 1))``; points outside the mask are 0. The usual case,
+    a mask on the very grid of the request, is returned as it is (a copy). ``mask_data`` is 3-D, or 4-D with one
+    volume in its last axis. The result has ``volume.data.shape`` and the mask's dtype.
+    """
+    data = np.asarray(mask_data)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise VolumeError(f"a mask volume must be 3-D, got shape {list(np.shape(mask_data))}")
+    mask_affine = np.asarray(mask_affine, dtype=np.float64)
+    if mask_affine.shape != (4, 4) or not np.all(np.isfinite(mask_affine)) or abs(np.linalg.det(mask_affine)) < 1e-12:
+        raise VolumeError("the mask's affine is not an invertible 4x4 matrix")
+    shape = volume.data.shape[:3]
+    to_mask = np.linalg.inv(mask_affine) @ volume.affine  # volume voxel -> mask voxel
+    if data.shape == shape and np.allclose(to_mask, np.eye(4), atol=GRID_TOLERANCE_VOXELS):
+        return data.copy()
+    out = np.zeros(shape, dtype=data.dtype)
+    ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    plane = np.stack([ii.ravel(), jj.ravel()], axis=0).astype(np.float64)  # (2, n) of this slice's (i, j)
+    rotation, shift = to_mask[:3, :3], to_mask[:3, 3]
+    in_plane = rotation[:, :2] @ plane
+    for k in range(shape[2]):
+        coords = np.rint(in_plane + (rotation[:, 2] * k + shift)[:, None]).astype(np.int64)
+        inside = np.all((coords >= 0) & (coords < np.asarray(data.shape)[:, None]), axis=0)
+        values = np.zeros(plane.shape[1], dtype=data.dtype)
+        values[inside] = data[coords[0, inside], coords[1, inside], coords[2, inside]]
+        out[:, :, k] = values.reshape(shape[0], shape[1])
+    return out

@@ -16,8 +16,8 @@ Choices (see NOTES "highdicom 0.28 gotchas"):
   missing Type 2 patient/study attributes are added empty.
 - Images without patient geometry (ultrasound, secondary capture, some XA/CR): highdicom writes no Frame of
   Reference, and dciodvfy then wants PatientOrientation and refuses SliceThickness in the shared Pixel Measures.
-  :func:`_fix_without_patient_geometry` copies PatientOrientation from the source (empty when unknown) and drops
-  SliceThickness there.
+  :func:`_fix_without_patient_geometry` copies PatientOrientation from the source (empty when unknown) and leaves
+  the Pixel Measures functional group out (highdicom's reader needs SliceThickness in it, dciodvfy refuses it).
 - Source defects highdicom would copy (a zero Pixel Spacing, incomplete Referenced Study items) are removed from
   the header copies first (:func:`_sanitize_header`).
 """
@@ -164,15 +164,14 @@ def _fix_without_patient_geometry(seg: hd.seg.Segmentation, source: pydicom.Data
     """Make a SEG on an image without Frame of Reference pass dciodvfy (see the module docstring)."""
     if "PatientOrientation" not in seg:
         seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+    # highdicom's own reader wants SliceThickness in a Pixel Measures item, dciodvfy refuses it without a Frame of
+    # Reference: leave the (optional, here) Pixel Measures out; the SEG is aligned to its source by pixel indices.
     shared = seg.get("SharedFunctionalGroupsSequence")
-    if shared:
-        for item in shared[0].get("PixelMeasuresSequence", []):
-            if "SliceThickness" in item:
-                del item.SliceThickness
+    if shared and "PixelMeasuresSequence" in shared[0]:
+        del shared[0].PixelMeasuresSequence
     for frame_item in seg.get("PerFrameFunctionalGroupsSequence", []):
-        for item in frame_item.get("PixelMeasuresSequence", []):
-            if "SliceThickness" in item:
-                del item.SliceThickness
+        if "PixelMeasuresSequence" in frame_item:
+            del frame_item.PixelMeasuresSequence
 
 
 def build_segmentation(

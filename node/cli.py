@@ -31,6 +31,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  destination {name}: {d.ae_title}@{d.host}:{d.port}")
     for r in cfg.rules:
         print(f"  rule {r.name}: {r.match} -> {r.endpoint} -> {r.send_to}")
+    if cfg.priors is not None:
+        p = cfg.priors
+        print(f"  priors: {'on' if p.enabled else 'off'}, {p.method} from {p.query}, {p.lookback_days} days back, "
+              f"timeout {p.timeout_seconds:g} s")
     return 0
 
 
@@ -101,6 +105,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in s["recent_jobs"]:
             print(f"  #{r['id']} {r['rule_name']} study {r['study_uid']} v{r['study_version']}: {r['state']} "
                   f"(attempts {r['attempts']}) {r['outcome'] or ''}")
+    if s.get("priors"):
+        print("\nprior lookups:")
+        for r in s["priors"]:
+            took = f"{r['seconds']:.2f} s" if r["seconds"] is not None else "in progress"
+            print(f"  study {r['for_study_uid']}: {r['state']} ({took}) {r['outcome'] or ''}")
     if s["quarantine"]:
         print("\nquarantine:")
         for r in s["quarantine"]:
@@ -126,6 +135,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(Path(args.out), keep_running=args.keep_running)
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from .similar_cli import cmd_similar as run
+
+    return run(args, _load(args.config))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="./demo-out", help="folder for the results and the PNG of the boxes")
     s.add_argument("--keep-running", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    from .similar_cli import add_parser as add_similar
+
+    add_similar(sub)
+    sub.choices["similar"].set_defaults(func=cmd_similar)
     return p
 
 

@@ -132,13 +132,16 @@ class DestinationSection(_Strict):
 
 
 MatchValue = str | int | float | list[str | int | float]
+#: ``match: {classified: {label_set: [labels]}}``: the zero-shot labels of the study's classification rules
+CLASSIFIED_KEY = "classified"
+ClassifiedMatch = dict[str, str | list[str]]
 
 
 class RuleSection(_Strict):
     """A routing rule: which series go to which endpoint, and where the results go."""
 
     name: str = Field(min_length=1)
-    match: dict[str, MatchValue] = Field(default_factory=dict)
+    match: dict[str, MatchValue | ClassifiedMatch] = Field(default_factory=dict)
     endpoint: str
     send_to: list[str] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -148,7 +151,13 @@ class RuleSection(_Strict):
     def _keywords(cls, match: dict[str, MatchValue]) -> dict[str, MatchValue]:
         from pydicom.datadict import tag_for_keyword
 
-        for key in match:
+        for key, value in match.items():
+            if key == CLASSIFIED_KEY:
+                if not isinstance(value, dict) or not value:
+                    raise ValueError("match.classified maps label sets to labels, e.g. {view: [x-ray chest lateral]}")
+                continue
+            if isinstance(value, dict):
+                raise ValueError(f"match key {key!r}: a mapping is allowed only under {CLASSIFIED_KEY!r}")
             if tag_for_keyword(key) is None:
                 raise ValueError(f"match key {key!r} is not a DICOM keyword (e.g. Modality, BodyPartExamined)")
         return match
@@ -174,6 +183,31 @@ class RetentionSection(_Strict):
     )
 
 
+class PriorsSection(_Strict):
+    """Fetching the patient's previous chest X-ray (and its report) from a PACS for CXRReportGen."""
+
+    enabled: bool = True
+    query: str = Field(min_length=1, description="The destinations entry answering C-FIND and C-MOVE/C-GET")
+    method: Literal["c-move", "c-get"] = "c-move"
+    lookback_days: int = Field(1825, ge=1, description="Only studies this many days before the current one")
+    timeout_seconds: float = Field(30.0, gt=0, description="The whole lookup (query, retrieve) ends by then")
+    modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"], min_length=1)
+    report_text_attributes: list[str] = Field(
+        default_factory=list, description="Keywords of the prior image read as its report when the study has no SR")
+    report_text_dir: Path | None = Field(
+        None, description="A folder of <prior StudyInstanceUID>.txt reports (e.g. a RIS export), when no SR")
+
+    @field_validator("report_text_attributes")
+    @classmethod
+    def _keywords(cls, values: list[str]) -> list[str]:
+        from pydicom.datadict import tag_for_keyword
+
+        for key in values:
+            if tag_for_keyword(key) is None:
+                raise ValueError(f"{key!r} is not a DICOM keyword (e.g. ImageComments, StudyComments)")
+        return values
+
+
 class NodeConfig(_Strict):
     """The whole configuration file."""
 
@@ -184,6 +218,7 @@ class NodeConfig(_Strict):
     database: DatabaseSection = Field(default_factory=DatabaseSection)
     queue: QueueSection = Field(default_factory=QueueSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
+    priors: PriorsSection | None = Field(None, description="Prior chest X-ray lookup; absent: no priors")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     source_path: Path | None = Field(None, exclude=True, description="Set by load_config; not a key of the file")
 
@@ -199,12 +234,25 @@ class NodeConfig(_Strict):
                     ("rules", i, "endpoint"),
                     f"unknown endpoint {rule.endpoint!r}; allowed: {sorted(self.endpoints) or 'define one under endpoints'}",
                 )
+            from .rule_params import RuleParamsError, params_for
+
+            try:
+                params_for(self.endpoints[rule.endpoint].model, rule.params)
+            except RuleParamsError as exc:
+                raise _KeyedError(("rules", i, "params", *exc.loc), str(exc)) from None
             for j, dest in enumerate(rule.send_to):
                 if dest not in self.destinations:
                     raise _KeyedError(
                         ("rules", i, "send_to", j),
                         f"unknown destination {dest!r}; allowed: {sorted(self.destinations) or 'define one under destinations'}",
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _priors_reference(self) -> "NodeConfig":
+        if self.priors is not None and self.priors.query not in self.destinations:
+            raise _KeyedError(("priors", "query"), f"unknown destination {self.priors.query!r}; allowed: "
+                                                   f"{sorted(self.destinations) or 'define one under destinations'}")
         return self
 
     # Derived locations -------------------------------------------------------------------------------
@@ -239,7 +287,10 @@ def _resolve_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
     if not storage.is_absolute():
         storage = (base / storage).resolve()
     node = cfg.node.model_copy(update={"storage_dir": storage})
-    return cfg.model_copy(update={"node": node})
+    update: dict[str, Any] = {"node": node}
+    if cfg.priors is not None and cfg.priors.report_text_dir is not None and not cfg.priors.report_text_dir.is_absolute():
+        update["priors"] = cfg.priors.model_copy(update={"report_text_dir": (base / cfg.priors.report_text_dir).resolve()})
+    return cfg.model_copy(update=update)
 
 
 def parse_config(data: Any, source: Path | str = "<memory>", base_dir: Path | None = None) -> NodeConfig:

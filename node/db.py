@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -124,6 +125,70 @@ quarantine = Table(
     Column("sop_instance_uid", String(64)),
     Column("calling_ae", String(16)),
     Column("received_at", Float, nullable=False),
+)
+
+# Prior lookups (node/priors.py): one row per lookup for a current study. ``prior_study_uid`` is written before
+# the retrieve starts, so that instances of that study arriving through the SCP are recorded as priors.
+priors = Table(
+    "priors",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("for_study_uid", String(64), nullable=False, index=True),
+    Column("prior_study_uid", String(64), index=True),
+    # querying -> retrieving -> found | none | timeout | error
+    Column("state", String(16), nullable=False),
+    Column("outcome", Text),  # a short human sentence (never PHI)
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("seconds", Float),
+)
+
+
+# MedImageInsight (node/embeddings.py) ------------------------------------------------------------------
+# Image embeddings: float32 little-endian bytes. Kept after the study's spool is purged (similar-case search
+# looks for old cases); node/similar.py mirrors them into a memory-mapped matrix, appending by id.
+embeddings = Table(
+    "embeddings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False, index=True),
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("sop_instance_uid", "model_name", "model_version", name="uq_embedding_instance_model"),
+)
+
+# The winning zero-shot label per image and label set (rules with `classified:` match on these).
+classifications = Table(
+    "classifications",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("label_set", String(64), primary_key=True),
+    Column("study_uid", String(64), nullable=False, index=True),
+    Column("series_uid", String(64), nullable=False),
+    Column("label", Text, nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("probabilities", Text, nullable=False),  # JSON {label: p}
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("rule_name", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# Cache of label text embeddings, per endpoint and model version.
+text_embeddings = Table(
+    "text_embeddings",
+    metadata,
+    Column("endpoint", String(128), primary_key=True),
+    Column("model_version", String(128), primary_key=True),
+    Column("text", String(512), primary_key=True),
+    Column("vector", LargeBinary, nullable=False),
+    Column("scaling_factor", Float),
+    Column("created_at", Float, nullable=False),
 )
 
 

@@ -10,6 +10,9 @@ Rule semantics (also documented in config/example.yaml):
 - A multi-valued attribute (e.g. ImageType) matches when any of its values matches.
 - A missing or empty tag does not match.
 - Every matching rule runs: one job per rule and study, covering all the series that rule matched.
+- ``classified: {label_set: [labels]}`` matches an instance whose stored zero-shot label of that set (from a
+  MedImageInsight rule with ``params.labels``) is one of the labels (globs, case ignored). Such a rule waits until
+  the study's classification rules have run (:mod:`node.classified`); before that, :func:`plan_study` leaves it out.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pydicom
 from pydicom.multival import MultiValue
 
-from .config import MatchValue, RuleSection, glob_match
+from .config import CLASSIFIED_KEY, MatchValue, RuleSection, glob_match
 
 
 def _values_of(ds: pydicom.Dataset, keyword: str) -> list[str] | None:
@@ -58,7 +61,21 @@ def value_matches(expected: MatchValue, actual_values: Sequence[str] | None) -> 
 
 def instance_matches(match: Mapping[str, MatchValue], ds: pydicom.Dataset) -> bool:
     """Every key of ``match`` matches this instance's header."""
-    return all(value_matches(expected, _values_of(ds, key)) for key, expected in match.items())
+    return all(value_matches(expected, _values_of(ds, key)) for key, expected in match.items()
+               if key != CLASSIFIED_KEY)
+
+
+def classified_matches(expected: Mapping[str, Any] | None, ds: pydicom.Dataset,
+                       labels: Mapping[str, Mapping[str, str]]) -> bool:
+    """Every label set of ``expected`` has, for this instance, a stored winning label among the listed ones."""
+    if not expected:
+        return True
+    sop = str(ds.get("SOPInstanceUID", ""))
+    for label_set, wanted in expected.items():
+        label = labels.get(label_set, {}).get(sop)
+        if label is None or not value_matches(wanted, [label]):
+            return False
+    return True
 
 
 @dataclass
@@ -69,15 +86,27 @@ class RulePlan:
     series_uids: list[str] = field(default_factory=list)
 
 
-def plan_study(rules: Iterable[RuleSection], headers: Iterable[pydicom.Dataset]) -> list[RulePlan]:
-    """Evaluate every rule against the series of one study; rules that match no series are left out."""
+def plan_study(rules: Iterable[RuleSection], headers: Iterable[pydicom.Dataset],
+               classified: Mapping[str, Mapping[str, str]] | None = None, *,
+               ignore_classified: bool = False) -> list[RulePlan]:
+    """Evaluate every rule against the series of one study; rules that match no series are left out.
+
+    Rules with ``classified`` are left out unless ``classified`` (label set -> SOP Instance UID -> label) is
+    given; ``ignore_classified`` tests only their header keys (to know whether they may apply at all).
+    """
     by_series: dict[str, list[pydicom.Dataset]] = {}
     for ds in headers:
         by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
     plans: list[RulePlan] = []
     for rule in rules:
+        wanted = rule.match.get(CLASSIFIED_KEY)
+        if wanted and classified is None and not ignore_classified:
+            continue  # waits for the study's classification rules
+        if ignore_classified:
+            wanted = None
         matched = [uid for uid, items in by_series.items()
-                   if any(instance_matches(rule.match, ds) for ds in items)]
+                   if any(instance_matches(rule.match, ds) and classified_matches(wanted, ds, classified or {})
+                          for ds in items)]
         if matched:
             plans.append(RulePlan(rule=rule, series_uids=matched))
     return plans

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from . import db
-from .db import instances, jobs, now, outbox, quarantine, results, studies
+from .db import instances, jobs, now, outbox, priors, quarantine, results, studies
 
 
 def lease_owner(instance_id: str) -> str:
@@ -74,10 +74,20 @@ class Store:
         # records of few studies. A SOP Instance UID twice in one batch (a resend racing itself): the last wins.
         latest = list({rec.sop_instance_uid: rec for rec in records}.values())
         with self.engine.begin() as conn:
-            conn.execute(delete(instances).where(instances.c.sop_instance_uid.in_([r.sop_instance_uid for r in latest])))
-            conn.execute(insert(instances), [dict(received_at=t, **rec.__dict__) for rec in latest])
-            first_of_study: dict[str, InstanceRecord] = {}
+            prior_studies = {uid for uid in {rec.study_uid for rec in latest if not rec.is_prior}
+                             if self._expected_prior(conn, uid)}
+            own = []
             for rec in latest:
+                if rec.is_prior or rec.study_uid in prior_studies:
+                    self._record_prior(conn, rec, t)
+                else:
+                    own.append(rec)
+            if not own:
+                return []
+            conn.execute(delete(instances).where(instances.c.sop_instance_uid.in_([r.sop_instance_uid for r in own])))
+            conn.execute(insert(instances), [dict(received_at=t, **rec.__dict__) for rec in own])
+            first_of_study: dict[str, InstanceRecord] = {}
+            for rec in own:
                 first_of_study.setdefault(rec.study_uid, rec)
             for study_uid, rec in first_of_study.items():
                 row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
@@ -139,12 +149,17 @@ class Store:
                 return ("wait", t + 0.5)  # an instance arrived meanwhile
             return ("complete", version)
 
-    def create_jobs(self, study_uid: str, version: int, planned: Iterable[tuple[str, str, list[str]]]) -> list[int]:
-        """Create one pending job per (rule, endpoint, series); idempotent per (study, rule, version)."""
+    def create_jobs(self, study_uid: str, version: int, planned: Iterable[tuple[str, str, list[str]]],
+                    waiting: Iterable[tuple[str, str, list[str]]] = ()) -> list[int]:
+        """Create one pending job per (rule, endpoint, series); idempotent per (study, rule, version).
+
+        ``waiting``: jobs of rules with ``classified:``, created in state "waiting" (node/classified.py).
+        """
         ids: list[int] = []
         t = now()
         with self.engine.begin() as conn:
-            for rule_name, endpoint, series_uids in planned:
+            for (rule_name, endpoint, series_uids), state in [*((p, "pending") for p in planned),
+                                                             *((w, "waiting") for w in waiting)]:
                 existing = conn.execute(select(jobs.c.id).where(and_(
                     jobs.c.study_uid == study_uid, jobs.c.rule_name == rule_name,
                     jobs.c.study_version == version))).scalar()
@@ -153,7 +168,7 @@ class Store:
                     continue
                 res = conn.execute(insert(jobs).values(
                     job_uid=uuid.uuid4().hex, study_uid=study_uid, study_version=version, rule_name=rule_name,
-                    endpoint=endpoint, series_uids=json.dumps(series_uids), state="pending", attempts=0,
+                    endpoint=endpoint, series_uids=json.dumps(series_uids), state=state, attempts=0,
                     next_attempt_at=t, created_at=t, updated_at=t))
                 ids.append(int(res.inserted_primary_key[0]))
             if not ids:
@@ -193,8 +208,8 @@ class Store:
 
     def finish_job(self, job_id: int, owner: str, *, state: str, outcome: str,
                    new_results: Sequence[dict[str, Any]] = (), destinations: Sequence[str] = (),
-                   endpoint_seconds: float | None = None) -> bool:
-        """End a job; its results and their outbox rows are committed in the same transaction."""
+                   endpoint_seconds: float | None = None, writes: Sequence[Any] = ()) -> bool:
+        """End a job; its results, their outbox rows and ``writes`` (fn(connection)) commit in one transaction."""
         t = now()
         with self.engine.begin() as conn:
             res = conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.lease_owner == owner,
@@ -217,6 +232,8 @@ class Store:
                         conn.execute(insert(outbox).values(result_uid=r["sop_instance_uid"], destination=dest,
                                                            state="pending", attempts=0, next_attempt_at=t,
                                                            created_at=t))
+            for write in writes:
+                write(conn)
             self._settle_study(conn, job_id)
         return True
 
@@ -227,7 +244,7 @@ class Store:
             return
         open_jobs = conn.execute(select(func.count()).select_from(jobs).where(and_(
             jobs.c.study_uid == study_uid, jobs.c.study_version == row["version"],
-            jobs.c.state.in_(["pending", "running"])))).scalar_one()
+            jobs.c.state.in_(["pending", "running", "waiting"])))).scalar_one()
         if open_jobs == 0:
             failed = conn.execute(select(func.count()).select_from(jobs).where(and_(
                 jobs.c.study_uid == study_uid, jobs.c.study_version == row["version"],
@@ -244,6 +261,40 @@ class Store:
                             jobs.c.study_version < version, results.c.kind == kind))
                 .order_by(jobs.c.study_version.desc())).mappings().first()
             return dict(row) if row else None
+
+    # Classification-aware routing (node/classified.py) ------------------------------------------------
+    def waiting_jobs(self, study_uid: str | None = None) -> list[dict[str, Any]]:
+        """Jobs in state "waiting" (of one study, or of every study)."""
+        q = select(jobs).where(jobs.c.state == "waiting")
+        if study_uid is not None:
+            q = q.where(jobs.c.study_uid == study_uid)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(jobs.c.id)).mappings()]
+
+    def open_jobs_of_rules(self, study_uid: str, version: int, rule_names: Iterable[str]) -> int:
+        """How many jobs of these rules are pending or running for this study version."""
+        names = list(rule_names)
+        if not names:
+            return 0
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(jobs).where(and_(
+                jobs.c.study_uid == study_uid, jobs.c.study_version == version, jobs.c.rule_name.in_(names),
+                jobs.c.state.in_(["pending", "running"])))).scalar_one())
+
+    def resolve_waiting_jobs(self, decisions: Sequence[tuple[int, str, list[str], str]]) -> list[int]:
+        """Set waiting jobs to (job id, "pending" | "skipped", series, outcome); returns the ids now pending."""
+        t = now()
+        pending: list[int] = []
+        with self.engine.begin() as conn:
+            for job_id, state, series_uids, outcome in decisions:
+                res = conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state == "waiting"))
+                                   .values(state=state, series_uids=json.dumps(series_uids), outcome=outcome,
+                                           next_attempt_at=t, updated_at=t))
+                if res.rowcount == 1 and state == "pending":
+                    pending.append(job_id)
+            for job_id, *_ in decisions:
+                self._settle_study(conn, job_id)
+        return pending
 
     # Outbox -------------------------------------------------------------------------------------------
     def claim_outbox(self, destination: str, owner: str, lease_seconds: float, limit: int = 64) -> list[dict[str, Any]]:
@@ -363,6 +414,8 @@ class Store:
                 except FileNotFoundError:
                     pass
             purged += 1
+        with self.engine.begin() as conn:  # lookup records age out with the studies they were made for
+            conn.execute(delete(priors).where(priors.c.started_at < t - older_than_seconds))
         return purged
 
     # Status -------------------------------------------------------------------------------------------
@@ -386,4 +439,55 @@ class Store:
                     select(outbox).where(outbox.c.state == "pending").order_by(outbox.c.id).limit(limit)).mappings()],
                 "quarantine": [dict(r) for r in conn.execute(
                     select(quarantine).order_by(quarantine.c.id.desc()).limit(limit)).mappings()],
+                "priors": [dict(r) for r in conn.execute(
+                    select(priors).order_by(priors.c.id.desc()).limit(limit)).mappings()],
             }
+
+    # Priors (node/priors.py) ----------------------------------------------------------------------------
+    @staticmethod
+    def _expected_prior(conn, study_uid: str) -> bool:
+        return conn.execute(select(priors.c.id).where(priors.c.prior_study_uid == study_uid).limit(1)).first() \
+            is not None
+
+    @staticmethod
+    def _record_prior(conn, rec: InstanceRecord, t: float) -> None:
+        """A retrieved prior: kept apart from received work. Its study is 'done' at once (no quiet timer, no
+        rule), so retention purges it like a finished study; a study the node already holds as its own work is
+        left as it is, and so is an instance it already holds."""
+        have = conn.execute(select(instances.c.is_prior).where(
+            instances.c.sop_instance_uid == rec.sop_instance_uid)).first()
+        if have is not None and not have[0]:
+            return
+        conn.execute(delete(instances).where(instances.c.sop_instance_uid == rec.sop_instance_uid))
+        conn.execute(insert(instances).values(received_at=t, **{**rec.__dict__, "is_prior": True}))
+        row = conn.execute(select(studies.c.is_prior).where(studies.c.study_uid == rec.study_uid)).first()
+        if row is None:
+            conn.execute(insert(studies).values(
+                study_uid=rec.study_uid, state="done", version=0, first_received_at=t, last_received_at=t,
+                completed_at=t, is_prior=True, note="prior study, retrieved for comparison"))
+        elif row[0]:
+            conn.execute(update(studies).where(studies.c.study_uid == rec.study_uid)
+                         .values(last_received_at=t, completed_at=t))
+
+    def start_prior_lookup(self, for_study_uid: str) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(insert(priors).values(for_study_uid=for_study_uid, state="querying",
+                                                     started_at=now()))
+            return int(res.inserted_primary_key[0])
+
+    def expect_prior(self, lookup_id: int, prior_study_uid: str) -> None:
+        """Committed before the retrieve: instances of ``prior_study_uid`` are recorded as priors from now on."""
+        with self.engine.begin() as conn:
+            conn.execute(update(priors).where(priors.c.id == lookup_id)
+                         .values(prior_study_uid=prior_study_uid, state="retrieving"))
+
+    def finish_prior_lookup(self, lookup_id: int, state: str, outcome: str, seconds: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(priors).where(priors.c.id == lookup_id)
+                         .values(state=state, outcome=outcome, finished_at=now(), seconds=seconds))
+
+    def instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(instances).where(
+                instances.c.sop_instance_uid == sop_instance_uid)).mappings().first()
+            return dict(row) if row else None

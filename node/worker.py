@@ -62,12 +62,17 @@ class Runtime:
             except Exception as exc:  # the file was accepted once; a later read failure must not stop the study
                 log.warning("study %s: cannot read instance %s: %s", study_uid, row["sop_instance_uid"], exc)
         plans = plan_study(self.cfg.rules, headers)
+        from .classified import resolve_waiting, waiting_plans
+
+        waiting = waiting_plans(self.cfg, headers)  # rules with `classified:` wait for the study's labels
         job_ids = self.store.create_jobs(study_uid, version, [(p.rule.name, p.rule.endpoint, p.series_uids)
-                                                              for p in plans])
+                                                              for p in plans], waiting=waiting)
         log.info("study %s complete (version %d, %d instances): %d job(s) %s", study_uid, version, len(headers),
                  len(job_ids), [p.rule.name for p in plans])
         for job_id in job_ids:
             self.queue.enqueue_job(job_id)
+        if waiting:
+            resolve_waiting(self, study_uid)
 
     # Convert, invoke, write ---------------------------------------------------------------------------
     def client(self, name: str):
@@ -95,7 +100,9 @@ class Runtime:
         paths = [Path(r["path"]) for r in self.store.study_instances(job["study_uid"]) if r["series_uid"] in series]
         ctx = JobContext(job=job, rule=rule, endpoint_name=job["endpoint"], endpoint=endpoint,
                          client=self.client(job["endpoint"]), instance_paths=paths,
-                         previous_results=lambda kind: self._previous(job, kind))
+                         previous_results=lambda kind: self._previous(job, kind),
+                         classifications=self._labels(job["study_uid"]), store=self.store,
+                         prior_lookup=self._prior_lookup())
         t0 = time.monotonic()
         try:
             output = pipeline_for(endpoint.model)(ctx)
@@ -103,6 +110,7 @@ class Runtime:
             if exc.permanent or job["attempts"] >= JOB_MAX_ATTEMPTS:
                 self.store.finish_job(job_id, self.owner, state="failed", outcome=f"endpoint error: {exc}")
                 log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
+                self._after_job(job["study_uid"])
             else:
                 delay = 30.0 * job["attempts"]
                 self.store.release_job(job_id, self.owner, retry_in=delay, outcome=f"will retry: {exc}")
@@ -112,6 +120,7 @@ class Runtime:
         except Exception as exc:
             log.exception("job %d (study %s) failed", job_id, job["study_uid"])
             self.store.finish_job(job_id, self.owner, state="failed", outcome=f"{type(exc).__name__}: {exc}")
+            self._after_job(job["study_uid"])
             return
         rows = []
         for kind, ds in output.results:
@@ -124,7 +133,7 @@ class Runtime:
                          "kind": kind, "path": str(path)})
         ok = self.store.finish_job(job_id, self.owner, state=output.state, outcome=output.outcome,
                                    new_results=rows, destinations=rule.send_to if rows else (),
-                                   endpoint_seconds=output.endpoint_seconds)
+                                   endpoint_seconds=output.endpoint_seconds, writes=output.writes)
         if not ok:
             log.warning("job %d: lease lost before the results were committed; another worker owns it", job_id)
             return
@@ -133,6 +142,29 @@ class Runtime:
         if rows:
             for dest in rule.send_to:
                 self.queue.enqueue_delivery(dest)
+        self._after_job(job["study_uid"])
+
+    def _labels(self, study_uid: str) -> dict[str, dict[str, str]]:
+        from .embeddings import study_labels
+
+        return study_labels(self.store.engine, study_uid)
+
+    def _after_job(self, study_uid: str) -> None:
+        """Rules with `classified:` waiting on this study may be decided now (node/classified.py)."""
+        from .classified import resolve_waiting
+
+        try:
+            resolve_waiting(self, study_uid)
+        except Exception:  # the sweep tries again
+            log.exception("study %s: resolving classified rules failed", study_uid)
+
+    def _prior_lookup(self):
+        """The prior lookup of node/priors.py, when the configuration asks for priors."""
+        if self.cfg.priors is None or not self.cfg.priors.enabled:
+            return None
+        from .priors import PriorFetcher
+
+        return PriorFetcher(self.cfg, self.store, self.spool).fetch
 
     def _previous(self, job: dict[str, Any], kind: str) -> pydicom.Dataset | None:
         prev = self.store.previous_result(job["study_uid"], job["rule_name"], job["study_version"], kind)
@@ -164,6 +196,9 @@ class Runtime:
             self.queue.enqueue_job(job_id)
         for dest in stale["destinations"]:
             self.queue.enqueue_delivery(dest)
+        from .classified import resolve_all
+
+        resolve_all(self)
         purged = self.store.purge_delivered(self.cfg.retention.purge_delivered_after_hours * 3600.0)
         if any(stale.values()) or purged:
             log.info("sweep: re-enqueued %d studies, %d jobs, %d destinations; purged %d studies",

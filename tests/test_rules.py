@@ -117,3 +117,31 @@ def test_example_config_documents_every_key() -> None:
 
     walk(NodeConfig)
     assert not missing, f"undocumented keys in config/example.yaml: {missing}"
+
+
+def test_example_config_documents_every_rule_param() -> None:
+    """The per-model rule params (node.rule_params) are documented in config/example.yaml too."""
+    from conftest import REPO
+    from node.rule_params import PARAMS_MODELS
+
+    text = (REPO / "config" / "example.yaml").read_text()
+    missing = [f"{model}.{name}" for model, schema in PARAMS_MODELS.items() for name in schema.model_fields
+               if f"{name}:" not in text]
+    assert not missing, f"config/example.yaml does not document: {missing}"
+
+
+def test_rule_params_are_checked_at_load_with_file_and_key() -> None:
+    from node.config import ConfigError, parse_config
+
+    doc = {"endpoints": {"p": {"model": "medimageparse3d", "url": "http://127.0.0.1:1/score", "auth": "none"}},
+           "rules": [{"name": "r", "endpoint": "p", "params": {"prompt": "liver", "series": "biggest"}}]}
+    with pytest.raises(ConfigError, match=r"node.yaml: rules\[0\]\.params\.series: .*largest-axial"):
+        parse_config(doc, "node.yaml")
+    doc["rules"][0]["params"] = {"promt": "liver"}
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.params\.promt: unknown key.*allowed: prompt"):
+        parse_config(doc, "node.yaml")
+    doc["rules"][0]["params"] = {"prompt": "liver & & spleen"}
+    with pytest.raises(ConfigError, match=r"params\.prompt: blank prompt"):
+        parse_config(doc, "node.yaml")
+    doc["rules"][0]["params"] = {"prompt": ["liver", "spleen"], "category": "Other Organ"}
+    assert parse_config(doc, "node.yaml").rules[0].params["category"] == "Other Organ"

@@ -4,7 +4,7 @@ Routes
 ------
 ``POST /score``                 dispatched by ``input_data.columns`` (``frontal_image`` -> CXRReportGen); when
                                 several handlers accept the columns, the server's ``model`` setting decides, else 400
-``POST /<model>/score``         that model explicitly (``/cxrreportgen/score``)
+``POST /<model>/score``         that model explicitly (``/cxrreportgen/score``, ``/medimageinsight/score``)
 ``GET  /``                      liveness (``{"status": "Healthy", "models": [...]}``)
 ``POST /_emulator/faults``      ``{"faults": [fault, ...]}``: appended to the fault script
 ``GET  /_emulator/faults``      the faults still pending
@@ -52,6 +52,7 @@ from typing import Any, Iterable
 
 from node.emulator import EMULATOR_HEADER_VALUE, ModelHandler, RequestError
 from node.emulator import cxr as _cxr, parse as _parse, parse3d as _parse3d
+from node.emulator import insight as _insight
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def register_handler(handler: ModelHandler) -> None:
     HANDLERS[handler.name] = handler
 
 
-for _handler in (_cxr.HANDLER, _parse.HANDLER, _parse3d.HANDLER):
+for _handler in (_cxr.HANDLER, _parse.HANDLER, _parse3d.HANDLER, _insight.HANDLER):
     register_handler(_handler)
 
 
@@ -315,6 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
             "model": None,
             "columns": None,
             "rows": None,
+            "digests": None,
             "headers": {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"},
             "authorization": fingerprint(self.headers.get("Authorization")),
             "body_size": len(raw),
@@ -338,6 +340,10 @@ class _Handler(BaseHTTPRequestHandler):
             entry["columns"] = [str(c) for c in input_data["columns"]]
             if isinstance(input_data.get("data"), list):
                 entry["rows"] = len(input_data["data"])
+                first = input_data["data"][0] if input_data["data"] else None
+                if isinstance(first, list):  # a digest per value of row 0: tests check content, the log holds no PHI
+                    entry["digests"] = {c: hashlib.sha256(str(v).encode("utf-8")).hexdigest()
+                                        for c, v in zip(entry["columns"], first)}
 
         def finish(status: int | None) -> None:
             with state.lock:
@@ -428,6 +434,7 @@ class _Handler(BaseHTTPRequestHandler):
             if delay > 0:
                 state.stopping.wait(delay)
             options = dict(config)
+            options["params"] = doc.get("params") if isinstance(doc.get("params"), dict) else {}
             if fault.get("shape"):
                 options["response_shape"] = fault["shape"]
             result = handler.score(input_data, options)
@@ -569,7 +576,8 @@ class EmulatorServer:
 
     @property
     def requests(self) -> list[dict]:
-        """The /score requests received, logged on arrival: path, model, columns, rows, headers (no
+        """The /score requests received, logged on arrival: path, model, columns, rows, digests (column -> SHA-256
+        of the value in row 0, as sent: base64 for images), headers (no
         Authorization), authorization (a fingerprint, see :func:`fingerprint`), body_size, time (received, POSIX),
         status answered (None while in progress or when closed), state ("in_progress", "answered", "closed"),
         fault, elapsed_ms."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -28,6 +28,11 @@ class JobContext:
     client: Any  # node.invoke.client.EndpointClient
     instance_paths: list[Path]
     previous_results: Callable[[str], pydicom.Dataset | None]  # kind -> the result it replaces, if any
+    # zero-shot labels stored for this study: label set -> SOP Instance UID -> winning label (node/embeddings.py)
+    classifications: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    store: Any = None  # node.state.Store, for caches only (results go through JobOutput)
+    # frontal header -> node.priors.PriorResult; None when priors are not configured
+    prior_lookup: Callable[[pydicom.Dataset], Any] | None = None
 
     def uid(self, label: str) -> str:
         """A result UID derived from the job: the same on every re-run of the job, new for a new job."""
@@ -44,6 +49,8 @@ class JobOutput:
     outcome: str
     results: list[tuple[str, pydicom.Dataset]] = field(default_factory=list)  # (kind, dataset)
     endpoint_seconds: float | None = None
+    # extra writes run inside the transaction that finishes the job (embeddings, labels): fn(connection)
+    writes: list[Callable[[Any], None]] = field(default_factory=list)
 
 
 Pipeline = Callable[[JobContext], JobOutput]
@@ -53,6 +60,18 @@ def pipeline_for(model: str) -> Pipeline:
     """The pipeline of an endpoint's model (imported on first use)."""
     if model == "cxrreportgen":
         from .cxr import run
+
+        return run
+    if model == "medimageinsight":
+        from .insight import run
+
+        return run
+    if model == "medimageparse":
+        from .parse2d import run
+
+        return run
+    if model == "medimageparse3d":
+        from .parse3d import run
 
         return run
     raise NotImplementedError(f"no pipeline for model {model!r} yet")

@@ -11,6 +11,7 @@ from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.gsps import build_findings_gsps
 from dicom_out.sr import GroundedFinding, build_findings_sr
 from node.invoke.cxrreportgen import build_request, denormalize_box, parse_response
+from node.priors import prior_inputs
 
 from . import JobContext, JobOutput
 
@@ -34,15 +35,22 @@ def map_boxes(raw_boxes, image, reference: str) -> tuple[tuple[float, float, flo
 def run(ctx: JobContext) -> JobOutput:
     """Convert the study's views, call the endpoint, and write the SR and the presentation state."""
     try:
-        inputs = build_cxr_inputs(ctx.instance_paths, max_side=ctx.rule.params.get("max_side"))
+        # zero-shot view labels of the study (a MedImageInsight rule's label set, "view" by default) are used
+        # for images whose header gives no view
+        classified = ctx.classifications.get(ctx.rule.params.get("view_label_set", "view"))
+        inputs = build_cxr_inputs(ctx.instance_paths, max_side=ctx.rule.params.get("max_side"),
+                                  classified=classified)
     except NoFrontalView as exc:
         return JobOutput(state="skipped", outcome=f"no frontal chest image: {exc}")
+    prior = prior_inputs(ctx.prior_lookup, inputs.frontal_path, max_side=ctx.rule.params.get("max_side"))
     payload = build_request(
         frontal_png=inputs.frontal.png,
         lateral_png=inputs.lateral.png if inputs.lateral else None,
+        prior_png=prior.png,
         indication=inputs.text.indication,
         technique=inputs.text.technique,
-        comparison=inputs.text.comparison,
+        comparison=inputs.text.comparison or prior.comparison,
+        prior_report=prior.report,
     )
     reply = ctx.client.score(payload, request_id=ctx.request_id)
     raw = parse_response(reply.body)
@@ -58,12 +66,12 @@ def run(ctx: JobContext) -> JobOutput:
     sr = build_findings_sr(
         frontal=frontal, evidence=evidence, findings=findings, algorithm=algorithm,
         series_instance_uid=ctx.uid("sr-series"), sop_instance_uid=ctx.uid("sr"),
-        series_number=SR_SERIES_NUMBER, predecessor=ctx.previous_results("sr"))
+        series_number=SR_SERIES_NUMBER, predecessor=ctx.previous_results("sr"), other_evidence=prior.evidence)
     gsps = build_findings_gsps(
         frontal=frontal, findings=findings, algorithm=algorithm,
         series_instance_uid=ctx.uid("gsps-series"), sop_instance_uid=ctx.uid("gsps"),
         series_number=GSPS_SERIES_NUMBER)
     n_boxes = sum(len(f.boxes) for f in findings)
     views = "frontal + lateral" if inputs.lateral else "frontal only"
-    return JobOutput(state="done", outcome=f"{len(findings)} findings, {n_boxes} boxes ({views})",
+    return JobOutput(state="done", outcome=f"{len(findings)} findings, {n_boxes} boxes ({views}){prior.note}",
                      results=[("sr", sr), ("gsps", gsps)], endpoint_seconds=reply.elapsed_seconds)

@@ -1,0 +1,137 @@
+"""Zero-shot classifications as a DICOM Comprehensive SR (TID 1500 Measurement Report).
+
+One TID 1501 measurement group per classified image:
+
+- tracking identifier "Image N classification" and a UID derived from the image, the algorithm and the labels;
+- the algorithm (TID 4019) and the image as the group's source image;
+- per label set, a qualitative evaluation: concept "<set> (zero-shot)", value the winning label;
+- per label, a measurement: concept the label, value its probability, unit UCUM "1" (no units);
+- a TEXT "Finding" (DCM 121071) in words, e.g. ``view: x-ray chest posteroanterior (p = 0.83)``.
+
+Labels are free text chosen by the site (``params.labels``), so they are coded in the private scheme
+:data:`LABEL_SCHEME` with a code value derived from the text (``L`` + 10 hex digits of its SHA-256) and the text
+(at most 64 characters) as the meaning; the full text is in the TEXT item. The observer is the model as a DEVICE,
+as in :mod:`dicom_out.sr`; emulator output says EMULATED in the series description and the device name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from dicom_out.algorithm import NODE_MANUFACTURER, NODE_MODEL_NAME, NODE_SOFTWARE_VERSION, AlgorithmInfo, \
+    add_processing_algorithm
+from dicom_out.sr import (
+    DEFAULT_PROCEDURE_REPORTED,
+    _algorithm_id,
+    _append_text,
+    _observation_context,
+    labelled_text,
+    quiet_person_name_warnings,
+    source_header,
+)
+
+LABEL_SCHEME = "99AINODE"
+NO_UNITS = Code("1", "UCUM", "no units")
+
+
+@dataclass(frozen=True)
+class ImageClassification:
+    """The zero-shot result of one image: per label set, every label's probability (the winner is the max)."""
+
+    image: pydicom.Dataset  # the source header (pixels not needed)
+    probabilities: Mapping[str, Mapping[str, float]]  # label set -> label -> probability
+
+    def winner(self, label_set: str) -> tuple[str, float]:
+        probs = self.probabilities[label_set]
+        label = max(probs, key=lambda k: (probs[k], k))
+        return label, float(probs[label])
+
+
+def label_code(text: str) -> Code:
+    """The private code of a label (see the module docstring)."""
+    value = "L" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+    return Code(value, LABEL_SCHEME, text[:64])
+
+
+def set_code(label_set: str) -> Code:
+    value = "S" + hashlib.sha256(label_set.encode("utf-8")).hexdigest()[:10]
+    return Code(value, LABEL_SCHEME, f"{label_set} (zero-shot)"[:64])
+
+
+def _group(number: int, item: ImageClassification, algorithm: AlgorithmInfo) -> hd.sr.Template:
+    header = item.image
+    evaluations, measurements, words = [], [], []
+    for label_set in item.probabilities:
+        label, p = item.winner(label_set)
+        evaluations.append(hd.sr.QualitativeEvaluation(name=set_code(label_set), value=label_code(label)))
+        for text, prob in item.probabilities[label_set].items():
+            measurements.append(hd.sr.Measurement(name=label_code(text), value=round(float(prob), 6), unit=NO_UNITS,
+                                                  algorithm_id=_algorithm_id(algorithm)))
+        words.append(f"{label_set}: {label} (p = {p:.2f})")
+    uid = generate_uid(entropy_srcs=["dicom-ai-node/classification", str(header.SOPInstanceUID),
+                                     algorithm.device_uid, repr(sorted((s, sorted(p.items()))
+                                                                       for s, p in item.probabilities.items()))])
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=f"Image {number} classification"),
+        algorithm_id=_algorithm_id(algorithm),
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+    text = "; ".join(words)
+    _append_text(group, f"{text} [{algorithm.label}]" if algorithm.emulated else text)
+    return group
+
+
+def build_classification_sr(
+    *,
+    items: Sequence[ImageClassification],
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int = 1,
+    predecessor: pydicom.Dataset | None = None,
+) -> pydicom.Dataset:
+    """A Comprehensive SR of the classifications of images of one study (``items`` non-empty, same study)."""
+    if not items:
+        raise ValueError("at least one classified image is needed")
+    headers = [source_header(item.image) for item in items]
+    study = headers[0].StudyInstanceUID
+    if any(h.StudyInstanceUID != study for h in headers):
+        raise ValueError("all classified images must belong to one study")
+    items = [ImageClassification(image=h, probabilities=item.probabilities) for h, item in zip(headers, items)]
+    groups = [_group(i, item, algorithm) for i, item in enumerate(items, start=1)]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(algorithm),
+        procedure_reported=DEFAULT_PROCEDURE_REPORTED,
+        imaging_measurements=groups,
+        title=codes.cid7021.ImagingMeasurementReport,
+    )
+    with quiet_person_name_warnings():
+        sr = hd.sr.ComprehensiveSR(
+            evidence=headers,
+            content=report,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=NODE_MANUFACTURER,
+            manufacturer_model_name=NODE_MODEL_NAME,
+            software_versions=NODE_SOFTWARE_VERSION,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            previous_versions=[predecessor] if predecessor is not None else None,
+            series_description=labelled_text(f"AI classification {algorithm.name}", algorithm),
+        )
+    add_processing_algorithm(sr, algorithm)
+    return sr
