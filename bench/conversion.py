@@ -35,7 +35,7 @@ def _dcm2niix(folder: Path, out: Path) -> None:
 
 
 def nifti_rows(quick: bool) -> list[dict[str, Any]]:
-    runs = 3 if quick else 9
+    runs = 1 if quick else 9
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, folder in (("CT 64x512x512", CT_DIR), ("MR ADC 20x256x256", MR_DIR)):
@@ -56,7 +56,7 @@ def png_rows(quick: bool) -> list[dict[str, Any]]:
     from converters.cxr import to_model_image
     from converters.parse2d import to_parse_image
 
-    runs = 3 if quick else 9
+    runs = 1 if quick else 9
     rows = []
     cases = [("CXR PA 1024x1024 JPEG -> CXRReportGen PNG", DATA / "cxr" / "cr_pa_jpeg_baseline.dcm",
               lambda ds: to_model_image(ds)),

@@ -77,7 +77,8 @@ def ct_rows(quick: bool) -> list[dict[str, Any]]:
         tmp = Path(tmpdir)
         with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp / "orthanc") as pacs:
             cfg = node_config(tmp, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port), quiet=QUIET)
-            cfg["endpoints"]["ct3d"] = {"model": "medimageparse3d", "url": emulator.url + "/medimageparse3d/score",
+            base = emulator.url.rstrip("/").rsplit("/score", 1)[0]
+            cfg["endpoints"]["ct3d"] = {"model": "medimageparse3d", "url": f"{base}/medimageparse3d/score",
                                         "auth": "none", "timeout_seconds": 120, "max_attempts": 2}
             cfg["rules"].append({"name": "ct-lung-3d", "match": {"Modality": "CT"}, "endpoint": "ct3d",
                                  "send_to": ["pacs"], "params": {"prompt": "lung"}})
