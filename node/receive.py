@@ -82,7 +82,7 @@ class NodeAssociationServer(ThreadedAssociationServer):
             client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        if _TCP_QUICKACK is not None:
+        if _TCP_QUICKACK is not None and type(client_socket) is socket.socket:  # not a TLS socket
             timeout = client_socket.gettimeout()
             client_socket = _QuickAckSocket(fileno=client_socket.detach())
             client_socket.settimeout(timeout)
