@@ -28,6 +28,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(netpoll, "_time", SimpleNamespace(perf_counter=fake.perf_counter, sleep=fake.sleep))
     monkeypatch.setattr(netpoll, "_state", threading.local())
+    monkeypatch.setattr(netpoll, "_last_work", {})
     return fake
 
 
@@ -45,6 +46,18 @@ def test_work_makes_the_next_polls_fast_until_the_loop_is_idle_again(clock: Fake
         netpoll.adaptive_sleep(0.001)
     assert clock.slept[:netpoll.FAST_STREAK] == [netpoll.FAST_SLEEP] * netpoll.FAST_STREAK
     assert clock.slept[netpoll.FAST_STREAK:] == [0.001] * 5
+
+
+def test_several_busy_associations_keep_pynetdicoms_delay(clock: FakeClock) -> None:
+    """Beyond one association's two threads, fast polling would only fight over the GIL."""
+    clock.now = 10.0
+    for ident in (1, 2, 3):  # three other reactor threads worked just now
+        netpoll._last_work[ident] = clock.now
+    netpoll.adaptive_sleep(0.001)
+    clock.now += 0.005
+    clock.slept.clear()
+    netpoll.adaptive_sleep(0.001)
+    assert clock.slept == [0.001]
 
 
 def test_install_replaces_sleep_in_both_reactors_only() -> None:
