@@ -81,10 +81,22 @@ def storescu_cmd(port: int, files: Sequence[Path], called_ae: str) -> list[str]:
     return [tool("storescu"), "-aet", "BENCH", "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)]
 
 
+class OneByOne(list):
+    """Groups to send one after the other (one association each, as a modality that opens one per instance)."""
+
+
 def push(port: int, groups: Sequence[Sequence[Path]], called_ae: str, *, nodelay: bool) -> float:
-    """Send each group of files over its own association (all at once); wall seconds until the last ends."""
+    """Send each group of files over its own association (all at once, or one after the other for
+    :class:`OneByOne`); wall seconds until the last ends."""
     env = dcmtk_env(nodelay)
     t0 = time.perf_counter()
+    if isinstance(groups, OneByOne):
+        for g in groups:
+            proc = subprocess.run(storescu_cmd(port, g, called_ae), env=env, capture_output=True,
+                                  stdin=subprocess.DEVNULL, timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"storescu failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+        return time.perf_counter() - t0
     procs = [subprocess.Popen(storescu_cmd(port, g, called_ae), env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) for g in groups]
     failures = []

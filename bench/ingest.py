@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import (alternate, ct_files, dcmtk_env, free_port, median, push, repeated_ct, row, size_mb, split,
+from .common import (OneByOne, alternate, ct_files, dcmtk_env, free_port, median, push, repeated_ct, row, size_mb, split,
                      tool, wait_port)
 
 GROUP = "ingest"
@@ -64,7 +64,7 @@ class StorescpTarget:
         work = Path(tempfile.mkdtemp(dir=self.base))
         port = free_port()
         cmd = [tool("storescp"), "-aet", self.aet, "-od", str(work)]
-        if len(groups) > 1:
+        if len(groups) > 1 and not isinstance(groups, OneByOne):
             cmd.append("--fork")
         proc = subprocess.Popen([*cmd, str(port)], env=dcmtk_env(nodelay), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
@@ -172,8 +172,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         cases = [(label, files, n, True) for label, files in datasets.items() for n in (1, 4)]
         if not quick:
             cases.append(("CT 64", datasets["CT 64"], 1, False))  # Nagle-bound sender: ~40 ms per instance
+        cases.append(("CT 64", datasets["CT 64"], 0, True))  # one association per instance, one after the other
         for label, files, n, nodelay in cases:
-            groups = split(files, n)
+            groups = split(files, n) if n else OneByOne([f] for f in files)
             fns = {t.name: (lambda t=t: t(groups, nodelay)) for t in targets}
             # t_fsync is sampled between the runs too: the disk is shared and its fsync time drifts
             fns["t_fsync"] = lambda: t_fsync(sample, base, 5)
@@ -187,7 +188,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             rate = {name: count / median(ts) for name, ts in times.items()}
             mbs = {name: mb / median(ts) for name, ts in times.items()}
             sender = "TCP_NODELAY=1" if nodelay else "Nagle on (Debian default)"
-            case = f"{label}, {n} assoc, sender {sender}"
+            case = f"{label}, {n} assoc, sender {sender}" if n else f"{label}, 1 assoc per instance, sender {sender}"
             for ref in ("storescp", "orthanc"):
                 ref_label = ref + (" --fork" if ref == "storescp" and n > 1 else "")
                 rows.append(row(GROUP, f"{ref_label}: {case}", rate[ref], "inst/s",
