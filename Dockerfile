@@ -42,13 +42,15 @@ RUN set -eu; \
 
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin dicomnode \
  && mkdir -p /data /etc/dicom-node \
- && chown dicomnode:dicomnode /data
+ && chown dicomnode:dicomnode /data \
+ && chmod 0700 /data
 
 # storage_dir (received instances, spool, database) lives here; config.yaml is mounted read-only.
 VOLUME ["/data"]
 WORKDIR /data
 USER dicomnode
-EXPOSE 11112
+# 11112: DICOM; 2762: DICOM TLS when node.tls is configured (port: 2762)
+EXPOSE 11112 2762
 
 ENTRYPOINT ["/opt/dicom-node/bin/dicom-node"]
 CMD ["serve", "--config", "/etc/dicom-node/config.yaml"]

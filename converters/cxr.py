@@ -156,7 +156,7 @@ def read_header(path: Path) -> tuple[Dataset, bool]:
     """The header of ``path`` without its pixel data, and whether the file has a top-level Pixel Data element.
 
     Raises:
-        InvalidDicomError, OSError: the file is not readable as DICOM.
+        InvalidDicomError, OSError, ValueError, EOFError: the file is not readable as DICOM.
     """
     seen_pixels: list[int] = []
 
@@ -168,7 +168,14 @@ def read_header(path: Path) -> tuple[Dataset, bool]:
 
     with Path(path).open("rb") as handle:
         # read_partial is what dcmread(stop_before_pixels=True) runs; the callback also tells us pixels exist.
-        ds = read_partial(handle, stop_when=stop_at_pixels)
+        try:
+            ds = read_partial(handle, stop_when=stop_at_pixels)
+            for _elem in ds:  # convert every raw element now: a bad VR or length fails here, not mid-selection
+                pass
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            raise
+        except Exception as exc:  # broken data raise many kinds (BytesLengthException, struct.error...)
+            raise InvalidDicomError(f"not readable as DICOM: {type(exc).__name__}: {exc}"[:300]) from exc
     return ds, bool(seen_pixels)
 
 

@@ -146,6 +146,9 @@ def _check_header(ds: Dataset, frame: int) -> None:
         raise _fail(ds, f"Samples per Pixel {ds.get('SamplesPerPixel')} is not 1 or 3")
     if not ds.get("PhotometricInterpretation"):
         raise _fail(ds, "no Photometric Interpretation")
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    if photometric.startswith("MONOCHROME") and ds.get("SamplesPerPixel", 1) != 1:
+        raise _fail(ds, f"{photometric} with Samples per Pixel {ds.get('SamplesPerPixel')}: a grey image has 1")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if not 0 <= frame < frames:
         raise _fail(ds, f"frame {frame} requested, the instance has {frames} frame(s) (0-based)")

@@ -22,6 +22,7 @@ def _load(path: str) -> NodeConfig:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
+    tls_lines = _check_tls(cfg)
     print(f"{args.file}: OK")
     print(f"  node {cfg.node.ae_title} on {cfg.node.host}:{cfg.node.port}, storage {cfg.storage_dir}")
     for name, ep in cfg.endpoints.items():
@@ -35,13 +36,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         p = cfg.priors
         print(f"  priors: {'on' if p.enabled else 'off'}, {p.method} from {p.query}, {p.lookback_days} days back, "
               f"timeout {p.timeout_seconds:g} s")
+    for line in tls_lines:
+        print(f"  {line}")
     return 0
+
+
+def _check_tls(cfg: NodeConfig) -> list[str]:
+    from .tls import check_tls_files
+
+    try:
+        return check_tls_files(cfg)
+    except ConfigError as exc:
+        print(f"configuration error:\n{cfg.source_path}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    return serve(_load(args.config))
+    cfg = _load(args.config)
+    _check_tls(cfg)  # certificate, key and CA files load before anything listens
+    return serve(cfg)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

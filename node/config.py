@@ -45,6 +45,64 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
+
+
+class TlsServerSection(_Strict):
+    """DICOM TLS for the Storage SCP, on its own port (the plain port stays as configured)."""
+
+    port: int = Field(ge=1, le=65535, description="The TLS port (2762 is DICOM's registered one)")
+    cert_file: Path = Field(description="PEM certificate (chain) of this node")
+    key_file: Path = Field(description="PEM private key of cert_file")
+    ca_file: Path | None = Field(None, description="PEM CA bundle that client certificates must chain to")
+    require_client_cert: bool = Field(True, description="Refuse clients without a certificate signed by ca_file")
+    min_version: TlsVersion = "TLSv1.2"
+    handshake_timeout_seconds: float = Field(10.0, gt=0, description="A client silent for longer is dropped")
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> "TlsServerSection":
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file, the CA bundle client certificates must chain to")
+        return self
+
+
+class TlsClientSection(_Strict):
+    """DICOM TLS toward one destination."""
+
+    ca_file: Path = Field(description="PEM CA bundle the destination's certificate must chain to")
+    cert_file: Path | None = Field(None, description="PEM client certificate, for peers that require one")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    check_hostname: bool = Field(True, description="The certificate must name server_name (or host)")
+    server_name: str | None = Field(None, description="Name expected in the destination's certificate; default host")
+    min_version: TlsVersion = "TLSv1.2"
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TlsClientSection":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
+        return self
+
+
+class AuditSection(_Strict):
+    """The audit trail: ATNA-style events as JSON lines (UIDs, AE titles, addresses; never names)."""
+
+    enabled: bool = True
+    path: Path | None = Field(None, description="Default <storage_dir>/audit.jsonl")
+
+
+def _check_host_allowlist(hosts: dict[str, list[str]]) -> dict[str, list[str]]:
+    import ipaddress
+
+    for ae, nets in hosts.items():
+        _check_ae_title(ae)
+        for net in nets:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"allowed_hosts[{ae!r}]: {net!r} is not an IP address or network (10.0.0.0/8)") from None
+    return hosts
+
+
 class NodeSection(_Strict):
     """The node's own DICOM identity, its spool and its timers."""
 
@@ -65,7 +123,12 @@ class NodeSection(_Strict):
         description="Names this node in leases; two nodes sharing a database must differ.",
     )
 
+    allowed_hosts: dict[str, list[str]] = Field(
+        default_factory=dict, description="Calling AE title -> IP addresses/networks it may connect from")
+    tls: TlsServerSection | None = None
+
     _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+    _hosts = field_validator("allowed_hosts")(lambda cls, v: _check_host_allowlist(v))
 
     @field_validator("allowed_calling_ae_titles")
     @classmethod
@@ -127,6 +190,7 @@ class DestinationSection(_Strict):
     backoff_max_seconds: float = Field(300.0, ge=0)
     give_up_after_seconds: float = Field(86400.0, gt=0, description="Park a result not delivered after this long")
     timeout_seconds: float = Field(30.0, gt=0, description="ACSE/DIMSE/network timeout of an association")
+    tls: TlsClientSection | None = None
 
     _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
 
@@ -218,6 +282,7 @@ class NodeConfig(_Strict):
     database: DatabaseSection = Field(default_factory=DatabaseSection)
     queue: QueueSection = Field(default_factory=QueueSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
+    audit: AuditSection = Field(default_factory=AuditSection)
     priors: PriorsSection | None = Field(None, description="Prior chest X-ray lookup; absent: no priors")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     source_path: Path | None = Field(None, exclude=True, description="Set by load_config; not a key of the file")
@@ -265,6 +330,12 @@ class NodeConfig(_Strict):
         return self.database.url or f"sqlite:///{self.storage_dir / 'node.db'}"
 
     @property
+    def audit_path(self) -> Path | None:
+        if not self.audit.enabled:
+            return None
+        return self.audit.path or self.storage_dir / "audit.jsonl"
+
+    @property
     def queue_url(self) -> str:
         return self.queue.url or f"sqlite:///{self.storage_dir / 'queue.db'}"
 
@@ -290,7 +361,24 @@ def _resolve_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
     update: dict[str, Any] = {"node": node}
     if cfg.priors is not None and cfg.priors.report_text_dir is not None and not cfg.priors.report_text_dir.is_absolute():
         update["priors"] = cfg.priors.model_copy(update={"report_text_dir": (base / cfg.priors.report_text_dir).resolve()})
-    return cfg.model_copy(update=update)
+    return _resolve_security_paths(cfg.model_copy(update=update), base)
+
+
+def _resolve_security_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
+    """TLS certificate/key/CA files and the audit file, relative to the config file's folder."""
+
+    def fix(section: BaseModel | None, *names: str) -> Any:
+        if section is None:
+            return None
+        update = {n: (base / getattr(section, n)).resolve() for n in names
+                  if getattr(section, n) is not None and not getattr(section, n).is_absolute()}
+        return section.model_copy(update=update)
+
+    node = cfg.node.model_copy(update={"tls": fix(cfg.node.tls, "cert_file", "key_file", "ca_file")})
+    dests = {name: d.model_copy(update={"tls": fix(d.tls, "ca_file", "cert_file", "key_file")})
+             for name, d in cfg.destinations.items()}
+    audit = fix(cfg.audit, "path")
+    return cfg.model_copy(update={"node": node, "destinations": dests, "audit": audit})
 
 
 def parse_config(data: Any, source: Path | str = "<memory>", base_dir: Path | None = None) -> NodeConfig:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .audit import audit_log
 from .config import DestinationSection, NodeConfig
 from .scu import OutgoingFile, SendOutcome, send_files
 from .state import Store
@@ -58,13 +59,22 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
             store.settle_outbox(row["id"], row["lease_owner"], state="delivered", status=out.status, error=None)
             report.delivered += 1
             log.info("delivered result %s to %s (%s)", row["result_uid"], destination, out.status)
+            audit_log(cfg).record("result-sent", **_where(row, destination, dest), status=out.status)
             continue
         limit = dest.max_processing_failure_attempts if out.verdict == "retry_limited" else dest.max_attempts
         if out.verdict == "park" or attempts >= limit or too_old:
-            why = out.reason if out.verdict == "park" else f"{out.reason}; gave up after {attempts} attempts"
+            if out.verdict == "park":
+                why = out.reason
+            elif attempts >= limit:
+                why = f"{out.reason}; gave up after {attempts} attempts"
+            else:
+                why = (f"{out.reason}; not delivered within give_up_after_seconds "
+                       f"({dest.give_up_after_seconds:g} s, {attempts} attempts)")
             store.settle_outbox(row["id"], row["lease_owner"], state="parked", status=out.status, error=why)
             report.parked += 1
             log.error("ALERT: result %s parked for %s: %s (%s)", row["result_uid"], destination, why, out.status)
+            audit_log(cfg).record("result-parked", "serious-failure", **_where(row, destination, dest),
+                                  status=out.status, reason=why)
             continue
         store.settle_outbox(row["id"], row["lease_owner"], state="pending", status=out.status, error=out.reason,
                             retry_at=t + backoff_seconds(attempts, dest))
@@ -73,3 +83,10 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
                     out.reason, out.status, attempts)
     report.more_due = len(rows) >= batch
     return report
+
+
+def _where(row, destination: str, dest: DestinationSection) -> dict:
+    """Audit fields of one outbox row: what (UIDs) went where (destination, AE title, address, TLS)."""
+    return {"destination": destination, "destination_ae": dest.ae_title, "destination_host": dest.host,
+            "destination_port": dest.port, "tls": dest.tls is not None, "study_uid": row["study_uid"],
+            "sop_instance_uid": row["result_uid"], "sop_class_uid": row["sop_class_uid"]}

@@ -20,12 +20,17 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import netpoll
+from .audit import audit_log
 from .commit import GroupCommitter
 from .config import NodeConfig
+from .receive_guard import install as install_receive_guard, write_failed
+from .scp_security import ScpSecurity
 from .spool import Spool, SpoolFullError, is_valid_uid, move_durably
 from .state import InstanceRecord, Store
+from .tls import start_tls_listener
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ def configure_pynetdicom() -> None:
     # pynetdicom's reactors poll every 1 ms, about 3 ms of sleep per instance on one association: poll fast
     # while an association is busy (node.netpoll).
     netpoll.install()
+    install_receive_guard()  # a full disk while receiving answers 0xA700 instead of killing the association
 
 
 class _QuickAckSocket(socket.socket):
@@ -127,6 +133,8 @@ class StorageSCP:
         self.schedule_check = schedule_check
         self.ae = self._make_ae()
         self._server: NodeAssociationServer | None = None
+        self.security = ScpSecurity(cfg, audit_log(cfg))
+        self._tls_server: NodeAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.received = 0
         self._committer = GroupCommitter(self._commit_batch)
@@ -156,8 +164,13 @@ class StorageSCP:
         """EVT_C_STORE: make the received file durable, then acknowledge it."""
         tmp = Path(event.dataset_path)
         calling_ae = event.assoc.requestor.ae_title.strip()
+        if write_failed(tmp):
+            tmp.unlink(missing_ok=True)
+            return STATUS_OUT_OF_RESOURCES
         try:
-            self.spool.check_space(tmp.stat().st_size)
+            tmp.stat()
+            # the received file is already on this file system (and counted): only the floor matters now
+            self.spool.check_space(0)
         except (SpoolFullError, OSError) as exc:
             log.error("spool full: refusing instance (0xA700): %s", exc)
             return STATUS_OUT_OF_RESOURCES
@@ -182,6 +195,7 @@ class StorageSCP:
                 tmp, "SOPInstanceUID in the data set differs from the C-STORE request's AffectedSOPInstanceUID",
                 command_uid, calling_ae, status=STATUS_MISMATCH)
         dst = self.spool.instance_path(study_uid, series_uid, sop_uid)
+        replaces = dst.exists()  # a resend of an instance already acknowledged
         try:
             move_durably(tmp, dst)
             size = dst.stat().st_size
@@ -190,12 +204,17 @@ class StorageSCP:
                 sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid, sop_class_uid=sop_class,
                 transfer_syntax_uid=str(event.context.transfer_syntax), path=str(dst), size_bytes=size,
                 calling_ae=calling_ae))
-        except OSError as exc:
-            log.error("cannot store instance %s durably (0xA700): %s", sop_uid, exc)
+        except (OSError, SQLAlchemyError) as exc:
+            # ENOSPC on the rename, or SQLite's "database or disk is full" on the commit: nothing was
+            # recorded, so a new file must not stay in the spool unknown to the database.
+            log.error("cannot store instance %s durably (0xA700): %s", sop_uid, type(exc).__name__)
+            if not replaces:
+                dst.unlink(missing_ok=True)
             return STATUS_OUT_OF_RESOURCES
         for study, due_at in due:
             self.schedule_check(study, max(0.0, due_at - time.time()))
         self.received += 1
+        self.security.instance_received(event, study_uid, series_uid, sop_uid, sop_class)
         log.debug("stored %s (study %s) from %s", sop_uid, study_uid, calling_ae)
         return STATUS_SUCCESS
 
@@ -208,6 +227,7 @@ class StorageSCP:
             log.error("cannot quarantine a rejected instance: %s", exc)
             return STATUS_OUT_OF_RESOURCES
         log.warning("quarantined instance %s from %s: %s", sop_uid or "(no UID)", calling_ae, log_reason or reason)
+        self.security.instance_quarantined(calling_ae, sop_uid, status)
         return status
 
     def handle_association(self, event: evt.Event) -> None:
@@ -219,7 +239,8 @@ class StorageSCP:
         """Listen on the configured address in a background thread."""
         configure_pynetdicom()
         tempfile.tempdir = str(self.spool.tmp)  # chunked receive files on the spool's filesystem
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association)]
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association),
+                    *self.security.handlers()]
         node = self.cfg.node
         server = self.ae.make_server((node.host, node.port), evt_handlers=handlers,
                                      server_class=NodeAssociationServer)
@@ -228,11 +249,18 @@ class StorageSCP:
         self._thread = threading.Thread(target=server.serve_forever, name="storage-scp", daemon=True)
         self._thread.start()
         log.info("Storage SCP %s listening on %s:%s", node.ae_title, node.host, server.server_address[1])
+        if node.tls is not None:
+            self._tls_server = start_tls_listener(self.ae, node.host, node.tls, handlers, NodeAssociationServer,
+                                                  self.security.tls_failure)
 
     @property
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        return None if self._tls_server is None else int(self._tls_server.server_address[1])
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         """Stop accepting associations, let those in progress finish (up to ``drain_seconds``), then abort."""
@@ -240,9 +268,17 @@ class StorageSCP:
             return
         server = self._server
         server.shutdown()
+        if self._tls_server is not None:
+            self._tls_server.shutdown()
         deadline = time.monotonic() + drain_seconds
-        while server.active_associations and time.monotonic() < deadline:
+        servers = [s for s in (server, self._tls_server) if s is not None]
+        # Only established associations are drained: a TCP connection that never asked for one (a health
+        # check, a port scan) would otherwise hold the shutdown for the whole ACSE timeout (the acceptor
+        # thread waits in a queue that abort() does not wake); its daemon thread ends with the process.
+        while (any(a.is_established for s in servers for a in s.active_associations)
+               and time.monotonic() < deadline):
             time.sleep(0.05)
-        for assoc in server.active_associations:
+        for assoc in [a for s in servers for a in s.active_associations]:
             assoc.abort()
+        self._tls_server = None
         self._server = None

@@ -58,6 +58,7 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: list[str] = Field(description="One segment per prompt: a string joined with '&', or a list")
+    allow_burned_in: bool = Field(False, description="Send images marked BurnedInAnnotation=YES (node/worker.py)")
     segmentation_type: Literal["auto", "binary", "fractional"] = Field(
         "auto", description="auto: FRACTIONAL when the model's mask holds values between its extremes, else BINARY")
 
@@ -131,6 +132,7 @@ class InsightParams(BaseModel):
     resize: int | None = Field(None, ge=1, description="Longer side in pixels on the client (e.g. 512)")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request, bytes of JSON")
     max_rows: int = Field(32, ge=1, le=1024, description="Rows (images or texts) per request")
+    allow_burned_in: bool = Field(False, description="Send images marked BurnedInAnnotation=YES (node/worker.py)")
 
     @field_validator("labels")
     @classmethod

@@ -30,6 +30,7 @@ from pynetdicom.presentation import build_context
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .config import DestinationSection
+from .tls import client_tls_args
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def send_files(dest: DestinationSection, calling_ae: str, files: Sequence[Outgoi
     # Propose only what we send: picky PACS reject large proposals.
     contexts = [build_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for uid in sop_classes]
     try:
-        assoc = ae.associate(dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title)
+        assoc = ae.associate(dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
+                             tls_args=client_tls_args(dest.tls, dest.host))
     except (OSError, RuntimeError) as exc:
         out = SendOutcome("retry", "network", f"cannot associate: {exc}")
         return {f.key: out for f in files}

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 from .config import NodeConfig
+from .hardening import harden_process
+from .logsafety import install_redaction
 from .queue import Queue
 from .receive import StorageSCP
 from .spool import Spool
@@ -30,6 +32,7 @@ def setup_logging(level: str) -> None:
     """One format for every role; chatty libraries stay at WARNING unless DEBUG is asked for."""
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
+    install_redaction()  # secrets that slip into a record are masked (node/logsafety.py)
     if level != "DEBUG":
         for name in ("pynetdicom", "huey", "httpx", "httpcore", "azure", "urllib3", "highdicom"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -42,6 +45,7 @@ class Node:
         if cfg.source_path is None or not Path(cfg.source_path).is_file():
             raise ValueError("serve needs a configuration file (the worker process reads the same file)")
         self.cfg = cfg
+        harden_process(cfg.storage_dir)  # umask 077, owner-only storage, no identifiers in pynetdicom's logs
         self.spool = Spool(cfg.storage_dir, min_free_bytes=cfg.node.min_free_disk_mb * 1024 * 1024)
         self.spool.create()
         self.store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)

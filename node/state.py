@@ -366,15 +366,20 @@ class Store:
                               .values(lease_owner=None, lease_until=None)).rowcount
         return n
 
-    def stale_work(self, quiet_seconds: float) -> dict[str, list]:
-        """What a sweep must (re-)enqueue: quiet studies, due jobs with no live lease, due destinations."""
+    def stale_work(self, quiet_seconds: float, *, fresh_start: bool = False) -> dict[str, list]:
+        """What a sweep must (re-)enqueue: quiet studies, due jobs with no live lease, due destinations.
+
+        ``fresh_start``: the worker process just started, so no pending job can be waiting in its queue from a
+        task it consumed before dying (Huey delivers at most once): every due pending job is re-enqueued.
+        """
         t = now()
+        recent = t + 1 if fresh_start else t - 60
         with self.engine.connect() as conn:
             quiet = [r[0] for r in conn.execute(select(studies.c.study_uid).where(and_(
                 studies.c.state == "receiving", studies.c.last_received_at + quiet_seconds <= t)))]
             # a pending job updated in the last minute is most likely still in the queue: leave it there
             due_jobs = [r[0] for r in conn.execute(select(jobs.c.id).where(or_(
-                and_(jobs.c.state == "pending", jobs.c.next_attempt_at <= t, jobs.c.updated_at < t - 60),
+                and_(jobs.c.state == "pending", jobs.c.next_attempt_at <= t, jobs.c.updated_at < recent),
                 and_(jobs.c.state == "running", jobs.c.lease_until < t))))]
         return {"studies": quiet, "jobs": due_jobs, "destinations": [d for d, _ in self.due_destinations()]}
 

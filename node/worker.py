@@ -19,7 +19,13 @@ from typing import Any
 
 import pydicom
 
+from converters.scrub import burned_in_refusal_for_files
+
+from .audit import audit_log
+from .checks import mixed_patients_reason
 from .config import NodeConfig
+from .failpoints import failpoint
+from .hardening import harden_process
 from .outbox import deliver_due
 from .pipelines import JobContext, pipeline_for
 from .queue import Queue
@@ -60,7 +66,9 @@ class Runtime:
             try:
                 headers.append(pydicom.dcmread(row["path"], stop_before_pixels=True))
             except Exception as exc:  # the file was accepted once; a later read failure must not stop the study
-                log.warning("study %s: cannot read instance %s: %s", study_uid, row["sop_instance_uid"], exc)
+                # pydicom's messages may quote element values: the type only
+                log.warning("study %s: cannot read instance %s: %s", study_uid, row["sop_instance_uid"],
+                            type(exc).__name__)
         plans = plan_study(self.cfg.rules, headers)
         from .classified import resolve_waiting, waiting_plans
 
@@ -98,6 +106,17 @@ class Runtime:
         endpoint = self.cfg.endpoints[job["endpoint"]]
         series = set(json.loads(job["series_uids"]))
         paths = [Path(r["path"]) for r in self.store.study_instances(job["study_uid"]) if r["series_uid"] in series]
+        mixed = mixed_patients_reason(paths)
+        if mixed:  # nothing leaves: a study mixing patients is an identification error upstream
+            self.store.finish_job(job_id, self.owner, state="failed", outcome=mixed)
+            log.error("job %d (study %s) failed: %s", job_id, job["study_uid"], mixed)
+            self._after_job(job["study_uid"])
+            return
+        if refusal := burned_in_refusal_for_files(paths, rule.params):  # nothing leaves: BurnedInAnnotation=YES
+            self.store.finish_job(job_id, self.owner, state="skipped", outcome=refusal)
+            log.info("job %d (study %s, rule %s) skipped: %s", job_id, job["study_uid"], rule.name, refusal)
+            self._after_job(job["study_uid"])
+            return
         ctx = JobContext(job=job, rule=rule, endpoint_name=job["endpoint"], endpoint=endpoint,
                          client=self.client(job["endpoint"]), instance_paths=paths,
                          previous_results=lambda kind: self._previous(job, kind),
@@ -110,6 +129,7 @@ class Runtime:
             if exc.permanent or job["attempts"] >= JOB_MAX_ATTEMPTS:
                 self.store.finish_job(job_id, self.owner, state="failed", outcome=f"endpoint error: {exc}")
                 log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
+                self._audit_job(job, "job-failed", "serious-failure", reason=f"endpoint error: {exc}")
                 self._after_job(job["study_uid"])
             else:
                 delay = 30.0 * job["attempts"]
@@ -118,10 +138,16 @@ class Runtime:
                 log.warning("job %d (study %s) will be retried in %.0f s: %s", job_id, job["study_uid"], delay, exc)
             return
         except Exception as exc:
-            log.exception("job %d (study %s) failed", job_id, job["study_uid"])
+            # Exception messages may quote header values (PHI): the type at ERROR, the traceback at DEBUG only.
+            log.error("job %d (study %s) failed: %s (details in `dicom-node status`)", job_id, job["study_uid"],
+                      type(exc).__name__)
+            log.debug("job %d traceback", job_id, exc_info=True)
             self.store.finish_job(job_id, self.owner, state="failed", outcome=f"{type(exc).__name__}: {exc}")
+            self._audit_job(job, "job-failed", "serious-failure", reason=type(exc).__name__)
             self._after_job(job["study_uid"])
             return
+        if output.state == "done":  # a skipped job sent nothing
+            self._audit_job(job, "model-request", result=output.outcome)
         rows = []
         for kind, ds in output.results:
             path = self.spool.result_path(job["study_uid"], str(ds.SOPInstanceUID))
@@ -131,6 +157,7 @@ class Runtime:
             rows.append({"sop_instance_uid": str(ds.SOPInstanceUID), "study_uid": job["study_uid"],
                          "series_uid": str(ds.SeriesInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
                          "kind": kind, "path": str(path)})
+        failpoint("results_written")
         ok = self.store.finish_job(job_id, self.owner, state=output.state, outcome=output.outcome,
                                    new_results=rows, destinations=rule.send_to if rows else (),
                                    endpoint_seconds=output.endpoint_seconds, writes=output.writes)
@@ -157,6 +184,16 @@ class Runtime:
             resolve_waiting(self, study_uid)
         except Exception:  # the sweep tries again
             log.exception("study %s: resolving classified rules failed", study_uid)
+
+    def _audit_job(self, job: dict[str, Any], event: str, outcome: str = "success", **fields: Any) -> None:
+        """Audit what a job sent to which endpoint (study and series UIDs, the endpoint's host)."""
+        from urllib.parse import urlsplit
+
+        endpoint = self.cfg.endpoints.get(job["endpoint"])
+        host = urlsplit(endpoint.url).hostname if endpoint is not None and endpoint.url else None
+        audit_log(self.cfg).record(event, outcome, job_id=job["id"], rule=job["rule_name"], endpoint=job["endpoint"],
+                                   endpoint_host=host, study_uid=job["study_uid"],
+                                   series_uids=json.loads(job["series_uids"]), **fields)
 
     def _prior_lookup(self):
         """The prior lookup of node/priors.py, when the configuration asks for priors."""
@@ -187,9 +224,9 @@ class Runtime:
                 self.queue.enqueue_delivery(destination, delay=max(0.0, due - time.time()))
 
     # Recovery -----------------------------------------------------------------------------------------
-    def sweep(self) -> None:
+    def sweep(self, fresh_start: bool = False) -> None:
         """Re-enqueue what a crash or a lost task left behind. Every task it enqueues is idempotent."""
-        stale = self.store.stale_work(self.cfg.node.study_complete_after_seconds)
+        stale = self.store.stale_work(self.cfg.node.study_complete_after_seconds, fresh_start=fresh_start)
         for study_uid in stale["studies"]:
             self.queue.check_study(study_uid)
         for job_id in stale["jobs"]:
@@ -235,8 +272,9 @@ def run_worker(cfg: NodeConfig, *, parent_pid: int | None = None) -> None:
         _die_with_parent()
         if os.getppid() != parent_pid:
             return  # the parent died before prctl took effect
+    harden_process(cfg.storage_dir)  # also when the worker runs on its own (`dicom-node worker`)
     rt = init_runtime(cfg)
-    rt.sweep()  # resume at once what the previous run left
+    rt.sweep(fresh_start=True)  # resume at once what the previous run left (a job released at restart too)
     consumer = rt.queue.consumer(cfg.queue.workers)
     log.info("worker started: %d threads, lease owner %s", cfg.queue.workers, rt.owner)
     consumer.run()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dcmtk import storescu, transfer_syntax_flag
 from node.demo import derive_cxr_study
+from nodekit import send
 from nodeproc import NodeProcess, node_config
 from orthanc import Orthanc
 from validate import assert_valid_dicom
@@ -54,12 +54,6 @@ def expected_boxes(frontal: Path) -> list[tuple[str, tuple[float, float, float, 
         for x0, y0, x1, y1 in boxes or []:
             out.append((text, (x0 * c + (W - c) / 2, y0 * c + (H - c) / 2, x1 * c + (W - c) / 2, y1 * c + (H - c) / 2)))
     return out
-
-
-def send(node: NodeProcess, files: list[Path]) -> None:
-    for f in files:
-        proc = storescu("127.0.0.1", node.port, [f], extra=[transfer_syntax_flag(f)])
-        assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_chest_xray_study_to_orthanc(tmp_path: Path, data: Path) -> None:
@@ -123,6 +117,7 @@ def test_chest_xray_study_to_orthanc(tmp_path: Path, data: Path) -> None:
               f"(quiet timer 1 s; see node log for the endpoint time)")
 
 
+@pytest.mark.faults
 def test_sigkill_after_ack_before_results_delivers_exactly_once(tmp_path: Path, data: Path) -> None:
     from node.emulator.server import EmulatorServer
 
@@ -152,6 +147,7 @@ def test_sigkill_after_ack_before_results_delivers_exactly_once(tmp_path: Path, 
         assert {ds.Modality for ds in got} == {"SR", "PR"}
 
 
+@pytest.mark.faults
 def test_sigkill_with_results_in_the_outbox_delivers_exactly_once(tmp_path: Path, data: Path) -> None:
     """The PACS is down when the results are ready; the node is killed; both come back; one copy each."""
     from orthanc import free_port

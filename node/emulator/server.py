@@ -53,6 +53,7 @@ from typing import Any, Iterable
 from node.emulator import EMULATOR_HEADER_VALUE, ModelHandler, RequestError
 from node.emulator import cxr as _cxr, parse as _parse, parse3d as _parse3d
 from node.emulator import insight as _insight
+from node.emulator.inspect import describe_payload
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if isinstance(first, list):  # a digest per value of row 0: tests check content, the log holds no PHI
                     entry["digests"] = {c: hashlib.sha256(str(v).encode("utf-8")).hexdigest()
                                         for c, v in zip(entry["columns"], first)}
+            entry["payload"] = describe_payload(input_data)  # what left the node: image kinds, text
 
         def finish(status: int | None) -> None:
             with state.lock:

@@ -7,9 +7,11 @@ import logging
 import pydicom
 
 from converters.cxr import NoFrontalView, build_cxr_inputs
+from converters.scrub import names_and_ids, scrub_request_text
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.gsps import build_findings_gsps
 from dicom_out.sr import GroundedFinding, build_findings_sr
+from node.failpoints import failpoint
 from node.invoke.cxrreportgen import build_request, denormalize_box, parse_response
 from node.priors import prior_inputs
 
@@ -42,6 +44,8 @@ def run(ctx: JobContext) -> JobOutput:
                                   classified=classified)
     except NoFrontalView as exc:
         return JobOutput(state="skipped", outcome=f"no frontal chest image: {exc}")
+    failpoint("converted")
+    sent = [pydicom.dcmread(p, stop_before_pixels=True) for p in (inputs.frontal_path, inputs.lateral_path) if p]
     prior = prior_inputs(ctx.prior_lookup, inputs.frontal_path, max_side=ctx.rule.params.get("max_side"))
     payload = build_request(
         frontal_png=inputs.frontal.png,
@@ -52,6 +56,8 @@ def run(ctx: JobContext) -> JobOutput:
         comparison=inputs.text.comparison or prior.comparison,
         prior_report=prior.report,
     )
+    # free text: no names, IDs, dates of the study's own header (nor the prior's names and IDs)
+    payload = scrub_request_text(payload, [*sent, *(names_and_ids(ds) for ds in prior.evidence)])
     reply = ctx.client.score(payload, request_id=ctx.request_id)
     raw = parse_response(reply.body)
     findings = [GroundedFinding(text=f.text, boxes=map_boxes(f.boxes, inputs.frontal, ctx.endpoint.box_reference))

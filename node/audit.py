@@ -1,0 +1,100 @@
+"""The audit trail: who sent what, and where results went, as JSON lines (DICOM PS3.15 A.5 / IHE ATNA style).
+
+One line per event, appended with ``O_APPEND`` to one file (the SCP process and the worker process write to
+the same file; each line is one ``write``), created owner-only (0600). Events carry AE titles, network
+addresses, UIDs and outcomes, never patient names, IDs, birth dates or accession numbers.
+
+=========================  =============================================  ==========================
+event                      when                                           DICOM audit event (DCM)
+=========================  =============================================  ==========================
+association-start          an association was accepted                    110100 Application Activity
+association-end            released or aborted, with the instance count   110100 Application Activity
+association-rejected       calling AE title or host not allowed           110113 Security Alert
+tls-failure                a TLS handshake failed or timed out            110113 Security Alert
+instance-received          an instance was stored durably (acknowledged)  110104 DICOM Instances Transferred
+instance-quarantined       an instance was refused and kept aside         110104 (outcome: minor failure)
+model-request              images/text of a study were sent to a model    110106 Export
+job-failed                 a job failed                                   110106 Export (outcome failure)
+result-sent                a result was delivered to a destination        110104 DICOM Instances Transferred
+result-parked              a result could not be delivered                110104 (outcome: serious failure)
+=========================  =============================================  ==========================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EVENT_CODES = {
+    "association-start": ("110100", "Application Activity"),
+    "association-end": ("110100", "Application Activity"),
+    "association-rejected": ("110113", "Security Alert"),
+    "tls-failure": ("110113", "Security Alert"),
+    "instance-received": ("110104", "DICOM Instances Transferred"),
+    "instance-quarantined": ("110104", "DICOM Instances Transferred"),
+    "model-request": ("110106", "Export"),
+    "job-failed": ("110106", "Export"),
+    "result-sent": ("110104", "DICOM Instances Transferred"),
+    "result-parked": ("110104", "DICOM Instances Transferred"),
+}
+
+# ATNA EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure, 12 major failure
+OUTCOMES = {"success": 0, "minor-failure": 4, "serious-failure": 8, "major-failure": 12}
+
+
+class AuditLog:
+    """Appends audit events to one file; thread-safe; never raises into the caller."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._host = socket.gethostname()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def record(self, event: str, outcome: str = "success", **fields: Any) -> None:
+        """Append one event. ``fields`` must hold UIDs, AE titles, addresses, counts: no patient data."""
+        if self.path is None:
+            return
+        code, meaning = EVENT_CODES.get(event, ("", ""))
+        doc = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event,
+               "event_id": {"code": code, "scheme": "DCM", "meaning": meaning},
+               "outcome": OUTCOMES.get(outcome, 0), "node_host": self._host, "pid": os.getpid(), **fields}
+        line = (json.dumps(doc, default=str, separators=(",", ":")) + "\n").encode("utf-8")
+        try:
+            with self._lock:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+        except OSError as exc:  # the audit trail must not stop the node; the failure itself is logged
+            log.error("cannot write the audit trail %s: %s", self.path, exc.strerror)
+
+
+_LOGS: dict[Path | None, AuditLog] = {}
+_LOGS_LOCK = threading.Lock()
+
+
+def audit_log(cfg: Any) -> AuditLog:
+    """The process-wide :class:`AuditLog` of a :class:`~node.config.NodeConfig` (one per file)."""
+    path = cfg.audit_path
+    with _LOGS_LOCK:
+        if path not in _LOGS:
+            _LOGS[path] = AuditLog(path)
+        return _LOGS[path]
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every event of an audit file (for tests and tools)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

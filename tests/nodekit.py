@@ -1,0 +1,111 @@
+"""Helpers shared by the end-to-end, fault, bad-input and load tests that drive a real ``dicom-node serve``.
+
+``send`` pushes files with dcmtk's storescu (one association per call); ``copy_series`` makes a copy of a real
+series with new UIDs (one new study per sender); ``status_json`` reads ``dicom-node status --json``;
+``db_rows`` counts rows of the node's database from the test process (SQLite WAL: reading is safe while the
+node writes); ``pacs_uids_by_study`` counts what a real Orthanc holds per study.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from dcmtk import storescu, transfer_syntax_flag
+from nodeproc import NodeProcess
+
+
+def send(node: NodeProcess, files: list[Path]) -> None:
+    """storescu each file to the node (its own transfer syntax proposed); fail on any non-zero exit."""
+    for f in files:
+        proc = storescu("127.0.0.1", node.port, [f], extra=[transfer_syntax_flag(f)])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def copy_series(sources: Iterable[Path], out_dir: Path, *, patient_id: str, study_uid: str | None = None) -> list[Path]:
+    """Copy real instances with one new study, one new series per source series and new SOP Instance UIDs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series_map: dict[str, str] = {}
+    paths = []
+    for i, src in enumerate(sources):
+        ds = pydicom.dcmread(src)
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_map.setdefault(str(ds.get("SeriesInstanceUID", "")), generate_uid())
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = patient_id
+        ds.PatientName = f"LOAD^{patient_id}"
+        path = out_dir / f"{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def status_json(node: NodeProcess) -> dict[str, Any]:
+    """``dicom-node status --json --limit 500`` of the node's configuration."""
+    out = subprocess.run([sys.executable, "-m", "node.cli", "status", "--json", "--limit", "500", "--config",
+                          str(node.config_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def db_path(node: NodeProcess) -> Path:
+    return Path(node.config["node"]["storage_dir"]) / "node.db"
+
+
+def db_rows(node: NodeProcess, sql: str, *args: Any) -> list[tuple]:
+    """Rows of a read-only query on the node's SQLite database."""
+    conn = sqlite3.connect(f"file:{db_path(node)}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def stored_sop_uids(node: NodeProcess) -> set[str]:
+    """SOP Instance UIDs the node's database holds as received instances."""
+    return {r[0] for r in db_rows(node, "SELECT sop_instance_uid FROM instances")}
+
+
+def spool_files(node: NodeProcess) -> list[Path]:
+    return sorted((Path(node.config["node"]["storage_dir"]) / "spool").rglob("*.dcm"))
+
+
+def pacs_uids_by_study(pacs) -> Counter:
+    """How many distinct result instances a real Orthanc holds per StudyInstanceUID."""
+    counts: Counter = Counter()
+    for item in pacs.client.get("/instances", params={"expand": ""}).json():
+        parent = pacs.client.get(f"/instances/{item['ID']}/study").json()
+        counts[parent["MainDicomTags"]["StudyInstanceUID"]] += 1
+    return counts
+
+
+def orthanc_sop_uids(pacs) -> list[str]:
+    """Every SOP Instance UID Orthanc stores (a list: a duplicate would show twice)."""
+    return list(pacs.sop_instance_uids())
+
+
+def study_uid_of(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
