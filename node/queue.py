@@ -62,7 +62,7 @@ class Queue:
 
         Short delays run on an in-process timer (:mod:`node.timers`): Huey's scheduler works in whole-second
         ticks, which added up to a second (twice when the study was still receiving) to every study. Long delays
-        stay with Huey's durable schedule. A timer lost with its process is recovered by the sweep.
+        stay with Huey's durable schedule. A timer lost with its process is re-armed when the worker starts.
         """
         delay = max(0.0, delay)
         if delay > PRECISE_DELAY_MAX_SECONDS:

@@ -366,6 +366,14 @@ class Store:
                               .values(lease_owner=None, lease_until=None)).rowcount
         return n
 
+    def receiving_not_due(self, quiet_seconds: float) -> list[tuple[str, float]]:
+        """Studies still receiving whose quiet time has not passed yet, with the time their check is due."""
+        t = now()
+        with self.engine.connect() as conn:
+            return [(r[0], r[1] + quiet_seconds) for r in conn.execute(
+                select(studies.c.study_uid, studies.c.last_received_at).where(and_(
+                    studies.c.state == "receiving", studies.c.last_received_at + quiet_seconds > t)))]
+
     def stale_work(self, quiet_seconds: float, *, fresh_start: bool = False) -> dict[str, list]:
         """What a sweep must (re-)enqueue: quiet studies, due jobs with no live lease, due destinations.
 

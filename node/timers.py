@@ -4,8 +4,9 @@ Huey's scheduler moves scheduled tasks to the queue on whole-second ticks (``sch
 study's check ran up to a second late, twice when the first check found the study still receiving. A timer
 here fires on time and enqueues the task at once.
 
-A timer lives in memory only: if the process dies first, the periodic sweep (``Store.stale_work``) re-enqueues
-every study that has been quiet long enough, so nothing is lost, only delayed until the next sweep.
+A timer lives in memory only. When a process dies, the worker's start re-arms the timers of every study still
+receiving (``Runtime.sweep(fresh_start=True)``, the worker restarts with either process) and re-enqueues those
+already quiet; the periodic sweep (``Store.stale_work``) catches anything else within a minute.
 """
 
 from __future__ import annotations
