@@ -50,7 +50,6 @@ scanner), units mm, and no text at all (empty descrip, aux_file, intent name: no
 from __future__ import annotations
 
 import gzip
-import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +81,14 @@ _NON_IMAGE_SOP_CLASS_WORDS = ("SR", "Presentation State", "Key Object", "Segment
                               "Waveform", "Raw Data", "Registration", "Real World Value", "RT Structure",
                               "RT Plan", "RT Dose", "Spatial Fiducials")
 _MULTI_FRAME_SOP_CLASS_WORDS = ("Enhanced", "Legacy Converted")
+
+
+def _gzip(raw: bytes) -> bytes:
+    try:
+        from isal import igzip
+    except ImportError:  # pragma: no cover - isal ships wheels for the usual platforms
+        return gzip.compress(raw, compresslevel=1, mtime=0)
+    return igzip.compress(raw, compresslevel=1, mtime=0)
 
 
 class VolumeError(ValueError):
@@ -125,14 +132,12 @@ class Volume:
     def to_nifti_gz_bytes(self) -> bytes:
         """The ``.nii.gz`` file content (what MedImageParse 3D takes, base64-encoded by the caller).
 
-        gzip level 1, mtime 0 (reproducible bytes): on a 512x512x64 CT it is 4x faster than level 6 (0.4 s vs
-        1.6 s) for 2 % more bytes (0.1 s more at the endpoint's ~5 MB/s).
+        One gzip member, mtime 0 (reproducible bytes), at the fastest level: Intel ISA-L's level 1 (``isal``)
+        where it is installed, which on a 512x512x64 CT takes about a third of zlib level 1's time for 2 %
+        more bytes; else zlib level 1 (4x faster than level 6 for 2 % more bytes; each extra MB costs
+        0.2 s at the endpoint's ~5 MB/s, a compression second costs a second).
         """
-        raw = self.to_nifti().to_bytes()
-        buffer = io.BytesIO()
-        with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1, mtime=0) as handle:
-            handle.write(raw)
-        return buffer.getvalue()
+        return _gzip(self.to_nifti().to_bytes())
 
     def slice_index_of(self, sop_uid: str) -> int:
         """The k index of the slice with this SOP Instance UID; KeyError when it is not part of the volume."""
@@ -319,24 +324,81 @@ def series_to_volume(paths: Sequence[Path]) -> Volume:
     affine_lps[:3, 3] = ipps[0]
     affine = _LPS_TO_RAS @ affine_lps
 
-    data = np.empty((columns, rows, len(headers)), dtype=np.float32)
+    # Slices are stacked as (slice, row, column) in C order: its transpose, the (column, row, slice) NIfTI array,
+    # is then Fortran-contiguous, which is the order nibabel writes, so no strided copy is made anywhere.
+    stack = _integer_stack(headers, rows, columns)
+    if stack is None:
+        stack = _float_stack(headers, rows, columns)
+    data = stack.transpose(2, 1, 0)
+    return Volume(data=data, affine=affine, source_sop_uids=[_text(ds.SOPInstanceUID) for ds in headers])
+
+
+def _pixels(ds: Dataset, rows: int, columns: int) -> np.ndarray:
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoder errors vary by plugin
+        raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: pixel data not decodable "
+                          f"({type(exc).__name__}: {exc})") from None
+    if pixels.shape != (rows, columns):
+        raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: pixel array {pixels.shape}, expected "
+                          f"{(rows, columns)} (colour or multi-frame?)")
+    return pixels
+
+
+def _integral_rescale(ds: Dataset) -> tuple[int, int] | None:
+    """(slope, intercept) when the Modality LUT is a linear rescale by integers (the usual CT case), else None."""
+    if "ModalityLUTSequence" in ds:
+        return None
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        return None
+    if not (slope.is_integer() and intercept.is_integer()):
+        return None
+    return int(slope), int(intercept)
+
+
+def _integer_stack(headers: list[Dataset], rows: int, columns: int) -> np.ndarray | None:
+    """int16 (slice, row, column) values when every slice rescales by integers into the int16 range, else None.
+
+    The same values as pydicom's ``apply_modality_lut`` (``slope * stored + intercept``), computed in int32
+    instead of float64: 4x less memory traffic on a CT.
+    """
+    rescales = [_integral_rescale(ds) for ds in headers]
+    if any(r is None for r in rescales):
+        return None
+    stack = np.empty((len(headers), rows, columns), dtype=np.int16)
+    for k, (ds, (slope, intercept)) in enumerate(zip(headers, rescales)):  # type: ignore[misc]
+        pixels = _pixels(ds, rows, columns)
+        if pixels.dtype.kind not in "iu":
+            return None
+        if slope == 1 and pixels.dtype.itemsize <= 2 and pixels.dtype.kind == "i" and intercept == 0:
+            stack[k] = pixels
+            continue
+        values = pixels.astype(np.int32)
+        if slope != 1:
+            values *= slope
+        if intercept:
+            values += intercept
+        if values.min() < -32768 or values.max() > 32767:
+            return None
+        stack[k] = values
+    return stack
+
+
+def _float_stack(headers: list[Dataset], rows: int, columns: int) -> np.ndarray:
+    """(slice, row, column) values through pydicom's Modality LUT: int16 when integral and in range, else float32."""
+    stack = np.empty((len(headers), rows, columns), dtype=np.float32)
     integral = True
     for k, ds in enumerate(headers):
-        try:
-            pixels = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - decoder errors vary by plugin
-            raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: pixel data not decodable "
-                              f"({type(exc).__name__}: {exc})") from None
-        if pixels.shape != (rows, columns):
-            raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: pixel array {pixels.shape}, expected "
-                              f"{(rows, columns)} (colour or multi-frame?)")
-        values = apply_modality_lut(pixels, ds)
+        values = apply_modality_lut(_pixels(ds, rows, columns), ds)
         if integral and (values.dtype.kind == "f") and not np.array_equal(values, np.round(values)):
             integral = False
-        data[:, :, k] = values.T
-    if integral and data.size and data.min() >= -32768 and data.max() <= 32767:
-        data = data.astype(np.int16)
-    return Volume(data=data, affine=affine, source_sop_uids=[_text(ds.SOPInstanceUID) for ds in headers])
+        stack[k] = values
+    if integral and stack.size and stack.min() >= -32768 and stack.max() <= 32767:
+        return stack.astype(np.int16)
+    return stack
 
 
 def _check_identity(headers: list[Dataset], paths: list[Path]) -> None:

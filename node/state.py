@@ -70,20 +70,33 @@ class Store:
     def _record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
         t = now()
         to_schedule: dict[str, float] = {}
+        # One statement per kind of row, one read and one update per study: a group commit brings many
+        # records of few studies. A SOP Instance UID twice in one batch (a resend racing itself): the last wins.
+        latest = list({rec.sop_instance_uid: rec for rec in records}.values())
         with self.engine.begin() as conn:
-            for rec in records:
-                if rec.is_prior or self._expected_prior(conn, rec.study_uid):
+            prior_studies = {uid for uid in {rec.study_uid for rec in latest if not rec.is_prior}
+                             if self._expected_prior(conn, uid)}
+            own = []
+            for rec in latest:
+                if rec.is_prior or rec.study_uid in prior_studies:
                     self._record_prior(conn, rec, t)
-                    continue
-                conn.execute(delete(instances).where(instances.c.sop_instance_uid == rec.sop_instance_uid))
-                conn.execute(insert(instances).values(received_at=t, **rec.__dict__))
-                row = conn.execute(select(studies).where(studies.c.study_uid == rec.study_uid)).mappings().first()
+                else:
+                    own.append(rec)
+            if not own:
+                return []
+            conn.execute(delete(instances).where(instances.c.sop_instance_uid.in_([r.sop_instance_uid for r in own])))
+            conn.execute(insert(instances), [dict(received_at=t, **rec.__dict__) for rec in own])
+            first_of_study: dict[str, InstanceRecord] = {}
+            for rec in own:
+                first_of_study.setdefault(rec.study_uid, rec)
+            for study_uid, rec in first_of_study.items():
+                row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
                 due = t + quiet_seconds
                 if row is None:
                     conn.execute(insert(studies).values(
-                        study_uid=rec.study_uid, state="receiving", version=0, first_received_at=t,
+                        study_uid=study_uid, state="receiving", version=0, first_received_at=t,
                         last_received_at=t, check_due_at=due, is_prior=rec.is_prior))
-                    to_schedule[rec.study_uid] = due
+                    to_schedule[study_uid] = due
                 else:
                     values: dict[str, Any] = {"last_received_at": t}
                     if row["state"] != "receiving":
@@ -91,8 +104,8 @@ class Store:
                         values["note"] = f"re-opened by a new instance after version {row['version']}"
                     if row["check_due_at"] is None:
                         values["check_due_at"] = due
-                        to_schedule[rec.study_uid] = due
-                    conn.execute(update(studies).where(studies.c.study_uid == rec.study_uid).values(**values))
+                        to_schedule[study_uid] = due
+                    conn.execute(update(studies).where(studies.c.study_uid == study_uid).values(**values))
         return list(to_schedule.items())
 
     def record_quarantine(self, path: str, reason: str, sop_instance_uid: str | None, calling_ae: str) -> None:
@@ -352,6 +365,14 @@ class Store:
             n += conn.execute(update(outbox).where(outbox.c.lease_owner.startswith(prefix))
                               .values(lease_owner=None, lease_until=None)).rowcount
         return n
+
+    def receiving_not_due(self, quiet_seconds: float) -> list[tuple[str, float]]:
+        """Studies still receiving whose quiet time has not passed yet, with the time their check is due."""
+        t = now()
+        with self.engine.connect() as conn:
+            return [(r[0], r[1] + quiet_seconds) for r in conn.execute(
+                select(studies.c.study_uid, studies.c.last_received_at).where(and_(
+                    studies.c.state == "receiving", studies.c.last_received_at + quiet_seconds > t)))]
 
     def stale_work(self, quiet_seconds: float, *, fresh_start: bool = False) -> dict[str, list]:
         """What a sweep must (re-)enqueue: quiet studies, due jobs with no live lease, due destinations.

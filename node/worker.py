@@ -229,6 +229,10 @@ class Runtime:
         stale = self.store.stale_work(self.cfg.node.study_complete_after_seconds, fresh_start=fresh_start)
         for study_uid in stale["studies"]:
             self.queue.check_study(study_uid)
+        if fresh_start:
+            # Quiet timers live in memory (node.timers): re-arm those a dead process took with it.
+            for study_uid, due in self.store.receiving_not_due(self.cfg.node.study_complete_after_seconds):
+                self.queue.schedule_check(study_uid, due - time.time())
         for job_id in stale["jobs"]:
             self.queue.enqueue_job(job_id)
         for dest in stale["destinations"]:

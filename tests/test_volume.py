@@ -255,3 +255,24 @@ def test_no_files_or_unreadable(tmp_path: Path) -> None:
     junk.write_bytes(b"not dicom")
     with pytest.raises(VolumeError, match="not readable as DICOM"):
         series_to_volume([junk, junk])
+
+
+@pytest.mark.parametrize("folder", [CT, MR])
+def test_integer_fast_path_equals_pydicom_modality_lut(data: Path, folder: str) -> None:
+    """The int32 rescale path gives exactly pydicom's apply_modality_lut values, in the NIfTI (column, row, slice)
+    order, Fortran-contiguous (nibabel writes it without a strided copy)."""
+    from converters import volume as vol
+
+    files = _files(data, folder)
+    volume = series_to_volume(files)
+    headers = sorted((pydicom.dcmread(f) for f in files),
+                     key=lambda ds: float(np.dot(np.array(ds.ImagePositionPatient, dtype=float),
+                                                 np.cross(*np.array(ds.ImageOrientationPatient, dtype=float)
+                                                          .reshape(2, 3)))))
+    rows, columns = int(headers[0].Rows), int(headers[0].Columns)
+    reference = vol._float_stack(headers, rows, columns).transpose(2, 1, 0)
+    assert volume.data.flags.f_contiguous
+    assert volume.data.dtype == reference.dtype
+    assert np.array_equal(volume.data, reference)
+    assert np.array_equal(nibabel.Nifti1Image.from_bytes(gzip.decompress(volume.to_nifti_gz_bytes())).dataobj,
+                          reference)
