@@ -333,12 +333,17 @@ class Store:
                                                    outbox.c.state == "pending")).values(**values))
 
     def retry_parked(self, destination: str | None = None) -> int:
-        """Put parked rows back in the queue (``dicom-node retry``); returns how many."""
+        """Put parked rows back in the queue (``dicom-node retry``); returns how many.
+
+        A retried row starts afresh: attempts from 0 and a new ``give_up_after_seconds`` window (``created_at``
+        is when the outbox last took the row on), else a row parked for age would be parked again at once.
+        """
         q = update(outbox).where(outbox.c.state == "parked")
         if destination:
             q = q.where(outbox.c.destination == destination)
+        t = now()
         with self.engine.begin() as conn:
-            return conn.execute(q.values(state="pending", attempts=0, next_attempt_at=now(),
+            return conn.execute(q.values(state="pending", attempts=0, next_attempt_at=t, created_at=t,
                                          lease_owner=None, lease_until=None)).rowcount
 
     def due_destinations(self) -> list[tuple[str, float]]:

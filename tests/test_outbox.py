@@ -152,3 +152,18 @@ def test_retention_purges_delivered_studies_and_keeps_undelivered_ones(tmp_path:
         assert store.purge_delivered(0) == 1
         assert not spooled.exists() and not result_file.exists()
         assert outbox_rows(store) == [] and store.summary()["studies"] == {}
+
+
+def test_retry_gives_a_row_parked_for_age_a_fresh_window(tmp_path: Path, data: Path) -> None:
+    """A row parked by give_up_after_seconds and retried is tried again, not parked again at its first failure."""
+    with ScriptedPACS([0xA700, 0xA700, 0xA700]) as pacs:
+        store, cfg, uids = make_outbox(tmp_path, data, pacs.port, give_up_after_seconds=0.5)
+        time.sleep(0.6)
+        assert deliver_due(store, cfg, "pacs", "w:1:a").parked == 1
+        assert "give_up_after_seconds" in outbox_rows(store)[0]["error"]
+        assert store.retry_parked() == 1
+        again = deliver_due(store, cfg, "pacs", "w:1:a")
+        assert (again.parked, again.retrying) == (0, 1), "a fresh window: an out-of-resources answer is retried"
+        deliver_due(store, cfg, "pacs", "w:1:a")
+        assert deliver_due(store, cfg, "pacs", "w:1:a").delivered == 1
+        assert pacs.stored == uids
