@@ -79,7 +79,7 @@ def test_two_receivers_share_the_port(tmp_path: Path, data: Path) -> None:
     node.start()
     try:
         wait_until(lambda: receiver_pids(node).get(1), 30, "receiver 1 to start")
-        wait_until(lambda: "receiver 1 (process" in node.logs(), 30, "receiver 1 to listen")
+        wait_until(lambda: re.search(r"receiver 1 \(process \d+\) listening", node.logs()), 30, "receiver 1 to listen")
 
         with ThreadPoolExecutor(max_workers=SENDERS) as pool:
             results = list(pool.map(lambda files: storescu("127.0.0.1", node.port, files, calling_ae="SENDER",
@@ -112,7 +112,8 @@ def test_two_receivers_share_the_port(tmp_path: Path, data: Path) -> None:
         old = receiver_pids(node)[1]
         os.kill(old, signal.SIGKILL)
         wait_until(lambda: receiver_pids(node).get(1) not in (None, old), 30, "receiver 1 to be restarted")
-        wait_until(lambda: node.logs().count("receiver 1 (process") == 2, 30, "the new receiver 1 to listen")
+        wait_until(lambda: len(re.findall(r"receiver 1 \(process \d+\) listening", node.logs())) == 2, 30,
+                   "the new receiver 1 to listen")
         assert re.search(rf"receiver 1 \(process {old}\) exited with -9; restarting it", node.logs())
         assert echo_until_both_seen(node, "AFTER") == {"MainProcess", "receiver-1"}
 
