@@ -4,6 +4,9 @@ storescp and Orthanc, over 1 and over 4 associations; plus t_fsync, the durable 
 Each target is started fresh and empty for each measurement (its start is not timed); the figure is the wall
 time of the storescu processes. The senders run with TCP_NODELAY=1 unless the row says "Nagle": then neither
 storescu nor the reference receiver has it (Debian's dcmtk default), while the node keeps its own settings.
+
+The node runs with its configured default of ``node.receivers`` (receiver processes on one port); set
+``BENCH_NODE_RECEIVERS=N`` in the environment to measure another count (the rows then say so).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from .common import (OneByOne, alternate, ct_files, dcmtk_env, free_port, median
                      tool, wait_port)
 
 GROUP = "ingest"
+RECEIVERS = os.environ.get("BENCH_NODE_RECEIVERS")  # None: the node's default
+RECEIVERS_NOTE = f"; node.receivers {RECEIVERS}" if RECEIVERS else ""
 
 
 class NodeTarget:
@@ -39,7 +44,10 @@ class NodeTarget:
 
         work = Path(tempfile.mkdtemp(dir=self.base))
         # The quiet timer is long: only receiving is measured (the CT matches no rule anyway).
-        node = NodeProcess(work, node_config(work, endpoint_url="http://127.0.0.1:9", pacs=None, quiet=600))
+        cfg = node_config(work, endpoint_url="http://127.0.0.1:9", pacs=None, quiet=600)
+        if RECEIVERS:
+            cfg["node"]["receivers"] = int(RECEIVERS)
+        node = NodeProcess(work, cfg)
         node.start()
         try:
             time.sleep(0.5)  # let the worker process finish importing
@@ -114,14 +122,15 @@ class OrthancTarget:
 
 
 def _peak_rss(pid: int) -> dict[str, int]:
-    """VmHWM (kB) of the serve process and of each child (the worker)."""
+    """VmHWM (kB) of the serve process and of each child (the worker, receivers 1..N-1)."""
     out = {"serve": _vmhwm(pid)}
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         children = []
     for i, child in enumerate(children):
-        out["worker" if i == 0 else f"child{i}"] = _vmhwm(int(child))
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        out["worker" if b"worker" in cmdline else f"receiver{i}"] = _vmhwm(int(child))
     return out
 
 
@@ -195,7 +204,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                                 note=f"{mbs[ref]:.1f} MB/s; reference"))
             for ref in ("storescp", "orthanc"):
                 rows.append(row(GROUP, f"node vs {ref}: {case}", rate["node"], "inst/s", reference=ref,
-                                ref_value=rate[ref], note=f"node {mbs['node']:.1f} MB/s vs {mbs[ref]:.1f} MB/s"))
+                                ref_value=rate[ref],
+                                note=f"node {mbs['node']:.1f} MB/s vs {mbs[ref]:.1f} MB/s" + RECEIVERS_NOTE))
             if n == 1 and nodelay:
                 durable = 1.0 / (1.0 / rate["storescp"] + tf)
                 rows.append(row(GROUP, f"node vs durable limit: {case}", rate["node"], "inst/s",
@@ -212,8 +222,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                             peak.get("serve", 0) / 1024, "MiB", note="VmHWM"))
             rows.append(row("memory", "peak RSS worker while ingesting 1024 instances",
                             peak.get("worker", 0) / 1024, "MiB", note="VmHWM"))
-            rows.append(row("memory", "peak RSS node total (serve + worker)",
-                            sum(peak.values()) / 1024, "MiB", note="sum of VmHWM"))
+            rows.append(row("memory", "peak RSS node total (serve + worker + receivers)",
+                            sum(peak.values()) / 1024, "MiB", note="sum of VmHWM" + RECEIVERS_NOTE))
         elif quick:
             rows.append(row("memory", "peak RSS node total (serve + worker), CT 64",
                             sum(node.peak_rss_kb.values()) / 1024, "MiB", note="VmHWM; quick mode: 64 instances"))

@@ -116,6 +116,9 @@ class NodeSection(_Strict):
         200, ge=0, description="Below this free space on the spool's filesystem, C-STORE answers 0xA700."
     )
     max_associations: int = Field(16, ge=1)
+    receivers: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1), ge=1,
+        description="Receiver processes sharing the DICOM port (SO_REUSEPORT); max_associations is per process")
     max_pdu_size: int = Field(0, ge=0, description="0: unlimited (pynetdicom's convention)")
     network_timeout_seconds: float = Field(60.0, gt=0)
     instance_id: str = Field(

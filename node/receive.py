@@ -123,6 +123,15 @@ class NodeAssociationServer(ThreadedAssociationServer):
         return client_socket, address
 
 
+class SharedPortAssociationServer(NodeAssociationServer):
+    """The same server bound with SO_REUSEPORT, so that several receiver processes listen on one port
+    (``node.receivers``, :mod:`node.receivers`); Linux spreads new connections across them."""
+
+    def server_bind(self) -> None:  # type: ignore[override]
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class StorageSCP:
     """The node's Storage SCP: C-ECHO and C-STORE of every storage SOP class into the durable spool."""
 
@@ -138,6 +147,7 @@ class StorageSCP:
         self._thread: threading.Thread | None = None
         self.received = 0
         self._committer = GroupCommitter(self._commit_batch)
+        self.serve_tls = True  # receiver processes other than the main one leave the TLS port to it
 
     def _commit_batch(self, records: Sequence[InstanceRecord]) -> list[list[tuple[str, float]]]:
         """One transaction for a batch of received instances; per record, the checks it must schedule."""
@@ -242,14 +252,14 @@ class StorageSCP:
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association),
                     *self.security.handlers()]
         node = self.cfg.node
-        server = self.ae.make_server((node.host, node.port), evt_handlers=handlers,
-                                     server_class=NodeAssociationServer)
+        server_class = SharedPortAssociationServer if node.receivers > 1 else NodeAssociationServer
+        server = self.ae.make_server((node.host, node.port), evt_handlers=handlers, server_class=server_class)
         self._server = server  # type: ignore[assignment]
         self.ae._servers.append(server)  # so AE.shutdown() finds it
         self._thread = threading.Thread(target=server.serve_forever, name="storage-scp", daemon=True)
         self._thread.start()
         log.info("Storage SCP %s listening on %s:%s", node.ae_title, node.host, server.server_address[1])
-        if node.tls is not None:
+        if node.tls is not None and self.serve_tls:
             self._tls_server = start_tls_listener(self.ae, node.host, node.tls, handlers, NodeAssociationServer,
                                                   self.security.tls_failure)
 

@@ -22,6 +22,7 @@ from .hardening import harden_process
 from .logsafety import install_redaction
 from .queue import Queue
 from .receive import StorageSCP
+from .receivers import ReceiverPool
 from .spool import Spool
 from .state import Store
 
@@ -55,6 +56,7 @@ class Node:
         self.queue = Queue(cfg)
         self.scp = StorageSCP(cfg, self.store, self.spool, self.queue.schedule_check)
         self.worker: subprocess.Popen | None = None
+        self.receivers = ReceiverPool(cfg, cfg.node.receivers)  # children when node.receivers > 1
         self._stop = threading.Event()
 
     def _start_worker(self) -> None:
@@ -65,6 +67,7 @@ class Node:
 
     def start(self) -> None:
         self._start_worker()
+        self.receivers.start()  # node.receivers > 1: the others listen before this one, see node.receivers
         self.scp.start()
 
     def request_stop(self, *_args) -> None:
@@ -78,11 +81,14 @@ class Node:
             if self.worker is not None and self.worker.poll() is not None:
                 log.error("worker process exited with %s; restarting it", self.worker.returncode)
                 self._start_worker()
+            self.receivers.restart_dead()
         self.stop()
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         log.info("draining: no new associations; waiting for those in progress and for tasks in flight")
+        self.receivers.signal_stop()
         self.scp.stop(drain_seconds)
+        self.receivers.wait(drain_seconds)
         if self.worker is not None and self.worker.poll() is None:
             self.worker.send_signal(signal.SIGINT)  # Huey: graceful stop, running tasks finish
             try:
