@@ -116,8 +116,10 @@ class NodeSection(_Strict):
         200, ge=0, description="Below this free space on the spool's filesystem, C-STORE answers 0xA700."
     )
     max_associations: int = Field(16, ge=1)
+    # Default 1: with SO_REUSEPORT a second node started by mistake on the same port (same user) would silently
+    # take half of the associations into its own spool; one process binds the port exclusively and fails loudly.
     receivers: int = Field(
-        default_factory=lambda: min(4, os.cpu_count() or 1), ge=1,
+        1, ge=1,
         description="Receiver processes sharing the DICOM port (SO_REUSEPORT); max_associations is per process")
     max_pdu_size: int = Field(0, ge=0, description="0: unlimited (pynetdicom's convention)")
     network_timeout_seconds: float = Field(60.0, gt=0)
