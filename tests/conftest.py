@@ -10,6 +10,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Property-based tests: the same examples on every run by default, so a landing gate cannot flake;
+# HYPOTHESIS_PROFILE=explore draws new ones each run (how new bad inputs are looked for).
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("deterministic", derandomize=True, database=None)
+_hypothesis_settings.register_profile("explore", derandomize=False)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
 
 def data_dir() -> Path:
     """``$DICOM_NODE_TEST_DATA`` or ``../shared/data`` beside the repository; a clear failure when absent."""
