@@ -6,8 +6,9 @@
   study, series, acquisition and content dates in the usual written forms (20240131, 2024-01-31, 31/01/2024,
   01/31/2024, 31.01.2024). It does not try to find identity the header does not know about.
 * :func:`scrub_request_text` applies it to the text columns of a model request (``input_data.data``).
-* :func:`burned_in_refusal`: images marked BurnedInAnnotation=YES are not sent unless the rule allows it
-  (``params.allow_burned_in: true``); the worker checks every instance of a job's series before any model runs.
+* :func:`without_burned_in`: images marked BurnedInAnnotation=YES are not sent unless the rule allows it
+  (``params.allow_burned_in: true``); the worker leaves them out of every job before any model runs, and a job
+  left with nothing is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -122,28 +123,29 @@ def scrub_request_text(payload: dict, headers: pydicom.Dataset | Iterable[pydico
     return {**payload, "input_data": {**input_data, "data": rows}}
 
 
-def burned_in_refusal(headers: Iterable[pydicom.Dataset], params: dict[str, Any]) -> str | None:
-    """Why the images cannot be sent (BurnedInAnnotation YES and the rule lacks ``allow_burned_in: true``)."""
-    if params.get("allow_burned_in") is True:
-        return None
-    marked = [str(ds.get("SOPInstanceUID", "?")) for ds in headers
-              if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"]
-    if not marked:
-        return None
-    return (f"not sent: {len(marked)} image(s) marked BurnedInAnnotation=YES ({', '.join(marked)}); "
-            "set allow_burned_in: true in the rule's params to send them")
+def without_burned_in(paths: Sequence[Path], params: dict[str, Any]) -> tuple[list[Path], str | None]:
+    """The files that may be sent, and a note on those left out (BurnedInAnnotation=YES, rule not allowing it).
 
-
-def burned_in_refusal_for_files(paths: Iterable[Path], params: dict[str, Any]) -> str | None:
-    """:func:`burned_in_refusal` over files (only two attributes are read); unreadable files are left to the
-    pipeline, which reports them."""
+    Per image, not per job: a burned-in dose screen or screen capture in a matched series is left out and the
+    rest of the series goes on (a volume missing a slice is then refused by the volume checks, never sent
+    partly). Unreadable files are kept: the pipeline reports them.
+    """
+    paths = list(paths)
     if params.get("allow_burned_in") is True:
-        return None
-    headers = []
+        return paths, None
+    keep, marked = [], []
     for path in paths:
         try:
-            headers.append(pydicom.dcmread(path, stop_before_pixels=True,
-                                           specific_tags=["BurnedInAnnotation", "SOPInstanceUID"]))
+            ds = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=["BurnedInAnnotation", "SOPInstanceUID"])
         except Exception:  # noqa: BLE001 - broken files are the pipeline's to report
+            keep.append(path)
             continue
-    return burned_in_refusal(headers, params)
+        if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+            marked.append(str(ds.get("SOPInstanceUID", "?")))
+        else:
+            keep.append(path)
+    if not marked:
+        return keep, None
+    return keep, (f"left out {len(marked)} image(s) marked BurnedInAnnotation=YES ({', '.join(marked)}); "
+                  "set allow_burned_in: true in the rule's params to send them")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pydicom
 
-from converters.scrub import burned_in_refusal_for_files
+from converters.scrub import without_burned_in
 
 from .audit import audit_log
 from .checks import mixed_patients_reason
@@ -112,7 +112,9 @@ class Runtime:
             log.error("job %d (study %s) failed: %s", job_id, job["study_uid"], mixed)
             self._after_job(job["study_uid"])
             return
-        if refusal := burned_in_refusal_for_files(paths, rule.params):  # nothing leaves: BurnedInAnnotation=YES
+        paths, burned_note = without_burned_in(paths, rule.params)  # BurnedInAnnotation=YES images never leave
+        if not paths:
+            refusal = f"not sent: {burned_note}"
             self.store.finish_job(job_id, self.owner, state="skipped", outcome=refusal)
             log.info("job %d (study %s, rule %s) skipped: %s", job_id, job["study_uid"], rule.name, refusal)
             self._after_job(job["study_uid"])
@@ -125,6 +127,8 @@ class Runtime:
         t0 = time.monotonic()
         try:
             output = pipeline_for(endpoint.model)(ctx)
+            if burned_note:
+                output.outcome = f"{output.outcome}; {burned_note}"
         except EndpointError as exc:
             if exc.permanent or job["attempts"] >= JOB_MAX_ATTEMPTS:
                 self.store.finish_job(job_id, self.owner, state="failed", outcome=f"endpoint error: {exc}")

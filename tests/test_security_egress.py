@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from converters.scrub import burned_in_refusal, scrub_request_text, scrub_text
+from converters.scrub import scrub_request_text, scrub_text
 from node.config import parse_config
 from node.demo import derive_cxr_study
 
@@ -59,15 +59,6 @@ def test_request_text_columns_are_scrubbed_and_images_untouched() -> None:
     out = scrub_request_text(payload, header())
     assert out["input_data"]["data"][0] == ["aGVsbG8gUElELTc3ODg5OTE=", "[name] cough", "Prior of [id]: clear"]
     assert payload["input_data"]["data"][0][1] == "QUIXOTE cough", "the input is not modified"
-
-
-def test_burned_in_annotation_blocks_unless_the_rule_allows_it() -> None:
-    marked = header(BurnedInAnnotation="YES", SOPInstanceUID="1.2.3.4")
-    clean = header(BurnedInAnnotation="NO", SOPInstanceUID="1.2.3.5")
-    why = burned_in_refusal([clean, marked], {})
-    assert why is not None and "1.2.3.4" in why and "allow_burned_in" in why and "1.2.3.5" not in why
-    assert burned_in_refusal([clean, marked], {"allow_burned_in": True}) is None
-    assert burned_in_refusal([clean, header()], {}) is None
 
 
 def _run_cxr(tmp: Path, study: list[Path], emulator_url: str, params: dict):
@@ -135,18 +126,6 @@ def test_what_the_cxr_pipeline_sends_is_pixels_and_scrubbed_text(tmp_path: Path,
     assert "cough" in joined and "[name]" in joined and "[id]" in joined and "[date]" in joined
 
 
-def test_burned_in_files_are_found_before_anything_is_sent(tmp_path: Path, data: Path) -> None:
-    """The worker's gate (node/worker.py) over a job's files; the full run is in test_security_end_to_end."""
-    from converters.scrub import burned_in_refusal_for_files
-
-    study = _study_with_phi(tmp_path, data, BurnedInAnnotation="YES")
-    frontal_uid = pydicom.dcmread(study[0], stop_before_pixels=True).SOPInstanceUID
-    why = burned_in_refusal_for_files([*study, tmp_path / "missing.dcm"], {})
-    assert why is not None and frontal_uid in why and "allow_burned_in" in why
-    assert burned_in_refusal_for_files(study, {"allow_burned_in": True}) is None
-    assert burned_in_refusal_for_files(study[1:], {}) is None
-
-
 def test_nifti_sent_to_medimageparse3d_carries_no_text(data: Path) -> None:
     import gzip
 
@@ -187,3 +166,18 @@ def test_a_priors_names_and_ids_are_scrubbed_but_its_date_is_kept() -> None:
     prior = header(AccessionNumber="ACC-PRIOR-1", StudyDate="20230115")
     text = "Prior ACC-PRIOR-1 of 2023-01-15 for Quixote: clear lungs."
     assert scrub_text(text, [header(), names_and_ids(prior)]) == "Prior [id] of 2023-01-15 for [name]: clear lungs."
+
+
+def test_only_the_burned_in_images_are_left_out_of_a_job(tmp_path: Path, data: Path) -> None:
+    """A burned-in image (a dose screen, a screen capture) leaves the job; the rest of the series goes on."""
+    from converters.scrub import without_burned_in
+
+    study = _study_with_phi(tmp_path, data)
+    marked = pydicom.dcmread(study[0])
+    marked.BurnedInAnnotation = "YES"
+    marked.save_as(study[0], enforce_file_format=True)
+    keep, note = without_burned_in([*study, tmp_path / "missing.dcm"], {})
+    assert keep == [*study[1:], tmp_path / "missing.dcm"], "unreadable files stay: the pipeline reports them"
+    assert note is not None and marked.SOPInstanceUID in note and "allow_burned_in" in note
+    assert without_burned_in(study, {"allow_burned_in": True}) == (study, None)
+    assert without_burned_in(study[1:], {}) == (study[1:], None)
