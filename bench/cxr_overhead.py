@@ -19,6 +19,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the Orthanc and node-process helpers the e2e tests use
 
 
+def wait_for_results(node, pacs, expected: int, t_ack: float, *, timeout: float) -> tuple[float, float]:
+    """Wait until ``pacs`` holds ``expected`` instances; (seconds since ``t_ack``, the last job's endpoint seconds).
+
+    The endpoint time is what the node's own client measured (``dicom-node status --json``), so subtracting it and
+    the quiet timer from the total leaves the node's overhead.
+    """
+    deadline = t_ack + timeout
+    while len(pacs.instances()) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"results did not arrive:\n{node.status()}\n{node.logs()[-4000:]}")
+        time.sleep(0.02)
+    total = time.monotonic() - t_ack
+    status = json.loads(subprocess.run(
+        [sys.executable, "-m", "node.cli", "status", "--config", str(node.config_path), "--json"],
+        capture_output=True, text=True, check=True).stdout)
+    return total, status["recent_jobs"][0]["endpoint_seconds"] or 0.0
+
+
 def run(runs: int, data: Path) -> dict:
     from dcmtk import storescu, transfer_syntax_flag
     from nodeproc import NodeProcess, node_config
@@ -39,24 +57,14 @@ def run(runs: int, data: Path) -> dict:
                 for i in range(runs):
                     study = derive_cxr_study(tmp / f"study{i}", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
-                    before = len(pacs.sop_instance_uids())
+                    before = len(pacs.instances())
                     for f in study:
                         proc = storescu("127.0.0.1", node.port, [f], extra=[transfer_syntax_flag(f)])
                         assert proc.returncode == 0, proc.stderr
-                    t_ack = time.monotonic()
-                    deadline = t_ack + 120
-                    while len(pacs.sop_instance_uids()) < before + 2:
-                        if time.monotonic() > deadline:
-                            raise RuntimeError("results did not arrive")
-                        time.sleep(0.02)
-                    t_done = time.monotonic()
-                    status = json.loads(subprocess.run(
-                        [sys.executable, "-m", "node.cli", "status", "--config", str(node.config_path), "--json"],
-                        capture_output=True, text=True, check=True).stdout)
-                    ep = status["recent_jobs"][0]["endpoint_seconds"] or 0.0
-                    totals.append(t_done - t_ack)
+                    total, ep = wait_for_results(node, pacs, before + 2, time.monotonic(), timeout=120)
+                    totals.append(total)
                     endpoint.append(ep)
-                    overheads.append(t_done - t_ack - quiet - ep)
+                    overheads.append(total - quiet - ep)
             finally:
                 node.stop()
     return {

@@ -2,17 +2,14 @@
 (``endpoint_seconds`` of the job, as the node's client measured it) and the quiet timer.
 
 * Chest X-ray: the 2-image study through CXRReportGen (SR + GSPS), see :mod:`bench.cxr_overhead`.
-* CT: the 64-slice CT through MedImageParse 3D (``medimageparse3d`` endpoint -> one SEG), when this checkout has
-  the 3D pipeline (``node/pipelines/parse3d.py``); otherwise a row says it is pending.
+* CT: the 64-slice CT through MedImageParse 3D (``medimageparse3d`` endpoint -> one SEG).
 
 No tool does this job, so the figures are absolute; the targets are < 1 s (CXR) and < 5 s (CT).
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,16 +31,6 @@ def cxr_rows(quick: bool) -> list[dict[str, Any]]:
                       f"{res['runs']} run(s)"))]
 
 
-def has_3d_pipeline() -> bool:
-    from node.pipelines import pipeline_for
-
-    try:
-        pipeline_for("medimageparse3d")
-    except (NotImplementedError, ImportError):
-        return False
-    return True
-
-
 def _fresh_ct(dst: Path) -> list[Path]:
     """The 64-slice CT as a new study (new Study/Series/SOP UIDs), so each run is a new study for the node."""
     import pydicom
@@ -63,13 +50,12 @@ def _fresh_ct(dst: Path) -> list[Path]:
 
 
 def ct_rows(quick: bool) -> list[dict[str, Any]]:
-    if not has_3d_pipeline():
-        return [row(GROUP, "CT 64 slices -> SEG in Orthanc (MedImageParse 3D)", None, "s",
-                    note="pending: no medimageparse3d pipeline in this checkout (node/pipelines/parse3d.py)")]
     from nodeproc import NodeProcess, node_config
     from orthanc import Orthanc
 
     from node.emulator.server import EmulatorServer
+
+    from .cxr_overhead import wait_for_results
 
     runs = 1 if quick else 3
     overheads, totals, endpoint = [], [], []
@@ -92,20 +78,10 @@ def ct_rows(quick: bool) -> list[dict[str, Any]]:
                                           capture_output=True, text=True)
                     if proc.returncode != 0:
                         raise RuntimeError(proc.stderr[-2000:])
-                    t_ack = time.monotonic()
-                    deadline = t_ack + 300
-                    while len(pacs.instances()) < before + 1:
-                        if time.monotonic() > deadline:
-                            raise RuntimeError(f"no SEG arrived:\n{node.status()}\n{node.logs()[-4000:]}")
-                        time.sleep(0.02)
-                    t_done = time.monotonic()
-                    status = json.loads(subprocess.run(
-                        [sys.executable, "-m", "node.cli", "status", "--config", str(node.config_path), "--json"],
-                        capture_output=True, text=True, check=True).stdout)
-                    ep = status["recent_jobs"][0]["endpoint_seconds"] or 0.0
-                    totals.append(t_done - t_ack)
+                    total, ep = wait_for_results(node, pacs, before + 1, time.monotonic(), timeout=300)
+                    totals.append(total)
                     endpoint.append(ep)
-                    overheads.append(t_done - t_ack - QUIET - ep)
+                    overheads.append(total - QUIET - ep)
             finally:
                 node.stop()
     return [row(GROUP, "CT 64 slices -> SEG in Orthanc (MedImageParse 3D)", median(overheads), "s",

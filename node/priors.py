@@ -80,6 +80,7 @@ from dicom_out.algorithm import NODE_MANUFACTURER, NODE_MODEL_NAME
 
 from .config import DestinationSection, NodeConfig, PriorsSection
 from .receive import configure_pynetdicom
+from .scu import set_nodelay
 from .spool import Spool, is_valid_uid, move_durably
 from .state import InstanceRecord, Store
 
@@ -474,7 +475,7 @@ class _Session:
             if assoc.is_rejected:
                 raise PriorError(f"the PACS {self.fetcher.priors.query} rejected the association")
             raise PriorError(f"the PACS {self.fetcher.priors.query} did not accept an association")
-        _nodelay(assoc)
+        set_nodelay(assoc)
         return self
 
     def _expire(self) -> None:
@@ -535,15 +536,6 @@ class _Session:
                 next(gen)
             except StopIteration as stop:
                 return int(stop.value)
-
-
-def _nodelay(assoc: Any) -> None:
-    try:
-        sock = assoc.dul.socket.socket
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError):
-        pass
 
 
 # --- the pipeline's side ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import pydicom
 from pynetdicom import AE
@@ -100,7 +100,7 @@ def send_files(dest: DestinationSection, calling_ae: str, files: Sequence[Outgoi
         else:
             out = SendOutcome("retry", "network", "association aborted or the destination is unreachable")
         return {f.key: out for f in files}
-    _nodelay(assoc)
+    set_nodelay(assoc)
     outcomes: dict[int, SendOutcome] = {}
     try:
         for f in files:
@@ -127,7 +127,8 @@ def send_files(dest: DestinationSection, calling_ae: str, files: Sequence[Outgoi
     return outcomes
 
 
-def _nodelay(assoc) -> None:
+def set_nodelay(assoc: Any) -> None:
+    """Turn Nagle's algorithm off on an outgoing association (loopback PACS: ~40 ms per DIMSE message otherwise)."""
     try:
         sock = assoc.dul.socket.socket
         if sock is not None:

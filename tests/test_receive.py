@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pydicom
-import pytest
 from pydicom.uid import generate_uid
 
 from dcmtk import echoscu, storescu, transfer_syntax_flag
