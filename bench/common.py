@@ -171,6 +171,6 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 def free_port() -> int:
-    from node.demo import free_port as fp
+    from node.emulator.demo import free_port as fp
 
     return fp()

@@ -42,7 +42,7 @@ def run(runs: int, data: Path) -> dict:
     from nodeproc import NodeProcess, node_config
     from orthanc import Orthanc
 
-    from node.demo import derive_cxr_study
+    from node.emulator.demo import derive_cxr_study
     from node.emulator.server import EmulatorServer
 
     quiet = 1.0

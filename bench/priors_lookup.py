@@ -25,11 +25,11 @@ def run(runs: int, data: Path) -> dict:
     import pydicom
 
     from node.config import parse_config
-    from node.demo import derive_cxr_study, free_port
-    from node.priors import PriorFetcher
-    from node.receive import StorageSCP
-    from node.spool import Spool
-    from node.state import Store
+    from node.emulator.demo import derive_cxr_study, free_port
+    from node.models.cxrreportgen.priors import PriorFetcher
+    from node.dicom.scp import StorageSCP
+    from node.store.spool import Spool
+    from node.store.state import Store
     from orthanc import Orthanc
     from priorstudy import CURRENT_DATE, make_prior_study
 

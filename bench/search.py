@@ -25,7 +25,7 @@ CHUNK = 10_000
 
 
 def _measure(n: int, queries: int, seed: int = 0) -> tuple[float, float]:
-    from node.similar import EmbeddingIndex
+    from node.models.medimageinsight.similar import EmbeddingIndex
 
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import ConfigError, NodeConfig, load_config
+from node.config import ConfigError, NodeConfig, load_config
 
 
 def _load(path: str) -> NodeConfig:
@@ -42,7 +42,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _check_tls(cfg: NodeConfig) -> list[str]:
-    from .tls import check_tls_files
+    from node.dicom.tls import check_tls_files
 
     try:
         return check_tls_files(cfg)
@@ -52,7 +52,7 @@ def _check_tls(cfg: NodeConfig) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from node.serve import serve
 
     cfg = _load(args.config)
     _check_tls(cfg)  # certificate, key and CA files load before anything listens
@@ -60,8 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .serve import setup_logging
-    from .worker import run_worker
+    from node.serve import setup_logging
+    from node.flow.worker import run_worker
 
     cfg = _load(args.config)
     setup_logging(cfg.log_level)
@@ -72,8 +72,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_emulator(args: argparse.Namespace) -> int:
     import os
 
-    from .emulator.server import serve_forever
-    from .serve import setup_logging
+    from node.emulator.server import serve_forever
+    from node.serve import setup_logging
 
     setup_logging("INFO")
     key = os.environ.get(args.key_env) if args.key_env else None
@@ -89,7 +89,7 @@ def _fmt_time(t: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .state import Store
+    from node.store.state import Store
 
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
@@ -133,8 +133,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from .queue import Queue
-    from .state import Store
+    from node.flow.queue import Queue
+    from node.store.state import Store
 
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
@@ -147,13 +147,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from node.emulator.demo import run_demo
 
     return run_demo(Path(args.out), keep_running=args.keep_running)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from .similar_cli import cmd_similar as run
+    from node.models.medimageinsight.similar_cli import cmd_similar as run
 
     return run(args, _load(args.config))
 
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-running", action="store_true")
     s.set_defaults(func=cmd_demo)
 
-    from .similar_cli import add_parser as add_similar
+    from node.models.medimageinsight.similar_cli import add_parser as add_similar
 
     add_similar(sub)
     sub.choices["similar"].set_defaults(func=cmd_similar)

@@ -24,7 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-ModelName = Literal["cxrreportgen", "medimageinsight", "medimageparse", "medimageparse3d"]
+from node.models import registry
+from node.models.params import RuleParamsError
+
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
 
 
@@ -144,7 +146,7 @@ class NodeSection(_Strict):
 class EndpointSection(_Strict):
     """One deployed model endpoint (Azure ML managed online endpoint or the local emulator)."""
 
-    model: ModelName
+    model: str = Field(description="The model behind the endpoint: a name from node/models/registry.py")
     url: str | None = Field(None, description="The scoring URI, e.g. https://<endpoint>.<region>.inference.ml.azure.com/score")
     auth: Literal["key", "entra", "none"] = "key"
     key_env: str | None = Field(None, description="Environment variable holding the endpoint key (auth: key)")
@@ -166,6 +168,13 @@ class EndpointSection(_Strict):
     workspace: str | None = None
     endpoint_name: str | None = None
     verify_tls: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in registry.MODELS:
+            raise ValueError(f"allowed: {', '.join(registry.model_names())}")
+        return value
 
     @model_validator(mode="after")
     def _url_or_workspace(self) -> "EndpointSection":
@@ -304,10 +313,9 @@ class NodeConfig(_Strict):
                     ("rules", i, "endpoint"),
                     f"unknown endpoint {rule.endpoint!r}; allowed: {sorted(self.endpoints) or 'define one under endpoints'}",
                 )
-            from .rule_params import RuleParamsError, params_for
 
             try:
-                params_for(self.endpoints[rule.endpoint].model, rule.params)
+                registry.params_for(self.endpoints[rule.endpoint].model, rule.params)
             except RuleParamsError as exc:
                 raise _KeyedError(("rules", i, "params", *exc.loc), str(exc)) from None
             for j, dest in enumerate(rule.send_to):

@@ -17,14 +17,14 @@ import threading
 import time
 from pathlib import Path
 
-from .config import NodeConfig
-from .hardening import harden_process
-from .logsafety import install_redaction
-from .queue import Queue
-from .receive import StorageSCP
-from .receivers import ReceiverPool
-from .spool import Spool
-from .state import Store
+from node.config import NodeConfig
+from node.ops.hardening import harden_process
+from node.ops.logsafety import install_redaction
+from node.flow.queue import Queue
+from node.dicom.scp import StorageSCP
+from node.dicom.receivers import ReceiverPool
+from node.store.spool import Spool
+from node.store.state import Store
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.sr import GroundedFinding, build_findings_sr, quiet_person_name_warnings, source_header
-from node.demo import derive_cxr_study
+from node.emulator.demo import derive_cxr_study
 
 PRIOR_DATE = "20230115"
 CURRENT_DATE = "20240610"

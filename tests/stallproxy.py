@@ -11,7 +11,7 @@ import socket
 import threading
 from typing import Any
 
-from node.demo import free_port
+from node.emulator.demo import free_port
 
 P_DATA_TF = 0x04
 

@@ -198,7 +198,7 @@ def test_series_to_volume_returns_a_volume_or_raises_volume_error(data) -> None:
 @SETTINGS
 @given(json_values)
 def test_cxrreportgen_parse_response_raises_only_value_error(body) -> None:
-    from node.invoke.cxrreportgen import parse_response
+    from node.models.cxrreportgen.contract import parse_response
 
     try:
         findings = parse_response(body)
@@ -223,7 +223,7 @@ def parse_replies(draw):
 @SETTINGS
 @given(parse_replies() | json_values)
 def test_medimageparse_parse_response_raises_only_value_error(body) -> None:
-    from node.invoke.medimageparse import parse_response
+    from node.models.medimageparse.contract2d import parse_response
 
     try:
         parse_response(body, n_prompts=1, n_images=1)
@@ -232,7 +232,7 @@ def test_medimageparse_parse_response_raises_only_value_error(body) -> None:
 
 
 def test_medimageparse_mask_of_the_wrong_shape_is_a_clear_error() -> None:
-    from node.invoke.medimageparse import parse_response
+    from node.models.medimageparse.contract2d import parse_response
 
     row = {"image_features": json.dumps({"data": base64.b64encode(bytes(64 * 64)).decode(), "shape": [1, 64, 64],
                                          "dtype": "uint8"}), "text_features": '["liver"]'}
@@ -244,7 +244,7 @@ def test_medimageparse_mask_of_the_wrong_shape_is_a_clear_error() -> None:
 @given(json_values | st.builds(lambda s: [{"nifti_file": json.dumps({"data": s})}],
                                st.text(alphabet="ABCDEFGHabcdefgh0123456789+/=", max_size=64)))
 def test_medimageparse3d_parse_response_raises_only_value_error(body) -> None:
-    from node.invoke.medimageparse3d import parse_response
+    from node.models.medimageparse.contract3d import parse_response
 
     try:
         parse_response(body)
@@ -257,7 +257,7 @@ def test_medimageparse3d_parse_response_raises_only_value_error(body) -> None:
 @SETTINGS
 @given(st.one_of(st.text(max_size=80), st.none(), st.integers(), st.binary(max_size=10)))
 def test_uid_checks_never_raise_and_paths_stay_in_the_spool(value) -> None:
-    from node.spool import Spool, is_valid_uid
+    from node.store.spool import Spool, is_valid_uid
 
     ok = is_valid_uid(value)
     assert isinstance(ok, bool)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from node.commit import GroupCommitter
-from node.timers import TimerWheel
+from node.store.commit import GroupCommitter
+from node.flow.timers import TimerWheel
 
 
 def test_concurrent_submits_share_transactions_and_each_gets_its_own_result() -> None:

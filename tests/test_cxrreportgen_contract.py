@@ -9,7 +9,7 @@ import json
 import pytest
 from PIL import Image
 
-from node.invoke.cxrreportgen import COLUMNS, RawFinding, build_request, denormalize_box, parse_response
+from node.models.cxrreportgen.contract import COLUMNS, RawFinding, build_request, denormalize_box, parse_response
 
 FINDINGS = [
     ["The heart size is normal.", None],

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from node.emulator import EMULATOR_HEADER_VALUE
-from node.emulator.cxr import NO_BOX_SENTENCE, cell_box, emulate_findings
+from node.models.cxrreportgen.emulator import NO_BOX_SENTENCE, cell_box, emulate_findings
 from node.emulator.server import EmulatorServer, fingerprint
-from node.invoke.cxrreportgen import build_request, denormalize_box, parse_response
+from node.models.cxrreportgen.contract import build_request, denormalize_box, parse_response
 
 
 def to_png(arr: np.ndarray) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.demo import derive_cxr_study
+from node.emulator.demo import derive_cxr_study
 from nodekit import send
 from nodeproc import NodeProcess, node_config
 from orthanc import Orthanc
@@ -43,7 +43,7 @@ def sr_regions(sr: pydicom.Dataset) -> list[tuple[str, list[float], str]]:
 def expected_boxes(frontal: Path) -> list[tuple[str, tuple[float, float, float, float]]]:
     """What the emulator will answer for this frontal image, mapped to source pixels by the centre-crop rule."""
     from converters.cxr import to_model_image
-    from node.emulator.cxr import emulate_findings
+    from node.models.cxrreportgen.emulator import emulate_findings
 
     ds = pydicom.dcmread(frontal)
     image = to_model_image(ds)

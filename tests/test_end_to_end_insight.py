@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from dcmtk import storescu, transfer_syntax_flag
-from node.demo import derive_cxr_study
+from node.emulator.demo import derive_cxr_study
 from nodeproc import NodeProcess, node_config
 from orthanc import Orthanc
 from test_insight import sr_groups
@@ -33,8 +33,8 @@ FRONTAL = LABELS[:2]
 def emulated_winners(paths: list[Path], resize: int) -> dict[str, tuple[str, np.ndarray]]:
     """What the emulator's vectors and the zero-shot formula give per image: SOP UID -> (label, probabilities)."""
     from converters.insight import to_insight_image
-    from node.emulator.insight import SCALING_FACTOR, embed_image, embed_text
-    from node.invoke.medimageinsight import zero_shot
+    from node.models.medimageinsight.emulator import SCALING_FACTOR, embed_image, embed_text
+    from node.models.medimageinsight.contract import zero_shot
 
     texts = np.stack([embed_text(t) for t in LABELS])
     out = {}

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from node.demo import derive_cxr_study
+from node.emulator.demo import derive_cxr_study
 from nodekit import pacs_uids_by_study, send, status_json, study_uid_of, wait_until
 from nodeproc import NodeProcess, node_config
 from orthanc import Orthanc

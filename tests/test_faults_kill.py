@@ -21,7 +21,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dcmtk import storescu
-from node.demo import derive_cxr_study
+from node.emulator.demo import derive_cxr_study
 from nodekit import (copy_series, db_rows, send, spool_files, status_json, stored_sop_uids, study_uid_of,
                      wait_until)
 from nodeproc import NodeProcess, node_config

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from node.demo import derive_cxr_study, free_port
+from node.emulator.demo import derive_cxr_study, free_port
 from nodekit import send, status_json, wait_until
 from nodeproc import NodeProcess, node_config
 from orthanc import Orthanc

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from node.invoke.medimageinsight import (
+from node.models.medimageinsight.contract import (
     InsightInput,
     build_request,
     build_requests,
@@ -113,7 +113,7 @@ def test_parse_response_shapes_and_defences() -> None:
 
 def test_emulator_round_trip_is_deterministic_and_marked() -> None:
     from node.config import EndpointSection
-    from node.emulator.insight import MODEL_VERSION, SCALING_FACTOR, embed_image, embed_text
+    from node.models.medimageinsight.emulator import MODEL_VERSION, SCALING_FACTOR, embed_image, embed_text
     from node.emulator.server import EmulatorServer
     from node.invoke.client import EndpointClient
 
@@ -162,10 +162,10 @@ def test_converter_lossless_png_aspect_kept(data: Path) -> None:
 def test_index_sync_search_and_rebuild(tmp_path: Path) -> None:
     from sqlalchemy import delete
 
-    from node.db import embeddings
-    from node.embeddings import EmbeddingRecord, job_writes
-    from node.similar import EmbeddingIndex, index_dir, search_similar
-    from node.state import Store
+    from node.store.schema import embeddings
+    from node.store.embeddings import EmbeddingRecord, job_writes
+    from node.models.medimageinsight.similar import EmbeddingIndex, index_dir, search_similar
+    from node.store.state import Store
 
     store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
     rng = np.random.default_rng(3)
@@ -192,7 +192,7 @@ def test_index_sync_search_and_rebuild(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_search_latency_at_100k_vectors(tmp_path: Path) -> None:
     """k-NN at 100,000 x 1024 stays under 50 ms (median of 30 queries, matrix mapped and in the page cache)."""
-    from node.similar import EmbeddingIndex
+    from node.models.medimageinsight.similar import EmbeddingIndex
 
     rng = np.random.default_rng(0)
     index = EmbeddingIndex(tmp_path / "index")
@@ -266,7 +266,7 @@ def sr_groups(sr: pydicom.Dataset) -> list[dict]:
 
 def test_rules_with_classified_wait_and_then_match_stored_labels() -> None:
     from node.config import parse_config
-    from node.rules import plan_study
+    from node.flow.rules import plan_study
 
     cfg = parse_config({
         "endpoints": {"insight": {"model": "medimageinsight", "url": "http://127.0.0.1:1/score", "auth": "none"},
@@ -304,13 +304,13 @@ def test_rules_with_classified_wait_and_then_match_stored_labels() -> None:
 def test_pipeline_batches_by_bytes_stores_vectors_and_caches_label_texts(tmp_path: Path, data: Path) -> None:
     from converters.insight import to_insight_image
     from node.config import parse_config
-    from node.demo import derive_cxr_study
-    from node.embeddings import count_embeddings, study_labels
+    from node.emulator.demo import derive_cxr_study
+    from node.store.embeddings import count_embeddings, study_labels
     from node.emulator.server import EmulatorServer
     from node.invoke.client import EndpointClient
-    from node.pipelines import JobContext
-    from node.pipelines.insight import run
-    from node.state import Store
+    from node.models.base import JobContext
+    from node.models.medimageinsight.pipeline import run
+    from node.store.state import Store
 
     paths = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")

@@ -22,7 +22,7 @@ from node.invoke import auth as auth_mod
 from node.invoke import azureml
 from node.invoke.auth import TokenCache
 from node.invoke.client import EndpointClient, EndpointError, parse_retry_after
-from node.invoke.cxrreportgen import build_request, parse_response
+from node.models.cxrreportgen.contract import build_request, parse_response
 
 KEY = "emulator-key-0123"
 

@@ -22,7 +22,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dcmtk import storescu
-from node.demo import derive_cxr_study
+from node.emulator.demo import derive_cxr_study
 from nodekit import copy_series, db_rows, send, spool_files, status_json, study_uid_of, wait_until
 from nodeproc import NodeProcess, node_config
 

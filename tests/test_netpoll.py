@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from node import netpoll
+from node.dicom import netpoll
 
 
 class FakeClock:

@@ -11,9 +11,9 @@ import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
 
 from node.config import parse_config
-from node.demo import free_port
-from node.outbox import deliver_due
-from node.state import Store
+from node.emulator.demo import free_port
+from node.flow.deliver import deliver_due
+from node.store.state import Store
 
 
 class ScriptedPACS:
@@ -134,7 +134,7 @@ def test_max_attempts_parks_a_row_that_never_gets_through(tmp_path: Path, data: 
 
 
 def test_retention_purges_delivered_studies_and_keeps_undelivered_ones(tmp_path: Path, data: Path) -> None:
-    from node.state import InstanceRecord
+    from node.store.state import InstanceRecord
 
     with ScriptedPACS([]) as pacs:
         store, cfg, _ = make_outbox(tmp_path, data, pacs.port)

@@ -17,11 +17,11 @@ from PIL import Image
 from converters.volume import Volume
 from node.config import EndpointSection
 from node.emulator import RequestError
-from node.emulator.parse import emulate_category, emulate_masks, threshold_for
-from node.emulator.parse3d import MedImageParse3DHandler, emulate_volume_mask
+from node.models.medimageparse.emulator2d import emulate_category, emulate_masks, threshold_for
+from node.models.medimageparse.emulator3d import MedImageParse3DHandler, emulate_volume_mask
 from node.emulator.server import EmulatorServer
-from node.invoke import medimageparse as mip
-from node.invoke import medimageparse3d as mip3d
+from node.models.medimageparse import contract2d as mip
+from node.models.medimageparse import contract3d as mip3d
 from node.invoke.client import EndpointClient
 
 SIZE = 1024
@@ -174,7 +174,7 @@ def test_2d_emulated_masks_follow_the_documented_thresholds():
 
 
 def test_2d_emulator_refuses_wrong_size_and_garbage():
-    from node.emulator.parse import HANDLER
+    from node.models.medimageparse.emulator2d import HANDLER
 
     small = base64.b64encode(png_bytes(np.zeros((8, 8), np.uint8))).decode()
     with pytest.raises(RequestError, match="1024x1024"):

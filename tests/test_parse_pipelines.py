@@ -24,12 +24,13 @@ from validate import assert_valid_dicom
 from converters.parse2d import to_parse_image
 from converters.volume import VolumeError, mask_on_volume, series_to_volume
 from node.config import parse_config
-from node.emulator.parse import emulate_masks
+from node.models.medimageparse.emulator2d import emulate_masks
 from node.emulator.server import EmulatorServer
 from node.invoke.client import EndpointClient
-from node.pipelines import JobContext, JobOutput, pipeline_for
-from node.pipelines.masks import segment_values
-from node.pipelines.parse3d import VolumeTooLargeError
+from node.models.base import JobContext, JobOutput
+from node.models.registry import pipeline_for
+from node.models.medimageparse.masks import segment_values
+from node.models.medimageparse.pipeline3d import VolumeTooLargeError
 
 CT_DIR = "ct/chest_ct_5mm_64slices"
 MR_DIR = "mr/prostate_adc_20slices"

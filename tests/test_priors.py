@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from dcmtk import storescu, transfer_syntax_flag
-from node.demo import derive_cxr_study
+from node.emulator.demo import derive_cxr_study
 from nodeproc import NodeProcess, node_config
 from orthanc import Orthanc
 from priorstudy import (CURRENT_DATE, OWN_FINDING, PRIOR_DATE, RADIOLOGIST_FINDINGS, RADIOLOGIST_IMPRESSION,
@@ -70,7 +70,7 @@ def test_priors_query_must_name_a_destination(tmp_path: Path) -> None:
 
 
 def test_instances_of_an_expected_prior_are_kept_apart_and_purged(tmp_path: Path) -> None:
-    from node.state import InstanceRecord, Store
+    from node.store.state import InstanceRecord, Store
 
     store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
 
@@ -104,9 +104,9 @@ def test_instances_of_an_expected_prior_are_kept_apart_and_purged(tmp_path: Path
 def test_report_choice_and_the_configured_text_sources(tmp_path: Path, data: Path) -> None:
     """A radiologist's final SR wins over the node's own; without an SR, report_text_dir, then the attributes."""
     from node.config import parse_config
-    from node.priors import PriorFetcher
-    from node.spool import Spool
-    from node.state import Store
+    from node.models.cxrreportgen.priors import PriorFetcher
+    from node.store.spool import Spool
+    from node.store.state import Store
 
     prior = make_prior_study(tmp_path / "prior", data)
     reports = tmp_path / "reports"
@@ -138,9 +138,9 @@ def test_report_choice_and_the_configured_text_sources(tmp_path: Path, data: Pat
 
 def fetcher_for(tmp_path: Path, port: int, **priors) -> "PriorFetcher":  # noqa: F821
     from node.config import parse_config
-    from node.priors import PriorFetcher
-    from node.spool import Spool
-    from node.state import Store
+    from node.models.cxrreportgen.priors import PriorFetcher
+    from node.store.spool import Spool
+    from node.store.state import Store
 
     cfg = parse_config({"node": {"storage_dir": str(tmp_path / "var")},
                         "destinations": {"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": port}},
@@ -249,7 +249,7 @@ def test_prior_image_and_report_reach_the_model_and_the_sr_names_the_prior(tmp_p
                                                                             method: str) -> None:
     from converters.cxr import to_model_image
     from converters.sr_text import report_text
-    from node.emulator.cxr import PRIOR_SENTENCE
+    from node.models.cxrreportgen.emulator import PRIOR_SENTENCE
     from node.emulator.server import EmulatorServer
 
     prior = make_prior_study(tmp_path / "prior", data)

@@ -10,10 +10,10 @@ from pydicom.uid import generate_uid
 
 from dcmtk import echoscu, storescu, transfer_syntax_flag
 from node.config import parse_config
-from node.demo import free_port
-from node.receive import StorageSCP
-from node.spool import Spool
-from node.state import Store
+from node.emulator.demo import free_port
+from node.dicom.scp import StorageSCP
+from node.store.spool import Spool
+from node.store.state import Store
 
 
 class Harness:

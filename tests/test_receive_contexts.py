@@ -6,7 +6,7 @@ import copy
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-from node.receive import _ContextList
+from node.dicom.scp import _ContextList
 
 
 def test_cheap_copy_equals_deepcopy_and_shares_no_list() -> None:

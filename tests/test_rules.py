@@ -6,7 +6,7 @@ import pydicom
 import pytest
 
 from node.config import ConfigError, parse_config
-from node.rules import instance_matches, plan_study
+from node.flow.rules import instance_matches, plan_study
 
 
 def ds(**kw) -> pydicom.Dataset:
@@ -122,7 +122,9 @@ def test_example_config_documents_every_key() -> None:
 def test_example_config_documents_every_rule_param() -> None:
     """The per-model rule params (node.rule_params) are documented in config/example.yaml too."""
     from conftest import REPO
-    from node.rule_params import PARAMS_MODELS
+    from node.models.registry import MODELS
+
+    PARAMS_MODELS = {name: m.params_schema() for name, m in MODELS.items() if m.params}
 
     text = (REPO / "config" / "example.yaml").read_text()
     missing = [f"{model}.{name}" for model, schema in PARAMS_MODELS.items() for name in schema.model_fields

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.scu import classify_status
+from node.dicom.scu import classify_status
 
 
 @pytest.mark.parametrize("status, verdict", [

@@ -15,7 +15,7 @@ from PIL import Image
 
 from converters.scrub import scrub_request_text, scrub_text
 from node.config import parse_config
-from node.demo import derive_cxr_study
+from node.emulator.demo import derive_cxr_study
 
 pytestmark = pytest.mark.security
 
@@ -63,8 +63,8 @@ def test_request_text_columns_are_scrubbed_and_images_untouched() -> None:
 
 def _run_cxr(tmp: Path, study: list[Path], emulator_url: str, params: dict):
     from node.invoke.client import EndpointClient
-    from node.pipelines import JobContext
-    from node.pipelines.cxr import run
+    from node.models.base import JobContext
+    from node.models.cxrreportgen.pipeline import run
 
     cfg = parse_config({"endpoints": {"cxr": {"model": "cxrreportgen", "url": emulator_url, "auth": "none",
                                               "max_attempts": 1}},

@@ -14,8 +14,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dcmtk import storescu, transfer_syntax_flag
-from node.audit import read_events
-from node.demo import derive_cxr_study, free_port
+from node.ops.audit import read_events
+from node.emulator.demo import derive_cxr_study, free_port
 from nodeproc import NodeProcess, node_config
 from orthanc import Orthanc
 from tlscerts import make_pki

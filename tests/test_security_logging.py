@@ -16,9 +16,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from node.demo import free_port
-from node.hardening import quiet_pynetdicom_identifiers
-from node.logsafety import MASK, RedactSecrets
+from node.emulator.demo import free_port
+from node.ops.hardening import quiet_pynetdicom_identifiers
+from node.ops.logsafety import MASK, RedactSecrets
 
 pytestmark = pytest.mark.security
 
@@ -99,7 +99,7 @@ def test_serve_logging_masks_the_endpoint_key_from_the_environment(tmp_path: Pat
 def test_pydicom_value_warnings_do_not_quote_values_in_a_node_process(tmp_path: Path) -> None:
     code = textwrap.dedent("""
         import logging, pydicom
-        from node.hardening import quiet_pydicom_values
+        from node.ops.hardening import quiet_pydicom_values
         from node.serve import setup_logging
         setup_logging("INFO")
         quiet_pydicom_values()
@@ -123,13 +123,13 @@ def test_storage_database_and_audit_files_are_owner_only(tmp_path: Path) -> None
         root.mkdir(mode=0o755)
         (root / "node.db").write_bytes(b"")
         os.chmod(root / "node.db", 0o644)  # left by an earlier, laxer run
-        from node.hardening import harden_process
+        from node.ops.hardening import harden_process
         harden_process(root)
         from node.config import parse_config
-        from node.spool import Spool, write_durably
-        from node.state import Store
-        from node.audit import audit_log
-        from node.queue import make_huey
+        from node.store.spool import Spool, write_durably
+        from node.store.state import Store
+        from node.ops.audit import audit_log
+        from node.flow.queue import make_huey
         cfg = parse_config({{"node": {{"storage_dir": str(root)}}}})
         Spool(root).create()
         store = Store.open(cfg.database_url)

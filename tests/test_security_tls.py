@@ -15,13 +15,13 @@ from pydicom.uid import generate_uid
 
 from conftest import require_tool
 from dcmtk import echoscu, storescu
-from node.audit import read_events
+from node.ops.audit import read_events
 from node.config import parse_config
-from node.demo import free_port
-from node.receive import StorageSCP
-from node.spool import Spool
-from node.state import Store
-from node.tls import BCP195_CIPHERS
+from node.emulator.demo import free_port
+from node.dicom.scp import StorageSCP
+from node.store.spool import Spool
+from node.store.state import Store
+from node.dicom.tls import BCP195_CIPHERS
 from tlscerts import Pki, make_pki
 
 pytestmark = pytest.mark.security
@@ -224,7 +224,7 @@ class TlsStorescp:
 
 
 def test_scu_sends_results_over_tls_and_refuses_an_untrusted_peer(tmp_path: Path, data: Path, pki: Pki) -> None:
-    from node.scu import OutgoingFile, send_files
+    from node.dicom.scu import OutgoingFile, send_files
 
     f = make_instance(tmp_path / "out", data, "cr_pa_mono1_uncompressed.dcm")  # results are uncompressed
     sop_class = str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID)

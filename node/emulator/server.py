@@ -51,9 +51,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
 
 from node.emulator import EMULATOR_HEADER_VALUE, ModelHandler, RequestError
-from node.emulator import cxr as _cxr, parse as _parse, parse3d as _parse3d
-from node.emulator import insight as _insight
 from node.emulator.inspect import describe_payload
+from node.models import registry
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def register_handler(handler: ModelHandler) -> None:
     HANDLERS[handler.name] = handler
 
 
-for _handler in (_cxr.HANDLER, _parse.HANDLER, _parse3d.HANDLER, _insight.HANDLER):
+for _handler in registry.emulator_handlers():
     register_handler(_handler)
 
 

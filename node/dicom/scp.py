@@ -1,0 +1,294 @@
+"""Receive: the Storage SCP that takes studies from modalities and PACS routing rules.
+
+Each C-STORE is streamed to a file by pynetdicom (``STORE_RECV_CHUNKED_DATASET``), never decoded in memory.
+Before the node answers 0x0000 the file is fsynced, renamed atomically into the spool, the directory is
+fsynced and the database row is committed: a success the node sends is a promise it can keep after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pydicom
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.dicom import netpoll
+from node.ops.audit import audit_log
+from node.store.commit import GroupCommitter
+from node.config import NodeConfig
+from node.dicom.receive_guard import install as install_receive_guard, write_failed
+from node.dicom.access import ScpSecurity
+from node.store.spool import Spool, SpoolFullError, is_valid_uid, move_durably
+from node.store.state import InstanceRecord, Store
+from node.dicom.tls import start_tls_listener
+
+log = logging.getLogger(__name__)
+
+# C-STORE status codes (PS3.4 Annex B.2.3)
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_MISMATCH = 0xA900
+
+ScheduleCheck = Callable[[str, float], None]
+
+
+def configure_pynetdicom() -> None:
+    """Process-wide pynetdicom settings the node relies on."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    # Identifiers of queries and retrieves carry PHI: never log them.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_HANDLER_LEVEL = "none"
+    # pynetdicom's reactors poll every 1 ms, about 3 ms of sleep per instance on one association: poll fast
+    # while an association is busy (node.netpoll).
+    netpoll.install()
+    install_receive_guard()  # a full disk while receiving answers 0xA700 instead of killing the association
+
+
+class _QuickAckSocket(socket.socket):
+    """A socket that re-arms TCP_QUICKACK after every read (Linux clears it again after a few ACKs).
+
+    Against a sender that keeps Nagle's algorithm on (Debian's dcmtk without TCP_NODELAY=1), the sender holds
+    the last small segment of each message until its earlier data is acknowledged, and a receiver delaying its
+    ACK turns that into ~40 ms per instance on loopback. Acknowledging at once removes the wait.
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
+        data = super().recv(bufsize, flags)
+        try:
+            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:
+            pass
+        return data
+
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _copy_context(cx: PresentationContext) -> PresentationContext:
+    new = PresentationContext.__new__(PresentationContext)
+    new.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in vars(cx).items()})
+    return new
+
+
+class _ContextList(list):
+    """The server's supported contexts, copied cheaply for each association.
+
+    pynetdicom deep-copies the acceptor's contexts for every association; with every storage SOP class in every
+    transfer syntax (170 contexts) ``copy.deepcopy`` took ~44 ms, which is the whole cost of an association that
+    brings one instance (as many modalities send). A context holds UIDs (immutable strings), None/bool/int and
+    one list of transfer syntaxes, so a copy of its attributes with that list copied is a deep copy.
+    """
+
+    def __deepcopy__(self, memo: dict) -> list[PresentationContext]:
+        return [_copy_context(cx) for cx in self]
+
+
+class NodeAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with Nagle's algorithm off (and quick ACKs on Linux) on every accepted socket.
+
+    A sender that waits for each C-STORE response would otherwise pay the delayed-ACK penalty (~40 ms per
+    instance on loopback).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.contexts = _ContextList(self.contexts)
+
+    def get_request(self):  # type: ignore[override]
+        client_socket, address = super().get_request()
+        try:
+            client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if _TCP_QUICKACK is not None and type(client_socket) is socket.socket:  # not a TLS socket
+            timeout = client_socket.gettimeout()
+            client_socket = _QuickAckSocket(fileno=client_socket.detach())
+            client_socket.settimeout(timeout)
+            try:
+                client_socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                pass
+        return client_socket, address
+
+
+class SharedPortAssociationServer(NodeAssociationServer):
+    """The same server bound with SO_REUSEPORT, so that several receiver processes listen on one port
+    (``node.receivers``, :mod:`node.receivers`); Linux spreads new connections across them."""
+
+    def server_bind(self) -> None:  # type: ignore[override]
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class StorageSCP:
+    """The node's Storage SCP: C-ECHO and C-STORE of every storage SOP class into the durable spool."""
+
+    def __init__(self, cfg: NodeConfig, store: Store, spool: Spool, schedule_check: ScheduleCheck) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.spool = spool
+        self.schedule_check = schedule_check
+        self.ae = self._make_ae()
+        self._server: NodeAssociationServer | None = None
+        self.security = ScpSecurity(cfg, audit_log(cfg))
+        self._tls_server: NodeAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self.received = 0
+        self._committer = GroupCommitter(self._commit_batch)
+        self.serve_tls = True  # receiver processes other than the main one leave the TLS port to it
+
+    def _commit_batch(self, records: Sequence[InstanceRecord]) -> list[list[tuple[str, float]]]:
+        """One transaction for a batch of received instances; per record, the checks it must schedule."""
+        due = dict(self.store.record_instances(records, self.cfg.node.study_complete_after_seconds))
+        return [[(rec.study_uid, due.pop(rec.study_uid))] if rec.study_uid in due else [] for rec in records]
+
+    def _make_ae(self) -> AE:
+        node = self.cfg.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
+        ae.maximum_pdu_size = node.max_pdu_size
+        ae.network_timeout = node.network_timeout_seconds
+        ae.dimse_timeout = node.network_timeout_seconds
+        ae.acse_timeout = 30
+        if node.allowed_calling_ae_titles:
+            ae.require_calling_aet = list(node.allowed_calling_ae_titles)
+        ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    # Handlers ------------------------------------------------------------------------------------------
+    def handle_store(self, event: evt.Event) -> int:
+        """EVT_C_STORE: make the received file durable, then acknowledge it."""
+        tmp = Path(event.dataset_path)
+        calling_ae = event.assoc.requestor.ae_title.strip()
+        if write_failed(tmp):
+            tmp.unlink(missing_ok=True)
+            return STATUS_OUT_OF_RESOURCES
+        try:
+            tmp.stat()
+            # the received file is already on this file system (and counted): only the floor matters now
+            self.spool.check_space(0)
+        except (SpoolFullError, OSError) as exc:
+            log.error("spool full: refusing instance (0xA700): %s", exc)
+            return STATUS_OUT_OF_RESOURCES
+        try:
+            header = pydicom.dcmread(tmp, stop_before_pixels=True)
+            study_uid = str(header.get("StudyInstanceUID", ""))
+            series_uid = str(header.get("SeriesInstanceUID", ""))
+            sop_uid = str(header.get("SOPInstanceUID", ""))
+            sop_class = str(header.get("SOPClassUID", ""))
+        except Exception as exc:  # pydicom raises many kinds on broken data; none of them may stop the SCP
+            # pydicom's messages may quote element values (a birth date, a name): they go to the quarantine
+            # record on disk only; the log gets the exception type.
+            return self._quarantine(tmp, f"cannot parse the data set: {type(exc).__name__}: {exc}", None, calling_ae,
+                                    log_reason=f"cannot parse the data set ({type(exc).__name__})")
+        command_uid = str(event.request.AffectedSOPInstanceUID)
+        for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
+                          ("SOPInstanceUID", sop_uid)):
+            if not is_valid_uid(uid):
+                return self._quarantine(tmp, f"{name} is missing or not a valid UID", command_uid, calling_ae)
+        if sop_uid != command_uid:
+            return self._quarantine(
+                tmp, "SOPInstanceUID in the data set differs from the C-STORE request's AffectedSOPInstanceUID",
+                command_uid, calling_ae, status=STATUS_MISMATCH)
+        dst = self.spool.instance_path(study_uid, series_uid, sop_uid)
+        replaces = dst.exists()  # a resend of an instance already acknowledged
+        try:
+            move_durably(tmp, dst)
+            size = dst.stat().st_size
+            # Concurrent handlers (several associations) share one transaction: see node.commit.
+            due = self._committer.submit(InstanceRecord(
+                sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid, sop_class_uid=sop_class,
+                transfer_syntax_uid=str(event.context.transfer_syntax), path=str(dst), size_bytes=size,
+                calling_ae=calling_ae))
+        except (OSError, SQLAlchemyError) as exc:
+            # ENOSPC on the rename, or SQLite's "database or disk is full" on the commit: nothing was
+            # recorded, so a new file must not stay in the spool unknown to the database.
+            log.error("cannot store instance %s durably (0xA700): %s", sop_uid, type(exc).__name__)
+            if not replaces:
+                dst.unlink(missing_ok=True)
+            return STATUS_OUT_OF_RESOURCES
+        for study, due_at in due:
+            self.schedule_check(study, max(0.0, due_at - time.time()))
+        self.received += 1
+        self.security.instance_received(event, study_uid, series_uid, sop_uid, sop_class)
+        log.debug("stored %s (study %s) from %s", sop_uid, study_uid, calling_ae)
+        return STATUS_SUCCESS
+
+    def _quarantine(self, tmp: Path, reason: str, sop_uid: str | None, calling_ae: str,
+                    status: int = STATUS_CANNOT_UNDERSTAND, log_reason: str | None = None) -> int:
+        try:
+            kept = self.spool.quarantine(tmp, reason)
+            self.store.record_quarantine(str(kept), reason, sop_uid, calling_ae)
+        except OSError as exc:
+            log.error("cannot quarantine a rejected instance: %s", exc)
+            return STATUS_OUT_OF_RESOURCES
+        log.warning("quarantined instance %s from %s: %s", sop_uid or "(no UID)", calling_ae, log_reason or reason)
+        self.security.instance_quarantined(calling_ae, sop_uid, status)
+        return status
+
+    def handle_association(self, event: evt.Event) -> None:
+        req = event.assoc.requestor
+        log.info("association from %s (%s:%s)", req.ae_title.strip(), req.address, req.port)
+
+    # Lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Listen on the configured address in a background thread."""
+        configure_pynetdicom()
+        tempfile.tempdir = str(self.spool.tmp)  # chunked receive files on the spool's filesystem
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association),
+                    *self.security.handlers()]
+        node = self.cfg.node
+        server_class = SharedPortAssociationServer if node.receivers > 1 else NodeAssociationServer
+        server = self.ae.make_server((node.host, node.port), evt_handlers=handlers, server_class=server_class)
+        self._server = server  # type: ignore[assignment]
+        self.ae._servers.append(server)  # so AE.shutdown() finds it
+        self._thread = threading.Thread(target=server.serve_forever, name="storage-scp", daemon=True)
+        self._thread.start()
+        log.info("Storage SCP %s listening on %s:%s", node.ae_title, node.host, server.server_address[1])
+        if node.tls is not None and self.serve_tls:
+            self._tls_server = start_tls_listener(self.ae, node.host, node.tls, handlers, NodeAssociationServer,
+                                                  self.security.tls_failure)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        return None if self._tls_server is None else int(self._tls_server.server_address[1])
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        """Stop accepting associations, let those in progress finish (up to ``drain_seconds``), then abort."""
+        if self._server is None:
+            return
+        server = self._server
+        server.shutdown()
+        if self._tls_server is not None:
+            self._tls_server.shutdown()
+        deadline = time.monotonic() + drain_seconds
+        servers = [s for s in (server, self._tls_server) if s is not None]
+        # Only established associations are drained: a TCP connection that never asked for one (a health
+        # check, a port scan) would otherwise hold the shutdown for the whole ACSE timeout (the acceptor
+        # thread waits in a queue that abort() does not wake); its daemon thread ends with the process.
+        while (any(a.is_established for s in servers for a in s.active_associations)
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        for assoc in [a for s in servers for a in s.active_associations]:
+            assoc.abort()
+        self._tls_server = None
+        self._server = None

@@ -1,0 +1,92 @@
+"""Return: the durable outbox. One row per result instance and destination; a row is delivered once.
+
+A ``deliver(destination)`` task leases that destination's due rows, sends them over one association and
+settles each row: delivered, pending again after a jittered backoff, or parked with the reason (an alert in
+the log and in ``dicom-node status``; ``dicom-node retry`` puts parked rows back).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.ops.audit import audit_log
+from node.config import DestinationSection, NodeConfig
+from node.dicom.scu import OutgoingFile, SendOutcome, send_files
+from node.store.state import Store
+
+log = logging.getLogger(__name__)
+
+
+def backoff_seconds(attempts: int, dest: DestinationSection) -> float:
+    """Full-jitter exponential backoff: uniform(0.5, 1) x initial x 2^(attempts-1), capped."""
+    base = min(dest.backoff_max_seconds, dest.backoff_initial_seconds * (2 ** max(0, attempts - 1)))
+    return base * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class DeliveryReport:
+    delivered: int = 0
+    retrying: int = 0
+    parked: int = 0
+    more_due: bool = False
+
+
+def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, batch: int = 64) -> DeliveryReport:
+    """Send what is due for one destination; returns what happened (for logs and rescheduling)."""
+    dest = cfg.destinations.get(destination)
+    report = DeliveryReport()
+    rows = store.claim_outbox(destination, owner, cfg.queue.lease_seconds, limit=batch)
+    if not rows:
+        return report
+    if dest is None:
+        for row in rows:
+            store.settle_outbox(row["id"], row["lease_owner"], state="parked", status="config",
+                                error=f"destination {destination!r} is no longer in the configuration")
+        report.parked = len(rows)
+        return report
+    files = [OutgoingFile(key=row["id"], path=Path(row["path"]), sop_class_uid=row["sop_class_uid"]) for row in rows]
+    outcomes = send_files(dest, cfg.node.ae_title, files)
+    t = time.time()
+    for row in rows:
+        out: SendOutcome = outcomes[row["id"]]
+        attempts = int(row["attempts"])
+        too_old = t - float(row["created_at"]) > dest.give_up_after_seconds
+        if out.verdict == "delivered":
+            store.settle_outbox(row["id"], row["lease_owner"], state="delivered", status=out.status, error=None)
+            report.delivered += 1
+            log.info("delivered result %s to %s (%s)", row["result_uid"], destination, out.status)
+            audit_log(cfg).record("result-sent", **_where(row, destination, dest), status=out.status)
+            continue
+        limit = dest.max_processing_failure_attempts if out.verdict == "retry_limited" else dest.max_attempts
+        if out.verdict == "park" or attempts >= limit or too_old:
+            if out.verdict == "park":
+                why = out.reason
+            elif attempts >= limit:
+                why = f"{out.reason}; gave up after {attempts} attempts"
+            else:
+                why = (f"{out.reason}; not delivered within give_up_after_seconds "
+                       f"({dest.give_up_after_seconds:g} s, {attempts} attempts)")
+            store.settle_outbox(row["id"], row["lease_owner"], state="parked", status=out.status, error=why)
+            report.parked += 1
+            log.error("ALERT: result %s parked for %s: %s (%s)", row["result_uid"], destination, why, out.status)
+            audit_log(cfg).record("result-parked", "serious-failure", **_where(row, destination, dest),
+                                  status=out.status, reason=why)
+            continue
+        store.settle_outbox(row["id"], row["lease_owner"], state="pending", status=out.status, error=out.reason,
+                            retry_at=t + backoff_seconds(attempts, dest))
+        report.retrying += 1
+        log.warning("result %s to %s will be retried: %s (%s, attempt %d)", row["result_uid"], destination,
+                    out.reason, out.status, attempts)
+    report.more_due = len(rows) >= batch
+    return report
+
+
+def _where(row, destination: str, dest: DestinationSection) -> dict:
+    """Audit fields of one outbox row: what (UIDs) went where (destination, AE title, address, TLS)."""
+    return {"destination": destination, "destination_ae": dest.ae_title, "destination_host": dest.host,
+            "destination_port": dest.port, "tls": dest.tls is not None, "study_uid": row["study_uid"],
+            "sop_instance_uid": row["result_uid"], "sop_class_uid": row["sop_class_uid"]}

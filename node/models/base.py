@@ -1,0 +1,56 @@
+"""What every model pipeline receives and returns: convert -> invoke -> write turns a job into result datasets.
+
+A pipeline is a function ``run(ctx: JobContext) -> JobOutput``. It never touches the database or the
+outbox: the worker stores what it returns, in one transaction, so a crash anywhere leaves the job either
+not done (and re-run with the same result UIDs) or done with all its outbox rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from node.config import EndpointSection, RuleSection
+
+
+@dataclass
+class JobContext:
+    """Everything a pipeline may use for one job."""
+
+    job: dict[str, Any]
+    rule: RuleSection
+    endpoint_name: str
+    endpoint: EndpointSection
+    client: Any  # node.invoke.client.EndpointClient
+    instance_paths: list[Path]
+    previous_results: Callable[[str], pydicom.Dataset | None]  # kind -> the result it replaces, if any
+    # zero-shot labels stored for this study: label set -> SOP Instance UID -> winning label (node/embeddings.py)
+    classifications: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    store: Any = None  # node.state.Store, for caches only (results go through JobOutput)
+    # frontal header -> node.priors.PriorResult; None when priors are not configured
+    prior_lookup: Callable[[pydicom.Dataset], Any] | None = None
+
+    def uid(self, label: str) -> str:
+        """A result UID derived from the job: the same on every re-run of the job, new for a new job."""
+        return generate_uid(prefix=None, entropy_srcs=[self.job["job_uid"], label])
+
+    @property
+    def request_id(self) -> str:
+        return f"dn-{self.job['job_uid'][:24]}-{self.job['attempts']}"
+
+
+@dataclass
+class JobOutput:
+    state: Literal["done", "skipped"]
+    outcome: str
+    results: list[tuple[str, pydicom.Dataset]] = field(default_factory=list)  # (kind, dataset)
+    endpoint_seconds: float | None = None
+    # extra writes run inside the transaction that finishes the job (embeddings, labels): fn(connection)
+    writes: list[Callable[[Any], None]] = field(default_factory=list)
+
+
+Pipeline = Callable[[JobContext], JobOutput]
