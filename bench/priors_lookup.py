@@ -28,6 +28,7 @@ def run(runs: int, data: Path) -> dict:
     from node.emulator.demo import derive_cxr_study, free_port
     from node.models.cxrreportgen.priors import PriorFetcher
     from node.dicom.scp import StorageSCP
+    from node.flow.intake import Intake
     from node.store.spool import Spool
     from node.store.state import Store
     from orthanc import Orthanc
@@ -56,7 +57,7 @@ def run(runs: int, data: Path) -> dict:
                     store = Store.open(cfg.database_url)
                     spool = Spool(cfg.storage_dir)
                     spool.create()
-                    scp = StorageSCP(cfg, store, spool, lambda study, delay: None)
+                    scp = StorageSCP(cfg, store, spool, Intake(cfg, store, queue=None))
                     scp.start()
                     try:
                         t0 = time.perf_counter()

@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from node.serve import setup_logging
+    from node.ops.process import setup_logging
     from node.flow.worker import run_worker
 
     cfg = _load(args.config)
@@ -73,7 +73,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     import os
 
     from node.emulator.server import serve_forever
-    from node.serve import setup_logging
+    from node.ops.process import setup_logging
 
     setup_logging("INFO")
     key = os.environ.get(args.key_env) if args.key_env else None

@@ -18,25 +18,16 @@ import time
 from pathlib import Path
 
 from node.config import NodeConfig
-from node.ops.hardening import harden_process
-from node.ops.logsafety import install_redaction
-from node.flow.queue import Queue
-from node.dicom.scp import StorageSCP
 from node.dicom.receivers import ReceiverPool
+from node.dicom.scp import StorageSCP
+from node.flow.intake import Intake
+from node.flow.queue import Queue
+from node.ops.hardening import harden_process
+from node.ops.process import setup_logging
 from node.store.spool import Spool
 from node.store.state import Store
 
 log = logging.getLogger(__name__)
-
-
-def setup_logging(level: str) -> None:
-    """One format for every role; chatty libraries stay at WARNING unless DEBUG is asked for."""
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
-    install_redaction()  # secrets that slip into a record are masked (node/logsafety.py)
-    if level != "DEBUG":
-        for name in ("pynetdicom", "huey", "httpx", "httpcore", "azure", "urllib3", "highdicom"):
-            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Node:
@@ -54,7 +45,7 @@ class Node:
         if released:
             log.warning("resuming: released %d lease(s) left by an earlier run of this node", released)
         self.queue = Queue(cfg)
-        self.scp = StorageSCP(cfg, self.store, self.spool, self.queue.schedule_check)
+        self.scp = StorageSCP(cfg, self.store, self.spool, Intake(cfg, self.store, self.queue))
         self.worker: subprocess.Popen | None = None
         self.receivers = ReceiverPool(cfg, cfg.node.receivers)  # children when node.receivers > 1
         self._stop = threading.Event()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from node.store.commit import GroupCommitter
-from node.flow.timers import TimerWheel
+from node.flow.intake import TimerWheel
 
 
 def test_concurrent_submits_share_transactions_and_each_gets_its_own_result() -> None:

@@ -266,7 +266,7 @@ def sr_groups(sr: pydicom.Dataset) -> list[dict]:
 
 def test_rules_with_classified_wait_and_then_match_stored_labels() -> None:
     from node.config import parse_config
-    from node.flow.rules import plan_study
+    from node.flow.decide import plan_study
 
     cfg = parse_config({
         "endpoints": {"insight": {"model": "medimageinsight", "url": "http://127.0.0.1:1/score", "auth": "none"},

@@ -12,8 +12,20 @@ from dcmtk import echoscu, storescu, transfer_syntax_flag
 from node.config import parse_config
 from node.emulator.demo import free_port
 from node.dicom.scp import StorageSCP
+from node.flow.intake import Intake
 from node.store.spool import Spool
 from node.store.state import Store
+
+
+class RecordingIntake(Intake):
+    """The node's intake, recording the checks it arms instead of running them (no queue here)."""
+
+    def __init__(self, cfg, store: Store, scheduled: list[tuple[str, float]]) -> None:
+        super().__init__(cfg, store, queue=None)  # type: ignore[arg-type]
+        self.scheduled = scheduled
+
+    def arm(self, study_uid: str, due_at: float) -> None:
+        self.scheduled.append((study_uid, due_at))
 
 
 class Harness:
@@ -26,7 +38,7 @@ class Harness:
         self.spool.create()
         self.store = Store.open(self.cfg.database_url)
         self.scheduled: list[tuple[str, float]] = []
-        self.scp = StorageSCP(self.cfg, self.store, self.spool, lambda s, d: self.scheduled.append((s, d)))
+        self.scp = StorageSCP(self.cfg, self.store, self.spool, RecordingIntake(self.cfg, self.store, self.scheduled))
 
     def __enter__(self) -> "Harness":
         self.scp.start()

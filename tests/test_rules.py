@@ -6,7 +6,7 @@ import pydicom
 import pytest
 
 from node.config import ConfigError, parse_config
-from node.flow.rules import instance_matches, plan_study
+from node.flow.decide import instance_matches, plan_study
 
 
 def ds(**kw) -> pydicom.Dataset:

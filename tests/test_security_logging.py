@@ -84,7 +84,7 @@ def test_serve_logging_masks_the_endpoint_key_from_the_environment(tmp_path: Pat
     """In a node process (setup_logging), a key that reaches any logger is masked."""
     code = textwrap.dedent("""
         import logging
-        from node.serve import setup_logging
+        from node.ops.process import setup_logging
         setup_logging("INFO")
         logging.getLogger("httpx").warning("request failed: headers=%s", {"Authorization": "Bearer " + __import__("os").environ["CXR_ENDPOINT_KEY"]})
         logging.getLogger("node.invoke").error("key was %s", __import__("os").environ["CXR_ENDPOINT_KEY"])
@@ -100,7 +100,7 @@ def test_pydicom_value_warnings_do_not_quote_values_in_a_node_process(tmp_path: 
     code = textwrap.dedent("""
         import logging, pydicom
         from node.ops.hardening import quiet_pydicom_values
-        from node.serve import setup_logging
+        from node.ops.process import setup_logging
         setup_logging("INFO")
         quiet_pydicom_values()
         ds = pydicom.Dataset()

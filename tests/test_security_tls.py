@@ -19,6 +19,7 @@ from node.ops.audit import read_events
 from node.config import parse_config
 from node.emulator.demo import free_port
 from node.dicom.scp import StorageSCP
+from node.flow.intake import Intake
 from node.store.spool import Spool
 from node.store.state import Store
 from node.dicom.tls import BCP195_CIPHERS
@@ -47,7 +48,7 @@ class TlsNode:
         self.spool = Spool(self.cfg.storage_dir)
         self.spool.create()
         self.store = Store.open(self.cfg.database_url)
-        self.scp = StorageSCP(self.cfg, self.store, self.spool, lambda s, d: None)
+        self.scp = StorageSCP(self.cfg, self.store, self.spool, Intake(self.cfg, self.store, queue=None))
 
     def __enter__(self) -> "TlsNode":
         self.scp.start()

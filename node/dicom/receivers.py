@@ -30,7 +30,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from node.config import NodeConfig
+from node.config import NodeConfig, load_config
+from node.dicom.scp import StorageSCP
+from node.flow.intake import Intake
+from node.flow.queue import Queue
+from node.ops.hardening import harden_process
+from node.ops.process import die_with_parent, setup_logging
+from node.store.spool import Spool
+from node.store.state import Store
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +113,7 @@ class ReceiverPool:
 def run_receiver(cfg: NodeConfig, index: int, parent_pid: int, rearm_timers: bool = False,
                  ready_fd: int | None = None, drain_seconds: float = 30.0) -> int:
     """One child receiver: the Storage SCP on the shared port until SIGTERM/SIGINT (drained) or its parent dies."""
-    from node.ops.hardening import harden_process
-    from node.flow.queue import Queue
-    from node.dicom.scp import StorageSCP
-    from node.store.spool import Spool
-    from node.store.state import Store
-    from node.flow.worker import _die_with_parent
-
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() != parent_pid:
         return 0  # the parent died before prctl took effect
     multiprocessing.current_process().name = f"receiver-{index}"  # names the process in every log line
@@ -124,7 +124,8 @@ def run_receiver(cfg: NodeConfig, index: int, parent_pid: int, rearm_timers: boo
     spool = Spool(cfg.storage_dir, min_free_bytes=cfg.node.min_free_disk_mb * 1024 * 1024)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
     queue = Queue(cfg)
-    scp = StorageSCP(cfg, store, spool, queue.schedule_check)
+    intake = Intake(cfg, store, queue)
+    scp = StorageSCP(cfg, store, spool, intake)
     scp.serve_tls = False  # the TLS port stays with receiver 0 (serve)
     scp.start()
     log.info("receiver %d (process %d) listening on %s:%s", index, os.getpid(), cfg.node.host, scp.port)
@@ -136,8 +137,7 @@ def run_receiver(cfg: NodeConfig, index: int, parent_pid: int, rearm_timers: boo
             pass
     if rearm_timers:
         # this receiver replaces one that died: its in-memory quiet timers died with it
-        for study_uid, due in store.receiving_not_due(cfg.node.study_complete_after_seconds):
-            queue.schedule_check(study_uid, due - time.time())
+        intake.rearm()
     while not stop.wait(1.0):
         if os.getppid() != parent_pid:
             break
@@ -149,9 +149,6 @@ def run_receiver(cfg: NodeConfig, index: int, parent_pid: int, rearm_timers: boo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m node.dicom.receivers --config F --parent-pid P --index I``: started by ``serve`` only."""
-    from node.config import load_config
-    from node.serve import setup_logging
-
     p = argparse.ArgumentParser(prog="python -m node.dicom.receivers")
     p.add_argument("--config", required=True)
     p.add_argument("--parent-pid", type=int, required=True)

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Protocol, Sequence
 
 import pydicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -40,7 +40,16 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_MISMATCH = 0xA900
 
-ScheduleCheck = Callable[[str, float], None]
+
+
+class StudyIntake(Protocol):
+    """Where received instances go after the spool: :class:`node.flow.intake.Intake` (the quiet timers)."""
+
+    def record(self, records: Sequence[InstanceRecord]) -> list[tuple[str, float]]:
+        """Record the instances in one transaction; (study, due time) of the checks to arm."""
+
+    def arm(self, study_uid: str, due_at: float) -> None:
+        """Check the study at ``due_at``."""
 
 
 def configure_pynetdicom() -> None:
@@ -135,11 +144,11 @@ class SharedPortAssociationServer(NodeAssociationServer):
 class StorageSCP:
     """The node's Storage SCP: C-ECHO and C-STORE of every storage SOP class into the durable spool."""
 
-    def __init__(self, cfg: NodeConfig, store: Store, spool: Spool, schedule_check: ScheduleCheck) -> None:
+    def __init__(self, cfg: NodeConfig, store: Store, spool: Spool, intake: StudyIntake) -> None:
         self.cfg = cfg
         self.store = store
         self.spool = spool
-        self.schedule_check = schedule_check
+        self.intake = intake
         self.ae = self._make_ae()
         self._server: NodeAssociationServer | None = None
         self.security = ScpSecurity(cfg, audit_log(cfg))
@@ -151,7 +160,7 @@ class StorageSCP:
 
     def _commit_batch(self, records: Sequence[InstanceRecord]) -> list[list[tuple[str, float]]]:
         """One transaction for a batch of received instances; per record, the checks it must schedule."""
-        due = dict(self.store.record_instances(records, self.cfg.node.study_complete_after_seconds))
+        due = dict(self.intake.record(records))
         return [[(rec.study_uid, due.pop(rec.study_uid))] if rec.study_uid in due else [] for rec in records]
 
     def _make_ae(self) -> AE:
@@ -222,7 +231,7 @@ class StorageSCP:
                 dst.unlink(missing_ok=True)
             return STATUS_OUT_OF_RESOURCES
         for study, due_at in due:
-            self.schedule_check(study, max(0.0, due_at - time.time()))
+            self.intake.arm(study, due_at)
         self.received += 1
         self.security.instance_received(event, study_uid, series_uid, sop_uid, sop_class)
         log.debug("stored %s (study %s) from %s", sop_uid, study_uid, calling_ae)

@@ -12,11 +12,15 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.ops.audit import audit_log
 from node.config import DestinationSection, NodeConfig
 from node.dicom.scu import OutgoingFile, SendOutcome, send_files
 from node.store.state import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from node.flow.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +94,14 @@ def _where(row, destination: str, dest: DestinationSection) -> dict:
     return {"destination": destination, "destination_ae": dest.ae_title, "destination_host": dest.host,
             "destination_port": dest.port, "tls": dest.tls is not None, "study_uid": row["study_uid"],
             "sop_instance_uid": row["result_uid"], "sop_class_uid": row["sop_class_uid"]}
+
+
+def deliver(svc: "Services", destination: str) -> None:
+    """The ``deliver`` task: send what is due for ``destination``; schedule the next attempt of what must wait."""
+    report = deliver_due(svc.store, svc.cfg, destination, svc.owner)
+    if report.more_due:
+        svc.queue.enqueue_delivery(destination)
+        return
+    for dest, due in svc.store.due_destinations():
+        if dest == destination:
+            svc.queue.enqueue_delivery(destination, delay=max(0.0, due - time.time()))

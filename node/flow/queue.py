@@ -4,23 +4,22 @@ Huey delivers a task at most once (it leaves the queue before it runs), so tasks
 database holds the truth (leases, attempts, next_attempt_at) and a periodic sweep re-enqueues whatever a
 crash dropped. Every task is idempotent.
 
-The task bodies live in :mod:`node.worker`; this module only names and registers them, so that the SCP
-process (which enqueues) and the worker process (which runs) agree on the names without the SCP importing
-the conversion and model code.
+This module only names and registers the tasks, so that the SCP process (which enqueues) and the worker process
+(which runs) agree on the names without the SCP importing the conversion and model code. The worker hands the
+task bodies, bound to their dependencies, to :meth:`Queue.bind` (:mod:`node.flow.worker`); no global runtime.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
 
 from node.config import ConfigError, NodeConfig
-from node.flow.timers import TimerWheel
 
 QUEUE_NAME = "dicom-node"
-PRECISE_DELAY_MAX_SECONDS = 600.0  # shorter quiet-timer checks run on an in-process timer
+TASK_NAMES = ("check_study", "run_job", "deliver", "sweep")
 
 
 def make_huey(cfg: NodeConfig) -> Huey:
@@ -35,50 +34,44 @@ def make_huey(cfg: NodeConfig) -> Huey:
     raise ConfigError(f"queue.url: {url!r} is not supported; allowed: sqlite:///PATH or redis://HOST:PORT/DB")
 
 
-def _runner(name: str) -> Callable[..., Any]:
-    def run(*args: Any) -> Any:
-        from node.flow import worker  # imported lazily: only the worker process runs task bodies
-
-        return getattr(worker.runtime(), name)(*args)
-
-    run.__name__ = name
-    return run
-
-
 class Queue:
     """The node's tasks on one Huey instance: ``check_study``, ``run_job``, ``deliver``, ``sweep``."""
 
     def __init__(self, cfg: NodeConfig) -> None:
         self.huey = make_huey(cfg)
+        self._bodies: dict[str, Callable[..., Any]] = {}
         h = self.huey
-        self.check_study = h.task(name="check_study")(_runner("check_study"))
-        self.run_job = h.task(name="run_job")(_runner("run_job"))
-        self.deliver = h.task(name="deliver")(_runner("deliver"))
-        self.sweep = h.periodic_task(crontab(minute="*"), name="sweep")(_runner("sweep"))
-        self._timers: TimerWheel | None = None
+        self.check_study = h.task(name="check_study")(self._dispatch("check_study"))
+        self.run_job = h.task(name="run_job")(self._dispatch("run_job"))
+        self.deliver = h.task(name="deliver")(self._dispatch("deliver"))
+        self.sweep = h.periodic_task(crontab(minute="*"), name="sweep")(self._dispatch("sweep"))
 
-    def schedule_check(self, study_uid: str, delay: float) -> None:
-        """Enqueue the study's quiet-timer check in ``delay`` seconds.
+    def bind(self, bodies: Mapping[str, Callable[..., Any]]) -> None:
+        """Give the task bodies (one per name of :data:`TASK_NAMES`) to the process that runs the consumer."""
+        missing = set(TASK_NAMES) - set(bodies)
+        if missing:
+            raise ValueError(f"task bodies missing: {sorted(missing)}")
+        self._bodies = dict(bodies)
 
-        Short delays run on an in-process timer (:mod:`node.timers`): Huey's scheduler works in whole-second
-        ticks, which added up to a second (twice when the study was still receiving) to every study. Long delays
-        stay with Huey's durable schedule. A timer lost with its process is re-armed when the worker starts.
-        """
-        delay = max(0.0, delay)
-        if delay > PRECISE_DELAY_MAX_SECONDS:
-            self.check_study.schedule(args=(study_uid,), delay=delay)
-            return
-        if self._timers is None:
-            self._timers = TimerWheel("quiet-timers")
-        self._timers.call_later(delay, self.check_study, study_uid)
+    def _dispatch(self, name: str) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            body = self._bodies.get(name)
+            if body is None:
+                raise RuntimeError(f"task {name!r} ran in a process without task bodies (run `dicom-node worker`)")
+            return body(*args)
+
+        run.__name__ = name
+        return run
 
     def enqueue_job(self, job_id: int, delay: float = 0.0) -> None:
+        """Run job ``job_id`` now, or in ``delay`` seconds."""
         if delay > 0:
             self.run_job.schedule(args=(job_id,), delay=delay)
         else:
             self.run_job(job_id)
 
     def enqueue_delivery(self, destination: str, delay: float = 0.0) -> None:
+        """Send what is due for ``destination`` now, or in ``delay`` seconds."""
         if delay > 0:
             self.deliver.schedule(args=(destination,), delay=delay)
         else:

@@ -415,7 +415,8 @@ class PriorFetcher:
             self.store.record_instances([InstanceRecord(
                 sop_instance_uid=sop, study_uid=study, series_uid=series, sop_class_uid=_text(header, "SOPClassUID"),
                 transfer_syntax_uid=str(event.context.transfer_syntax), path=str(dst), size_bytes=dst.stat().st_size,
-                calling_ae=self.dest.ae_title, is_prior=True)], self.cfg.node.study_complete_after_seconds)
+                calling_ae=self.dest.ae_title, is_prior=True)],
+                quiet_seconds=0.0)  # a retrieved prior never waits for a quiet time: its study is 'done' at once
             return _SUCCESS
         except OSError as exc:
             log.error("cannot store a retrieved prior: %s", exc)

@@ -1,0 +1,155 @@
+"""Run one job: convert -> invoke -> write through the model's pipeline, then commit its results and outbox rows."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import pydicom
+
+from converters.scrub import without_burned_in
+from node.flow.decide import mixed_patients_reason, resolve_waiting
+from node.flow.services import Services
+from node.invoke.client import EndpointError
+from node.models.base import JobContext
+from node.models.cxrreportgen.priors import PriorFetcher
+from node.models.registry import pipeline_for
+from node.ops.audit import audit_log
+from node.ops.failpoints import failpoint
+from node.store.embeddings import study_labels
+from node.store.spool import write_durably
+
+log = logging.getLogger(__name__)
+
+JOB_MAX_ATTEMPTS = 3  # whole-job attempts after the HTTP client's own retries are exhausted
+
+
+def run_job(svc: Services, job_id: int) -> None:
+    """Run one job under a lease; its results and outbox rows are committed together at the end.
+
+    Convert, invoke and write are the model's pipeline (:func:`node.models.registry.pipeline_for`); this function
+    is what every model shares: the lease, the study checks and the egress policy before anything leaves, the
+    retry of a failed endpoint call, the durable result files and the one transaction that finishes the job.
+    """
+    job = svc.store.claim_job(job_id, svc.owner, svc.cfg.queue.lease_seconds)
+    if job is None:
+        return  # done already, or another worker holds it
+    rule = next((r for r in svc.cfg.rules if r.name == job["rule_name"]), None)
+    if rule is None or job["endpoint"] not in svc.cfg.endpoints:
+        svc.store.finish_job(job_id, svc.owner, state="failed",
+                              outcome=f"rule {job['rule_name']!r} or its endpoint is no longer configured")
+        return
+    endpoint = svc.cfg.endpoints[job["endpoint"]]
+    series = set(json.loads(job["series_uids"]))
+    paths = [Path(r["path"]) for r in svc.store.study_instances(job["study_uid"]) if r["series_uid"] in series]
+    mixed = mixed_patients_reason(paths)
+    if mixed:  # nothing leaves: a study mixing patients is an identification error upstream
+        svc.store.finish_job(job_id, svc.owner, state="failed", outcome=mixed)
+        log.error("job %d (study %s) failed: %s", job_id, job["study_uid"], mixed)
+        _after_job(svc, job["study_uid"])
+        return
+    paths, burned_note = without_burned_in(paths, rule.params)  # BurnedInAnnotation=YES images never leave
+    if not paths:
+        refusal = f"not sent: {burned_note}"
+        svc.store.finish_job(job_id, svc.owner, state="skipped", outcome=refusal)
+        log.info("job %d (study %s, rule %s) skipped: %s", job_id, job["study_uid"], rule.name, refusal)
+        _after_job(svc, job["study_uid"])
+        return
+    ctx = JobContext(job=job, rule=rule, endpoint_name=job["endpoint"], endpoint=endpoint,
+                     client=svc.client(job["endpoint"]), instance_paths=paths,
+                     previous_results=lambda kind: _previous(svc, job, kind),
+                     classifications=_labels(svc, job["study_uid"]), store=svc.store,
+                     prior_lookup=_prior_lookup(svc))
+    t0 = time.monotonic()
+    try:
+        output = pipeline_for(endpoint.model)(ctx)
+        if burned_note:
+            output.outcome = f"{output.outcome}; {burned_note}"
+    except EndpointError as exc:
+        if exc.permanent or job["attempts"] >= JOB_MAX_ATTEMPTS:
+            svc.store.finish_job(job_id, svc.owner, state="failed", outcome=f"endpoint error: {exc}")
+            log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
+            _audit_job(svc, job, "job-failed", "serious-failure", reason=f"endpoint error: {exc}")
+            _after_job(svc, job["study_uid"])
+        else:
+            delay = 30.0 * job["attempts"]
+            svc.store.release_job(job_id, svc.owner, retry_in=delay, outcome=f"will retry: {exc}")
+            svc.queue.enqueue_job(job_id, delay=delay)
+            log.warning("job %d (study %s) will be retried in %.0f s: %s", job_id, job["study_uid"], delay, exc)
+        return
+    except Exception as exc:
+        # Exception messages may quote header values (PHI): the type at ERROR, the traceback at DEBUG only.
+        log.error("job %d (study %s) failed: %s (details in `dicom-node status`)", job_id, job["study_uid"],
+                  type(exc).__name__)
+        log.debug("job %d traceback", job_id, exc_info=True)
+        svc.store.finish_job(job_id, svc.owner, state="failed", outcome=f"{type(exc).__name__}: {exc}")
+        _audit_job(svc, job, "job-failed", "serious-failure", reason=type(exc).__name__)
+        _after_job(svc, job["study_uid"])
+        return
+    if output.state == "done":  # a skipped job sent nothing
+        _audit_job(svc, job, "model-request", result=output.outcome)
+    rows = []
+    for kind, ds in output.results:
+        path = svc.spool.result_path(job["study_uid"], str(ds.SOPInstanceUID))
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        write_durably(path, buf.getvalue())
+        rows.append({"sop_instance_uid": str(ds.SOPInstanceUID), "study_uid": job["study_uid"],
+                     "series_uid": str(ds.SeriesInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                     "kind": kind, "path": str(path)})
+    failpoint("results_written")
+    ok = svc.store.finish_job(job_id, svc.owner, state=output.state, outcome=output.outcome,
+                               new_results=rows, destinations=rule.send_to if rows else (),
+                               endpoint_seconds=output.endpoint_seconds, writes=output.writes)
+    if not ok:
+        log.warning("job %d: lease lost before the results were committed; another worker owns it", job_id)
+        return
+    log.info("job %d (study %s, rule %s) %s in %.2f s: %s", job_id, job["study_uid"], rule.name, output.state,
+             time.monotonic() - t0, output.outcome)
+    if rows:
+        for dest in rule.send_to:
+            svc.queue.enqueue_delivery(dest)
+    _after_job(svc, job["study_uid"])
+
+
+def _labels(svc: Services, study_uid: str) -> dict[str, dict[str, str]]:
+    return study_labels(svc.store.engine, study_uid)
+
+
+def _after_job(svc: Services, study_uid: str) -> None:
+    """Rules with `classified:` waiting on this study may be decided now (node/flow/decide.py)."""
+    try:
+        resolve_waiting(svc, study_uid)
+    except Exception:  # the sweep tries again
+        log.exception("study %s: resolving classified rules failed", study_uid)
+
+
+def _audit_job(svc: Services, job: dict[str, Any], event: str, outcome: str = "success", **fields: Any) -> None:
+    """Audit what a job sent to which endpoint (study and series UIDs, the endpoint's host)."""
+    endpoint = svc.cfg.endpoints.get(job["endpoint"])
+    host = urlsplit(endpoint.url).hostname if endpoint is not None and endpoint.url else None
+    audit_log(svc.cfg).record(event, outcome, job_id=job["id"], rule=job["rule_name"], endpoint=job["endpoint"],
+                               endpoint_host=host, study_uid=job["study_uid"],
+                               series_uids=json.loads(job["series_uids"]), **fields)
+
+
+def _prior_lookup(svc: Services) -> Callable[[pydicom.Dataset], Any] | None:
+    """The prior lookup of node/models/cxrreportgen/priors.py, when the configuration asks for priors."""
+    if svc.cfg.priors is None or not svc.cfg.priors.enabled:
+        return None
+    return PriorFetcher(svc.cfg, svc.store, svc.spool).fetch
+
+
+def _previous(svc: Services, job: dict[str, Any], kind: str) -> pydicom.Dataset | None:
+    prev = svc.store.previous_result(job["study_uid"], job["rule_name"], job["study_version"], kind)
+    if prev is None:
+        return None
+    try:
+        return pydicom.dcmread(prev["path"])
+    except OSError:
+        return None

@@ -1,0 +1,32 @@
+"""Recovery: the periodic sweep re-enqueues what a crash or a lost task left behind; retention purges."""
+
+from __future__ import annotations
+
+import logging
+
+from node.flow.decide import resolve_all
+from node.flow.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def sweep(svc: Services, fresh_start: bool = False) -> None:
+    """Re-enqueue what a crash or a lost task left behind. Every task it enqueues is idempotent.
+
+    ``fresh_start`` (the worker's start): also re-arm the quiet timers of studies still receiving, which live in
+    memory and died with the process that armed them.
+    """
+    stale = svc.intake.stale_work(fresh_start=fresh_start)
+    for study_uid in stale["studies"]:
+        svc.queue.check_study(study_uid)
+    if fresh_start:
+        svc.intake.rearm()
+    for job_id in stale["jobs"]:
+        svc.queue.enqueue_job(job_id)
+    for dest in stale["destinations"]:
+        svc.queue.enqueue_delivery(dest)
+    resolve_all(svc)
+    purged = svc.store.purge_delivered(svc.cfg.retention.purge_delivered_after_hours * 3600.0)
+    if any(stale.values()) or purged:
+        log.info("sweep: re-enqueued %d studies, %d jobs, %d destinations; purged %d studies",
+                 len(stale["studies"]), len(stale["jobs"]), len(stale["destinations"]), purged)
