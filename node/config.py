@@ -7,283 +7,35 @@ against the folder of the config file, so a config file can be moved together wi
 
 from __future__ import annotations
 
-import fnmatch
-import os
-import re
-import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from node.config_sections import (  # the sections of the one model below
+    CLASSIFIED_KEY,
+    AuditSection,
+    DatabaseSection,
+    DestinationSection,
+    EndpointSection,
+    MatchValue,
+    NodeSection,
+    PriorsSection,
+    QueueSection,
+    RetentionSection,
+    RuleSection,
+    TlsClientSection,
+    TlsServerSection,
+    _Strict,
+)
 from node.models import registry
 from node.models.params import RuleParamsError
-
-AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the file, the key and what is allowed."""
 
-
-def _check_ae_title(value: str) -> str:
-    if not AE_TITLE_RE.match(value) or not value.strip():
-        raise ValueError("an AE title is 1 to 16 printable characters, not only spaces, no backslash")
-    return value
-
-
-AETitle = Annotated[str, Field(min_length=1, max_length=16)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
-
-
-class TlsServerSection(_Strict):
-    """DICOM TLS for the Storage SCP, on its own port (the plain port stays as configured)."""
-
-    port: int = Field(ge=1, le=65535, description="The TLS port (2762 is DICOM's registered one)")
-    cert_file: Path = Field(description="PEM certificate (chain) of this node")
-    key_file: Path = Field(description="PEM private key of cert_file")
-    ca_file: Path | None = Field(None, description="PEM CA bundle that client certificates must chain to")
-    require_client_cert: bool = Field(True, description="Refuse clients without a certificate signed by ca_file")
-    min_version: TlsVersion = "TLSv1.2"
-    handshake_timeout_seconds: float = Field(10.0, gt=0, description="A client silent for longer is dropped")
-
-    @model_validator(mode="after")
-    def _ca_for_clients(self) -> "TlsServerSection":
-        if self.require_client_cert and self.ca_file is None:
-            raise ValueError("require_client_cert needs ca_file, the CA bundle client certificates must chain to")
-        return self
-
-
-class TlsClientSection(_Strict):
-    """DICOM TLS toward one destination."""
-
-    ca_file: Path = Field(description="PEM CA bundle the destination's certificate must chain to")
-    cert_file: Path | None = Field(None, description="PEM client certificate, for peers that require one")
-    key_file: Path | None = Field(None, description="PEM private key of cert_file")
-    check_hostname: bool = Field(True, description="The certificate must name server_name (or host)")
-    server_name: str | None = Field(None, description="Name expected in the destination's certificate; default host")
-    min_version: TlsVersion = "TLSv1.2"
-
-    @model_validator(mode="after")
-    def _pair(self) -> "TlsClientSection":
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("give both cert_file and key_file, or neither")
-        return self
-
-
-class AuditSection(_Strict):
-    """The audit trail: ATNA-style events as JSON lines (UIDs, AE titles, addresses; never names)."""
-
-    enabled: bool = True
-    path: Path | None = Field(None, description="Default <storage_dir>/audit.jsonl")
-
-
-def _check_host_allowlist(hosts: dict[str, list[str]]) -> dict[str, list[str]]:
-    import ipaddress
-
-    for ae, nets in hosts.items():
-        _check_ae_title(ae)
-        for net in nets:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"allowed_hosts[{ae!r}]: {net!r} is not an IP address or network (10.0.0.0/8)") from None
-    return hosts
-
-
-class NodeSection(_Strict):
-    """The node's own DICOM identity, its spool and its timers."""
-
-    ae_title: AETitle = "AINODE"
-    host: str = "0.0.0.0"
-    port: int = Field(11112, ge=1, le=65535)
-    allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list)
-    storage_dir: Path = Path("./var")
-    study_complete_after_seconds: float = Field(10.0, gt=0)
-    min_free_disk_mb: int = Field(
-        200, ge=0, description="Below this free space on the spool's filesystem, C-STORE answers 0xA700."
-    )
-    max_associations: int = Field(16, ge=1)
-    # Default 1: with SO_REUSEPORT a second node started by mistake on the same port (same user) would silently
-    # take half of the associations into its own spool; one process binds the port exclusively and fails loudly.
-    receivers: int = Field(
-        1, ge=1,
-        description="Receiver processes sharing the DICOM port (SO_REUSEPORT); max_associations is per process")
-    max_pdu_size: int = Field(0, ge=0, description="0: unlimited (pynetdicom's convention)")
-    network_timeout_seconds: float = Field(60.0, gt=0)
-    instance_id: str = Field(
-        default_factory=socket.gethostname,
-        description="Names this node in leases; two nodes sharing a database must differ.",
-    )
-
-    allowed_hosts: dict[str, list[str]] = Field(
-        default_factory=dict, description="Calling AE title -> IP addresses/networks it may connect from")
-    tls: TlsServerSection | None = None
-
-    _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
-    _hosts = field_validator("allowed_hosts")(lambda cls, v: _check_host_allowlist(v))
-
-    @field_validator("allowed_calling_ae_titles")
-    @classmethod
-    def _check_allowed(cls, values: list[str]) -> list[str]:
-        return [_check_ae_title(v) for v in values]
-
-
-class EndpointSection(_Strict):
-    """One deployed model endpoint (Azure ML managed online endpoint or the local emulator)."""
-
-    model: str = Field(description="The model behind the endpoint: a name from node/models/registry.py")
-    url: str | None = Field(None, description="The scoring URI, e.g. https://<endpoint>.<region>.inference.ml.azure.com/score")
-    auth: Literal["key", "entra", "none"] = "key"
-    key_env: str | None = Field(None, description="Environment variable holding the endpoint key (auth: key)")
-    deployment: str | None = Field(None, description="Sent as azureml-model-deployment when set")
-    timeout_seconds: float = Field(180.0, gt=0, description="Read timeout of one call")
-    connect_timeout_seconds: float = Field(10.0, gt=0)
-    max_concurrency: int = Field(4, ge=1)
-    max_attempts: int = Field(6, ge=1, description="Calls per job before it fails (retries on 408/429/5xx/network)")
-    backoff_initial_seconds: float = Field(1.0, ge=0)
-    backoff_max_seconds: float = Field(60.0, ge=0)
-    box_reference: Literal["center_crop", "full_image"] = Field(
-        "center_crop",
-        description="Frame of CXRReportGen boxes: the centre square crop of the frontal image (Microsoft's sample) "
-        "or the whole image (the product page)",
-    )
-    # Users who know only their workspace and endpoint name: the scoring URI and key are looked up with MLClient.
-    subscription_id: str | None = None
-    resource_group: str | None = None
-    workspace: str | None = None
-    endpoint_name: str | None = None
-    verify_tls: bool = True
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value not in registry.MODELS:
-            raise ValueError(f"allowed: {', '.join(registry.model_names())}")
-        return value
-
-    @model_validator(mode="after")
-    def _url_or_workspace(self) -> "EndpointSection":
-        workspace_keys = (self.subscription_id, self.resource_group, self.workspace, self.endpoint_name)
-        if self.url is None and not all(workspace_keys):
-            raise ValueError(
-                "give either url, or all of subscription_id, resource_group, workspace and endpoint_name"
-            )
-        if self.url is not None and not re.match(r"^https?://", self.url):
-            raise ValueError("url must start with https:// (or http:// for a local emulator)")
-        if self.auth == "key" and self.url is not None and not self.key_env:
-            raise ValueError("auth: key needs key_env, the environment variable that holds the key")
-        return self
-
-
-class DestinationSection(_Strict):
-    """A DICOM peer that receives results by C-STORE (and answers queries, for priors)."""
-
-    ae_title: AETitle
-    host: str
-    port: int = Field(ge=1, le=65535)
-    max_attempts: int = Field(20, ge=1, description="Send attempts before a result is parked as failed")
-    max_processing_failure_attempts: int = Field(
-        3, ge=1, description="Attempts for 0x0110 and 0xCxxx answers, which may not be transient"
-    )
-    backoff_initial_seconds: float = Field(2.0, ge=0)
-    backoff_max_seconds: float = Field(300.0, ge=0)
-    give_up_after_seconds: float = Field(86400.0, gt=0, description="Park a result not delivered after this long")
-    timeout_seconds: float = Field(30.0, gt=0, description="ACSE/DIMSE/network timeout of an association")
-    tls: TlsClientSection | None = None
-
-    _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
-
-
-MatchValue = str | int | float | list[str | int | float]
-#: ``match: {classified: {label_set: [labels]}}``: the zero-shot labels of the study's classification rules
-CLASSIFIED_KEY = "classified"
-ClassifiedMatch = dict[str, str | list[str]]
-
-
-class RuleSection(_Strict):
-    """A routing rule: which series go to which endpoint, and where the results go."""
-
-    name: str = Field(min_length=1)
-    match: dict[str, MatchValue | ClassifiedMatch] = Field(default_factory=dict)
-    endpoint: str
-    send_to: list[str] = Field(default_factory=list)
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("match")
-    @classmethod
-    def _keywords(cls, match: dict[str, MatchValue]) -> dict[str, MatchValue]:
-        from pydicom.datadict import tag_for_keyword
-
-        for key, value in match.items():
-            if key == CLASSIFIED_KEY:
-                if not isinstance(value, dict) or not value:
-                    raise ValueError("match.classified maps label sets to labels, e.g. {view: [x-ray chest lateral]}")
-                continue
-            if isinstance(value, dict):
-                raise ValueError(f"match key {key!r}: a mapping is allowed only under {CLASSIFIED_KEY!r}")
-            if tag_for_keyword(key) is None:
-                raise ValueError(f"match key {key!r} is not a DICOM keyword (e.g. Modality, BodyPartExamined)")
-        return match
-
-
-class DatabaseSection(_Strict):
-    url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/node.db")
-    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
-
-
-class QueueSection(_Strict):
-    url: str | None = Field(
-        None, description="Huey broker: default sqlite file <storage_dir>/queue.db; redis://host:port/db also accepted"
-    )
-    workers: int = Field(4, ge=1, description="Worker threads of the worker process")
-    lease_seconds: float = Field(
-        600.0, gt=0, description="A claimed job or send not finished by then is re-queued by the sweep (every minute)")
-
-
-class RetentionSection(_Strict):
-    purge_delivered_after_hours: float = Field(
-        72.0, ge=0, description="Spool files, results and rows of a study whose results were all delivered"
-    )
-
-
-class PriorsSection(_Strict):
-    """Fetching the patient's previous chest X-ray (and its report) from a PACS for CXRReportGen."""
-
-    enabled: bool = True
-    query: str = Field(min_length=1, description="The destinations entry answering C-FIND and C-MOVE/C-GET")
-    method: Literal["c-move", "c-get"] = "c-move"
-    lookback_days: int = Field(1825, ge=1, description="Only studies this many days before the current one")
-    timeout_seconds: float = Field(30.0, gt=0, description="The whole lookup (query, retrieve) ends by then")
-    modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"], min_length=1)
-    report_text_attributes: list[str] = Field(
-        default_factory=list, description="Keywords of the prior image read as its report when the study has no SR")
-    report_text_dir: Path | None = Field(
-        None, description="A folder of <prior StudyInstanceUID>.txt reports (e.g. a RIS export), when no SR")
-
-    @field_validator("report_text_attributes")
-    @classmethod
-    def _keywords(cls, values: list[str]) -> list[str]:
-        from pydicom.datadict import tag_for_keyword
-
-        for key in values:
-            if tag_for_keyword(key) is None:
-                raise ValueError(f"{key!r} is not a DICOM keyword (e.g. ImageComments, StudyComments)")
-        return values
 
 
 class NodeConfig(_Strict):
@@ -438,16 +190,6 @@ def load_config(path: Path | str) -> NodeConfig:
     return parse_config(data, path, path.resolve().parent)
 
 
-def endpoint_key(endpoint: EndpointSection) -> str | None:
-    """The secret of an endpoint with ``auth: key``, from its environment variable."""
-    if endpoint.auth != "key" or not endpoint.key_env:
-        return None
-    value = os.environ.get(endpoint.key_env)
-    if not value:
-        raise ConfigError(f"endpoint key: environment variable {endpoint.key_env} is not set or empty")
-    return value
-
-
-def glob_match(pattern: str, value: str) -> bool:
-    """Case-insensitive ``*``/``?`` glob match used by rules."""
-    return fnmatch.fnmatchcase(value.strip().upper(), pattern.strip().upper())
+__all__ = ["CLASSIFIED_KEY", "AuditSection", "ConfigError", "DatabaseSection", "DestinationSection", "EndpointSection",
+           "MatchValue", "NodeConfig", "NodeSection", "PriorsSection", "QueueSection", "RetentionSection", "RuleSection",
+           "TlsClientSection", "TlsServerSection", "load_config", "parse_config"]

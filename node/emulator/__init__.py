@@ -2,8 +2,8 @@
 
 :class:`~node.emulator.server.EmulatorServer` is a real HTTP server speaking the endpoints' protocol (bearer key,
 ``/score``, ``x-request-id``, 401/408/424/429/5xx with ``Retry-After``) with scriptable faults. Each model is a
-*handler* module (``node.emulator.cxr`` for CXRReportGen) registered with :func:`node.emulator.server.register_handler`;
-a handler implements :class:`ModelHandler` and raises :class:`RequestError` for requests the model would refuse.
+*handler* named by the model's line in :mod:`node.models.registry` (``node/models/<model>/emulator.py``); a handler
+implements :class:`ModelHandler` and raises :class:`RequestError` for requests the model would refuse.
 
 Emulated answers are derived deterministically from the input pixels and say ``EMULATED`` in every sentence; they
 are for testing the plumbing and must never be read as clinical output.
@@ -45,13 +45,4 @@ class ModelHandler(Protocol):
     def score(self, input_data: dict, options: dict[str, Any]) -> Any: ...
 
 
-def __getattr__(name: str) -> Any:  # EmulatorServer without importing http.server at package import
-    if name in {"EmulatorServer", "serve_forever"}:
-        from node.emulator import server
-
-        return getattr(server, name)
-    raise AttributeError(name)
-
-
-__all__ = ["EMULATOR_HEADER_VALUE", "EMULATOR_VERSION", "EmulatorServer", "ModelHandler", "RequestError",
-           "serve_forever"]
+__all__ = ["EMULATOR_HEADER_VALUE", "EMULATOR_VERSION", "ModelHandler", "RequestError"]

@@ -29,6 +29,7 @@ nothing stuck). A failed classification job counts as run: its images simply hav
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pydicom
 from pydicom.multival import MultiValue
 
-from node.config import CLASSIFIED_KEY, MatchValue, NodeConfig, RuleSection, glob_match
+from node.config import CLASSIFIED_KEY, MatchValue, NodeConfig, RuleSection
 from node.flow.services import Services
 from node.store.embeddings import study_labels
 
@@ -45,6 +46,11 @@ log = logging.getLogger(__name__)
 
 
 # Rules ------------------------------------------------------------------------------------------------------
+def glob_match(pattern: str, value: str) -> bool:
+    """Case-insensitive ``*``/``?`` glob match used by rules."""
+    return fnmatch.fnmatchcase(value.strip().upper(), pattern.strip().upper())
+
+
 def _values_of(ds: pydicom.Dataset, keyword: str) -> list[str] | None:
     if keyword not in ds:
         return None

@@ -15,11 +15,14 @@ job do not each ask Entra for a token. Secrets are never logged.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
+
+from node.config import ConfigError, EndpointSection
 
 log = logging.getLogger(__name__)
 
@@ -209,3 +212,13 @@ def token_cache_for(credential: Any, scope: str = ENTRA_SCOPE) -> TokenCache:
 def entra_auth(credential: Any | None = None, scope: str = ENTRA_SCOPE) -> TokenAuth:
     """Bearer-token auth from ``credential`` (default: the process's DefaultAzureCredential)."""
     return TokenAuth(token_cache_for(credential if credential is not None else default_credential(), scope))
+
+
+def endpoint_key(endpoint: EndpointSection) -> str | None:
+    """The secret of an endpoint with ``auth: key``, from its environment variable."""
+    if endpoint.auth != "key" or not endpoint.key_env:
+        return None
+    value = os.environ.get(endpoint.key_env)
+    if not value:
+        raise ConfigError(f"endpoint key: environment variable {endpoint.key_env} is not set or empty")
+    return value

@@ -21,8 +21,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from node.config import ConfigError, EndpointSection, endpoint_key
-from node.invoke.auth import AuthError, Authenticator, KeyAuth, NoAuth, TokenCache, entra_auth
+from node.config import ConfigError, EndpointSection
+from node.invoke.auth import AuthError, Authenticator, KeyAuth, NoAuth, TokenCache, endpoint_key, entra_auth
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Emulated MedImageInsight: deterministic embeddings from pixels and from hashed words, and a scaling factor.
 
-Image vector (:func:`embed_image`): the PNG's luminance (as :func:`node.emulator.parse.luminance`) resized to
+Image vector (:func:`embed_image`): the PNG's luminance (as :func:`node.emulator.payload.luminance`) resized to
 32x32 (bilinear), centred (mean subtracted) and normalised, multiplied by a fixed Gaussian random matrix
 (1024x1024, seed :data:`PROJECTION_SEED`) and normalised again. A random projection keeps cosines roughly, so
 similar pictures get similar vectors and the same picture always the same vector.
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from node.emulator import RequestError
-from node.models.medimageparse.emulator2d import b64_bytes, luminance, validate_input
+from node.emulator.payload import b64_bytes, luminance, validate_input
 
 MODEL_NAME = "medimageinsight"
 MODEL_VERSION = "medimageinsight-emulator-1"

@@ -18,19 +18,16 @@ the server's ``x-ms-emulator`` header and the model version ``medimageparse-emul
 from __future__ import annotations
 
 import base64
-import binascii
-import io
 import json
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from node.emulator import RequestError
+from node.emulator.payload import b64_bytes, luminance, validate_input
 
 MODEL_NAME = "medimageparse"
 MODEL_VERSION = "medimageparse-emulator-1"
-COLUMNS = ("image", "text")
 SIZE = 1024
 MAX_ROWS = 256
 MAX_PROMPTS = 32
@@ -98,25 +95,6 @@ def split_text(text: str) -> list[str]:
     return [part.strip() for part in text.split("&") if part.strip()]
 
 
-def luminance(png_bytes: bytes) -> np.ndarray:
-    """(H, W) float luminance of a PNG; ``RequestError`` 400 when it is not one."""
-    try:
-        with Image.open(io.BytesIO(png_bytes)) as img:
-            img.load()
-            if img.format != "PNG":
-                raise RequestError(400, f"image format {img.format} is not supported; send PNG")
-            if img.mode == "L":
-                return np.asarray(img, dtype=np.float64)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.asarray(img, dtype=np.float64) / 257.0  # 16-bit grey -> the 0..255 scale
-            rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
-    except Image.DecompressionBombError:
-        raise RequestError(413, "the image is too large") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise RequestError(400, f"the image cannot be decoded as PNG: {type(exc).__name__}") from None
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-
-
 def emulate_masks(png_bytes: bytes, prompts: Sequence[str] | str) -> tuple[np.ndarray, list[str]]:
     """(masks (n_prompts, H, W) uint8 0/255, categories) for a PNG and its prompts (a list or the "&" text). Pure."""
     items = split_text(prompts) if isinstance(prompts, str) else [p.strip() for p in prompts]
@@ -125,38 +103,6 @@ def emulate_masks(png_bytes: bytes, prompts: Sequence[str] | str) -> tuple[np.nd
     y = luminance(png_bytes)
     masks = np.stack([np.where(y > threshold_for(k), 255, 0).astype(np.uint8) for k in range(len(items))])
     return masks, [emulate_category(p) for p in items]
-
-
-def validate_input(input_data: Any, *, max_rows: int = MAX_ROWS, model: str = "MedImageParse") -> list[list[str]]:
-    """Check ``{"columns": ["image", "text"], "index": [...], "data": [[b64, text], ...]}``; rows as [image, text]."""
-    if not isinstance(input_data, dict):
-        raise RequestError(400, "input_data must be an object with columns, index and data")
-    columns, data, index = input_data.get("columns"), input_data.get("data"), input_data.get("index")
-    if not isinstance(columns, list) or sorted(c for c in columns if isinstance(c, str)) != sorted(COLUMNS) \
-            or len(columns) != 2:
-        raise RequestError(400, f"input_data.columns must be {list(COLUMNS)} (got {columns!r})"[:300])
-    if not isinstance(data, list) or not data or not all(isinstance(r, list) for r in data):
-        raise RequestError(400, "input_data.data must be a non-empty list of rows (lists)")
-    if len(data) > max_rows:
-        raise RequestError(400, f"{len(data)} rows; {model} takes at most {max_rows} per request")
-    if index is not None and not isinstance(index, (list, int)):
-        raise RequestError(400, "input_data.index must be a list (or an integer)")
-    rows = []
-    for i, row in enumerate(data):
-        if len(row) != 2 or not all(isinstance(v, str) for v in row):
-            raise RequestError(400, f"row {i}: expected two strings (image, text)")
-        values = dict(zip(columns, row))
-        rows.append([values["image"], values["text"]])
-    return rows
-
-
-def b64_bytes(value: str, row: int) -> bytes:
-    if not value.strip():
-        raise RequestError(400, f"row {row}: image must be a non-empty base64 string")
-    try:
-        return base64.b64decode(value)  # encodebytes() newlines are skipped
-    except (binascii.Error, ValueError):
-        raise RequestError(400, f"row {row}: image is not valid base64") from None
 
 
 class MedImageParseHandler:
@@ -171,7 +117,7 @@ class MedImageParseHandler:
         return False
 
     def score(self, input_data: dict, options: dict[str, Any]) -> Any:
-        rows = validate_input(input_data)
+        rows = validate_input(input_data, max_rows=MAX_ROWS, model="MedImageParse")
         literal = options.get("response_shape") == "object"
         out = []
         for i, (image_b64, text) in enumerate(rows):

@@ -26,7 +26,7 @@ import nibabel
 import numpy as np
 
 from node.emulator import RequestError
-from node.models.medimageparse.emulator2d import b64_bytes, validate_input
+from node.emulator.payload import b64_bytes, validate_input
 
 MODEL_NAME = "medimageparse3d"
 MODEL_VERSION = "medimageparse3d-emulator-1"
