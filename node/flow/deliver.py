@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from node.ops.audit import audit_log
 from node.config import DestinationSection, NodeConfig
@@ -23,6 +23,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from node.flow.services import Services
 
 log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    """One kind of destination: send ``files`` over one connection, one :class:`SendOutcome` per file key.
+
+    An outcome's verdict says what the outbox does with the row: delivered, retry (limited or not) or park.
+    """
+
+    def __call__(self, dest: DestinationSection, calling_ae: str,
+                 files: Sequence[OutgoingFile]) -> dict[int, SendOutcome]: ...
+
+
+def sender_for(dest: DestinationSection) -> Sender:
+    """How results reach ``dest``: C-STORE (:func:`node.dicom.scu.send_files`), the one kind of destination today.
+
+    A new kind (DICOMweb STOW-RS, say) is one module with a :class:`Sender`, chosen here by the destination's type.
+    """
+    return send_files
 
 
 def backoff_seconds(attempts: int, dest: DestinationSection) -> float:
@@ -53,7 +71,7 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
         report.parked = len(rows)
         return report
     files = [OutgoingFile(key=row["id"], path=Path(row["path"]), sop_class_uid=row["sop_class_uid"]) for row in rows]
-    outcomes = send_files(dest, cfg.node.ae_title, files)
+    outcomes = sender_for(dest)(dest, cfg.node.ae_title, files)
     t = time.time()
     for row in rows:
         out: SendOutcome = outcomes[row["id"]]
