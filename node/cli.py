@@ -21,6 +21,7 @@ def _load(path: str) -> NodeConfig:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """`dicom-node check-config F`: validate the file (and its TLS files); exit 2 naming the key on an error."""
     cfg = _load(args.file)
     tls_lines = _check_tls(cfg)
     print(f"{args.file}: OK")
@@ -52,6 +53,7 @@ def _check_tls(cfg: NodeConfig) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`dicom-node serve --config F`: the SCP, receivers and worker until SIGTERM/SIGINT."""
     from node.serve import serve
 
     cfg = _load(args.config)
@@ -60,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """`dicom-node worker --config F`: the worker process alone (started by serve)."""
     from node.ops.process import setup_logging
     from node.flow.worker import run_worker
 
@@ -70,6 +73,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
+    """`dicom-node emulator`: the endpoint emulator on its own, until interrupted."""
     import os
 
     from node.emulator.server import serve_forever
@@ -89,6 +93,7 @@ def _fmt_time(t: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """`dicom-node status --config F`: studies, jobs, outbox, parked results and quarantine (or --json)."""
     from node.store.state import Store
 
     cfg = _load(args.config)
@@ -133,6 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    """`dicom-node retry --config F`: put parked results back in the outbox and wake their deliveries."""
     from node.flow.queue import Queue
     from node.store.state import Store
 
@@ -147,18 +153,21 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """`dicom-node demo`: emulator, node and a small PACS on this machine, with the shipped chest X-ray study."""
     from node.emulator.demo import run_demo
 
     return run_demo(Path(args.out), keep_running=args.keep_running)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
+    """`dicom-node similar --config F ...`: the stored images nearest to one (node/models/medimageinsight)."""
     from node.models.medimageinsight.similar_cli import cmd_similar as run
 
     return run(args, _load(args.config))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every `dicom-node` command."""
     p = argparse.ArgumentParser(prog="dicom-node", description="DICOM AI integration node")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -205,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `dicom-node`: run the command named by ``argv``; returns the exit status."""
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -226,11 +226,13 @@ class RuleSection(_Strict):
 
 
 class DatabaseSection(_Strict):
+    """Where the node keeps its state (SQLite by default, or PostgreSQL)."""
     url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/node.db")
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
 
 
 class QueueSection(_Strict):
+    """The work queue (Huey on SQLite or Redis), its worker threads and leases."""
     url: str | None = Field(
         None, description="Huey broker: default sqlite file <storage_dir>/queue.db; redis://host:port/db also accepted"
     )
@@ -240,6 +242,7 @@ class QueueSection(_Strict):
 
 
 class RetentionSection(_Strict):
+    """How long finished studies and their files are kept."""
     purge_delivered_after_hours: float = Field(
         72.0, ge=0, description="Spool files, results and rows of a study whose results were all delivered"
     )

@@ -92,6 +92,7 @@ class Node:
 
 
 def serve(cfg: NodeConfig) -> int:
+    """`dicom-node serve`: start every role of the node and run until SIGTERM/SIGINT; returns 0."""
     setup_logging(cfg.log_level)
     node = Node(cfg)
     node.start()

@@ -138,6 +138,7 @@ def plan_study(rules: Iterable[RuleSection], headers: Iterable[pydicom.Dataset],
 
 
 def describe(plan: RulePlan) -> dict[str, Any]:
+    """A plan as plain data (for logs and status)."""
     return {"rule": plan.rule.name, "endpoint": plan.rule.endpoint, "series": plan.series_uids}
 
 
@@ -170,6 +171,7 @@ def is_classification_rule(rule: RuleSection, cfg: NodeConfig) -> bool:
 
 
 def deferred_rules(cfg: NodeConfig) -> list[RuleSection]:
+    """The rules that wait for zero-shot labels (``match.classified``)."""
     return [r for r in cfg.rules if r.match.get(CLASSIFIED_KEY)]
 
 

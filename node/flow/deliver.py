@@ -51,6 +51,7 @@ def backoff_seconds(attempts: int, dest: DestinationSection) -> float:
 
 @dataclass
 class DeliveryReport:
+    """What one delivery pass did for a destination."""
     delivered: int = 0
     retrying: int = 0
     parked: int = 0

@@ -45,6 +45,7 @@ class JobContext:
 
 @dataclass
 class JobOutput:
+    """What a pipeline returns: the job's state and outcome, its result datasets, extra writes."""
     state: Literal["done", "skipped"]
     outcome: str
     results: list[tuple[str, pydicom.Dataset]] = field(default_factory=list)  # (kind, dataset)
