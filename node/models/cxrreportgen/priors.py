@@ -79,7 +79,7 @@ from converters.sr_text import is_text_sr, report_text
 from dicom_out.algorithm import NODE_MANUFACTURER, NODE_MODEL_NAME
 
 from node.config import DestinationSection, NodeConfig, PriorsSection
-from node.dicom.scp import configure_pynetdicom
+from node.dicom.pynetdicom_patches import configure_pynetdicom
 from node.dicom.scu import set_nodelay
 from node.store.spool import Spool, is_valid_uid, move_durably
 from node.store.state import InstanceRecord, Store
