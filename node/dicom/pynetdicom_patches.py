@@ -34,7 +34,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import pynetdicom
-from pynetdicom import _config
+from pynetdicom import _config, association, dimse_messages, dul
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -218,8 +218,6 @@ def install_adaptive_polling() -> None:
     global _polling_installed
     if _polling_installed:
         return
-    from pynetdicom import association, dul
-
     proxy = _TimeProxy(sleep=netpoll.adaptive_sleep)
     dul.time = proxy  # type: ignore[attr-defined]
     association.time = proxy  # type: ignore[attr-defined]
@@ -230,8 +228,6 @@ def install_adaptive_polling() -> None:
 
 def install_receive_guard() -> None:
     """Make pynetdicom's chunked receive write through :class:`node.dicom.receive_guard.GuardedTempFile`."""
-    from pynetdicom import dimse_messages
-
     dimse_messages.NamedTemporaryFile = receive_guard.GuardedTempFile  # type: ignore[attr-defined,assignment]
 
 
