@@ -1,4 +1,4 @@
-"""node.netpoll: pynetdicom's reactors poll fast while an association is busy and as before once it is idle."""
+"""node.dicom.netpoll: pynetdicom's reactors poll fast while an association is busy and as before once it is idle."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from node.dicom import netpoll
+from node.dicom.pynetdicom_patches import install_adaptive_polling
 
 
 class FakeClock:
@@ -65,7 +66,7 @@ def test_install_replaces_sleep_in_both_reactors_only() -> None:
 
     from pynetdicom import association, dul
 
-    netpoll.install()
+    install_adaptive_polling()
     assert dul.time.sleep is netpoll.adaptive_sleep
     assert association.time.sleep is netpoll.adaptive_sleep
     assert dul.time.monotonic is time.monotonic  # everything else is the real time module

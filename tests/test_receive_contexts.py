@@ -1,4 +1,4 @@
-"""The SCP's per-association copy of its supported contexts (node.receive._ContextList) is a real deep copy."""
+"""The SCP's per-association copy of its supported contexts (node.dicom.pynetdicom_patches._ContextList) is a real deep copy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-from node.dicom.scp import _ContextList
+from node.dicom.pynetdicom_patches import _ContextList
 
 
 def test_cheap_copy_equals_deepcopy_and_shares_no_list() -> None:

@@ -7,7 +7,7 @@ seen), so on one association about 3 ms of every instance were spent asleep: pro
 1,024 CT slices) the DUL thread slept ~60 % and the association thread ~80 % of the wall time, at ~240
 instances/s where dcmtk's storescp takes ~600.
 
-This module gives those loops a sleep that stays short (0.1 ms) while an association is busy and falls back
+This module is the policy; :func:`node.dicom.pynetdicom_patches.install_adaptive_polling` installs it. It gives those loops a sleep that stays short (0.1 ms) while an association is busy and falls back
 to pynetdicom's own 1 ms once it has been idle for a while, so an idle association costs what it did before.
 "Busy" is read from the loop itself: when more than ``WORK_GAP`` passed between the end of one sleep and the
 next call, the thread did work in between.
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import threading
 import time as _time
-from types import SimpleNamespace
-from typing import Any
 
 FAST_SLEEP = 0.0001  # seconds, while busy
 WORK_GAP = 0.0002  # a loop iteration longer than this did some work
@@ -58,26 +56,3 @@ def adaptive_sleep(seconds: float) -> None:
     fast = streak < FAST_STREAK and _few_busy(now)
     _time.sleep(min(seconds, FAST_SLEEP) if fast else seconds)
     _state.last = _time.perf_counter()
-
-
-class _TimeProxy(SimpleNamespace):
-    """The ``time`` module with :func:`adaptive_sleep` in place of ``sleep``."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_time, name)
-
-
-_installed = False
-
-
-def install() -> None:
-    """Give pynetdicom's DUL and association reactors the adaptive sleep (idempotent, process-wide)."""
-    global _installed
-    if _installed:
-        return
-    from pynetdicom import association, dul
-
-    proxy = _TimeProxy(sleep=adaptive_sleep)
-    dul.time = proxy  # type: ignore[attr-defined]
-    association.time = proxy  # type: ignore[attr-defined]
-    _installed = True

@@ -2,9 +2,10 @@
 
 With ``STORE_RECV_CHUNKED_DATASET`` pynetdicom writes each P-DATA fragment to a ``NamedTemporaryFile`` in its
 DIMSE reactor thread. When that write fails (ENOSPC, EIO) the exception kills the reactor and the peer sees an
-aborted association instead of a C-STORE status. :func:`install` makes pynetdicom use a file whose failed write
-is remembered instead of raised (the partial data are truncated away to give the space back); the Storage SCP
-asks :func:`write_failed` before anything else and answers 0xA700 (out of resources).
+aborted association instead of a C-STORE status. :class:`GuardedTempFile` is a file whose failed write is
+remembered instead of raised (the partial data are truncated away to give the space back);
+:func:`node.dicom.pynetdicom_patches.install_receive_guard` makes pynetdicom use it. The Storage SCP asks
+:func:`write_failed` before anything else and answers 0xA700 (out of resources).
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ import tempfile
 import threading
 from typing import Any
 
-from pynetdicom import dimse_messages
-
 log = logging.getLogger(__name__)
 
 _failed: set[str] = set()
 _lock = threading.Lock()
 
 
-class _GuardedTempFile:
+class GuardedTempFile:
     """The temporary file pynetdicom writes to; a write that fails marks it failed and drops the rest."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -68,7 +67,7 @@ class _GuardedTempFile:
             self._fail(exc)
 
     @property
-    def file(self) -> "_GuardedTempFile":
+    def file(self) -> "GuardedTempFile":
         """pynetdicom calls ``.file.flush()`` after each fragment: route it through the guard."""
         return self
 
@@ -82,11 +81,6 @@ class _GuardedTempFile:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
-
-
-def install() -> None:
-    """Make pynetdicom's chunked receive use :class:`_GuardedTempFile` (idempotent)."""
-    dimse_messages.NamedTemporaryFile = _GuardedTempFile  # type: ignore[attr-defined,assignment]
 
 
 def write_failed(path: str | os.PathLike[str]) -> bool:

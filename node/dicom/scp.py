@@ -8,7 +8,6 @@ fsynced and the database row is committed: a success the node sends is a promise
 from __future__ import annotations
 
 import logging
-import socket
 import tempfile
 import threading
 import time
@@ -16,17 +15,16 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import pydicom
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
-from pynetdicom.presentation import PresentationContext
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.dicom import netpoll
 from node.ops.audit import audit_log
 from node.store.commit import GroupCommitter
 from node.config import NodeConfig
-from node.dicom.receive_guard import install as install_receive_guard, write_failed
+from node.dicom.pynetdicom_patches import (NodeAssociationServer, SharedPortAssociationServer, configure_pynetdicom,
+                                           track_server)
+from node.dicom.receive_guard import write_failed
 from node.dicom.access import ScpSecurity
 from node.store.spool import Spool, SpoolFullError, is_valid_uid, move_durably
 from node.store.state import InstanceRecord, Store
@@ -50,95 +48,6 @@ class StudyIntake(Protocol):
 
     def arm(self, study_uid: str, due_at: float) -> None:
         """Check the study at ``due_at``."""
-
-
-def configure_pynetdicom() -> None:
-    """Process-wide pynetdicom settings the node relies on."""
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    # Identifiers of queries and retrieves carry PHI: never log them.
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    _config.LOG_HANDLER_LEVEL = "none"
-    # pynetdicom's reactors poll every 1 ms, about 3 ms of sleep per instance on one association: poll fast
-    # while an association is busy (node.netpoll).
-    netpoll.install()
-    install_receive_guard()  # a full disk while receiving answers 0xA700 instead of killing the association
-
-
-class _QuickAckSocket(socket.socket):
-    """A socket that re-arms TCP_QUICKACK after every read (Linux clears it again after a few ACKs).
-
-    Against a sender that keeps Nagle's algorithm on (Debian's dcmtk without TCP_NODELAY=1), the sender holds
-    the last small segment of each message until its earlier data is acknowledged, and a receiver delaying its
-    ACK turns that into ~40 ms per instance on loopback. Acknowledging at once removes the wait.
-    """
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
-        data = super().recv(bufsize, flags)
-        try:
-            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        except OSError:
-            pass
-        return data
-
-
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-
-
-def _copy_context(cx: PresentationContext) -> PresentationContext:
-    new = PresentationContext.__new__(PresentationContext)
-    new.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in vars(cx).items()})
-    return new
-
-
-class _ContextList(list):
-    """The server's supported contexts, copied cheaply for each association.
-
-    pynetdicom deep-copies the acceptor's contexts for every association; with every storage SOP class in every
-    transfer syntax (170 contexts) ``copy.deepcopy`` took ~44 ms, which is the whole cost of an association that
-    brings one instance (as many modalities send). A context holds UIDs (immutable strings), None/bool/int and
-    one list of transfer syntaxes, so a copy of its attributes with that list copied is a deep copy.
-    """
-
-    def __deepcopy__(self, memo: dict) -> list[PresentationContext]:
-        return [_copy_context(cx) for cx in self]
-
-
-class NodeAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with Nagle's algorithm off (and quick ACKs on Linux) on every accepted socket.
-
-    A sender that waits for each C-STORE response would otherwise pay the delayed-ACK penalty (~40 ms per
-    instance on loopback).
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.contexts = _ContextList(self.contexts)
-
-    def get_request(self):  # type: ignore[override]
-        client_socket, address = super().get_request()
-        try:
-            client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        if _TCP_QUICKACK is not None and type(client_socket) is socket.socket:  # not a TLS socket
-            timeout = client_socket.gettimeout()
-            client_socket = _QuickAckSocket(fileno=client_socket.detach())
-            client_socket.settimeout(timeout)
-            try:
-                client_socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-            except OSError:
-                pass
-        return client_socket, address
-
-
-class SharedPortAssociationServer(NodeAssociationServer):
-    """The same server bound with SO_REUSEPORT, so that several receiver processes listen on one port
-    (``node.receivers``, :mod:`node.receivers`); Linux spreads new connections across them."""
-
-    def server_bind(self) -> None:  # type: ignore[override]
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
 
 class StorageSCP:
@@ -264,7 +173,7 @@ class StorageSCP:
         server_class = SharedPortAssociationServer if node.receivers > 1 else NodeAssociationServer
         server = self.ae.make_server((node.host, node.port), evt_handlers=handlers, server_class=server_class)
         self._server = server  # type: ignore[assignment]
-        self.ae._servers.append(server)  # so AE.shutdown() finds it
+        track_server(self.ae, server)  # so AE.shutdown() finds it
         self._thread = threading.Thread(target=server.serve_forever, name="storage-scp", daemon=True)
         self._thread.start()
         log.info("Storage SCP %s listening on %s:%s", node.ae_title, node.host, server.server_address[1])

@@ -3,19 +3,20 @@ the TLS handshake in the per-connection thread.
 
 pynetdicom's ``AssociationServer.get_request`` wraps the accepted socket with ``ssl_context.wrap_socket``,
 which performs the handshake right there, in the accept loop: one client that opens a TCP connection and
-never sends a ClientHello blocks every new association until the network timeout. :class:`TLSAssociationServer`
-accepts plain sockets and performs the handshake in the thread that serves the connection, bounded by
-``handshake_timeout_seconds``.
+never sends a ClientHello blocks every new association until the network timeout. The listener's server class
+(:func:`node.dicom.pynetdicom_patches.make_tls_server_class`) accepts plain sockets and performs the handshake in
+the thread that serves the connection, bounded by ``handshake_timeout_seconds``.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
-from typing import Callable
+import threading
+from typing import Any, Callable
 
 from node.config import ConfigError, NodeConfig, TlsClientSection, TlsServerSection
+from node.dicom.pynetdicom_patches import HandshakeFailed, make_tls_server_class, track_server
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def _harden(ctx: ssl.SSLContext, min_version: str) -> ssl.SSLContext:
     return ctx
 
 
-def _load(where: str, what: str, fn, *args) -> None:
+def _load(where: str, what: str, fn: Callable[..., Any], *args: Any) -> None:
     try:
         fn(*args)
     except (OSError, ssl.SSLError) as exc:
@@ -96,61 +97,13 @@ def client_tls_args(cfg: TlsClientSection | None, host: str) -> tuple[ssl.SSLCon
     return client_context(cfg), cfg.server_name or host
 
 
-HandshakeFailed = Callable[[tuple, str], None]
-
-
-def make_tls_server_class(base: type, context: ssl.SSLContext, handshake_timeout: float,
-                          on_failure: HandshakeFailed | None = None) -> type:
-    """A subclass of ``base`` (a ThreadedAssociationServer) that handshakes in the connection's own thread.
-
-    pynetdicom's ``make_server`` instantiates ``server_class`` itself, so the context travels in the class.
-    The server's own ``ssl_context`` stays None, so its accept loop never touches TLS.
-    """
-
-    class TLSAssociationServer(base):  # type: ignore[misc, valid-type]
-        tls_context = context
-        tls_handshake_timeout = handshake_timeout
-
-        def process_request_thread(self, request, client_address) -> None:  # type: ignore[override]
-            tls_sock = self._handshake(request, client_address)
-            if tls_sock is None:
-                return
-            super().process_request_thread(tls_sock, client_address)
-
-        def _handshake(self, sock: socket.socket, client_address) -> ssl.SSLSocket | None:
-            previous = sock.gettimeout()
-            try:
-                sock.settimeout(self.tls_handshake_timeout)
-                tls_sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                tls_sock.do_handshake()
-                tls_sock.settimeout(previous)
-                return tls_sock
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                why = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else type(exc).__name__
-                detail = getattr(exc, "reason", None) or why
-                log.warning("TLS handshake with %s:%s failed: %s", client_address[0], client_address[1], detail)
-                if on_failure is not None:
-                    try:
-                        on_failure(client_address, str(detail))
-                    except Exception:  # an audit failure must not take the server down
-                        log.exception("TLS failure hook failed")
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-                return None
-
-    return TLSAssociationServer
-
-
-def start_tls_listener(ae, host: str, cfg: TlsServerSection, handlers: list, base: type,
-                       on_failure: HandshakeFailed | None = None):
+def start_tls_listener(ae: Any, host: str, cfg: TlsServerSection, handlers: list, base: type,
+                       on_failure: HandshakeFailed | None = None) -> Any:
     """Start the DICOM TLS listener of ``ae`` on ``cfg.port`` in a background thread; returns the server."""
-    import threading
 
     server_class = make_tls_server_class(base, server_context(cfg), cfg.handshake_timeout_seconds, on_failure)
     server = ae.make_server((host, cfg.port), evt_handlers=handlers, server_class=server_class)
-    ae._servers.append(server)  # so AE.shutdown() finds it (and server.shutdown() can remove it)
+    track_server(ae, server)  # so AE.shutdown() finds it (and server.shutdown() can remove it)
     threading.Thread(target=server.serve_forever, name="storage-scp-tls", daemon=True).start()
     log.info("Storage SCP (DICOM TLS, %s+) listening on %s:%s", cfg.min_version, host, server.server_address[1])
     return server

@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-from pynetdicom import _config
+from node.dicom.pynetdicom_patches import quiet_identifiers
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,7 @@ UMASK = 0o077
 
 def quiet_pynetdicom_identifiers() -> None:
     """Query/retrieve identifiers are PHI: pynetdicom must not log them (as SCP or as SCU)."""
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
+    quiet_identifiers()  # every pynetdicom setting lives in node.dicom.pynetdicom_patches
 
 
 def quiet_pydicom_values() -> None:

@@ -8,7 +8,7 @@ One lookup (:meth:`PriorFetcher.fetch`) for the frontal image of a complete ches
    image is the prior (at most :data:`MAX_STUDIES` are tried, most recent first).
 2. Its UID is committed to the ``priors`` table before anything is retrieved: from then on, instances of that
    study arriving through the node's SCP (C-MOVE) or on the lookup's association (C-GET) are recorded as priors
-   (:meth:`node.state.Store.record_instances`): their study is 'done' at once, triggers no rule, is never sent
+   (:meth:`node.store.state.Store.record_instances`): their study is 'done' at once, triggers no rule, is never sent
    anywhere, and retention purges it like any finished study.
 3. C-FIND series and instance level: the image series of those modalities and the SR series. The frontal image
    is chosen from the instance-level answers with the same rules as the current study
@@ -21,7 +21,8 @@ One lookup (:meth:`PriorFetcher.fetch`) for the frontal image of a complete ches
    then this node's own earlier SR; newest first within each. Without an SR: ``report_text_dir/<study UID>.txt``,
    then the first non-empty ``report_text_attributes`` of the prior image.
 
-The whole lookup runs against one deadline (``priors.timeout_seconds``): every association's ACSE/DIMSE/network
+The query/retrieve plumbing is generic (:mod:`node.dicom.qr`); this module chooses what to ask for and what to
+keep. The whole lookup runs against one deadline (``priors.timeout_seconds``): every association's ACSE/DIMSE/network
 timeouts are the time left, and a watchdog aborts the association when the deadline passes, so a PACS that
 accepts a connection and never answers costs at most the timeout. No prior, a timeout or an error gives a
 :class:`PriorResult` saying so (recorded in the ``priors`` table, shown by ``dicom-node status``); the study goes
@@ -33,81 +34,34 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import shutil
-import socket
-import threading
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    ComprehensiveSRStorage,
-    Comprehensive3DSRStorage,
-    BasicTextSRStorage,
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    EnhancedSRStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    SecondaryCaptureImageStorage,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
+from pynetdicom import evt
 
 from converters.sr_text import is_text_sr, report_text
 from dicom_out.algorithm import NODE_MANUFACTURER, NODE_MODEL_NAME
 
 from node.config import DestinationSection, NodeConfig, PriorsSection
-from node.dicom.scp import configure_pynetdicom
-from node.dicom.scu import set_nodelay
-from node.store.spool import Spool, is_valid_uid, move_durably
-from node.store.state import InstanceRecord, Store
+from node.dicom.pynetdicom_patches import configure_pynetdicom
+from node.dicom.qr import (SR_CLASSES, XRAY_IMAGE_CLASSES, Deadline, Peer, QRSession, QueryError, QueryTimeout,
+                           SpoolingStoreHandler, text_of)
+from node.store.spool import Spool, is_valid_uid
+from node.store.state import Store
 
 log = logging.getLogger(__name__)
 
 MAX_STUDIES = 3  # prior studies tried, most recent first, until one holds a frontal image
 MAX_REPORTS = 4  # SR instances of the prior study retrieved at most
 MAX_UNKNOWN_IMAGES = 4  # images retrieved to choose the frontal when the C-FIND answers do not tell
-_SUCCESS, _WARNING = 0x0000, 0xB000
-_PENDING = (0xFF00, 0xFF01)
 
 #: Storage classes accepted on a C-GET association (a prior chest X-ray and its reports).
-GET_IMAGE_CLASSES = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,  # digitised films and exports from other archives are often stored as SC
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-)
-GET_SR_CLASSES = (BasicTextSRStorage, EnhancedSRStorage, ComprehensiveSRStorage, Comprehensive3DSRStorage)
-#: One presentation context per compressed transfer syntax: the acceptor picks ONE syntax per context, and
-#: Orthanc picks an uncompressed one from a mixed list, decompressing the image before it sends it. With a context
-#: per syntax the image arrives as stored, pixel for pixel what a C-MOVE brings.
-_UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-_COMPRESSED = [JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
-               JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
+GET_IMAGE_CLASSES = XRAY_IMAGE_CLASSES
+GET_SR_CLASSES = SR_CLASSES
 
 #: Instance-level keys asked for, so that the frontal can be chosen without retrieving every image.
 _IMAGE_KEYS = ("SOPClassUID", "InstanceNumber", "ViewPosition", "ImageType", "Rows", "Columns",
@@ -117,12 +71,9 @@ _IMAGE_KEYS = ("SOPClassUID", "InstanceNumber", "ViewPosition", "ImageType", "Ro
 PriorState = Literal["found", "none", "timeout", "error"]
 
 
-class PriorTimeout(Exception):
-    """The lookup's deadline passed."""
-
-
-class PriorError(Exception):
-    """The PACS refused or failed a request; the message has no PHI."""
+PriorTimeout = QueryTimeout  # the lookup's deadline passed
+PriorError = QueryError  # the PACS refused or failed a request; the message has no PHI
+_text = text_of
 
 
 @dataclass(frozen=True)
@@ -151,34 +102,10 @@ class PriorResult:
 
 
 @dataclass
-class _Deadline:
-    seconds: float
-    start: float = field(default_factory=time.monotonic)
-
-    def left(self) -> float:
-        """Seconds left; :class:`PriorTimeout` when none."""
-        left = self.start + self.seconds - time.monotonic()
-        if left <= 0:
-            raise PriorTimeout()
-        return left
-
-
-@dataclass
 class _Candidate:
     study_uid: str
     date: str
     time: str
-
-
-def _text(ds: Dataset | None, keyword: str) -> str:
-    if ds is None:
-        return ""
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value).strip()
-    return str(value).strip()
 
 
 def _study_date(ds: Dataset) -> dt.date:
@@ -206,7 +133,7 @@ class PriorFetcher:
         """The prior of the study ``current`` (a header of its frontal image) belongs to; never raises."""
         study_uid = _text(current, "StudyInstanceUID")
         lookup_id = self.store.start_prior_lookup(study_uid)
-        deadline = _Deadline(self.priors.timeout_seconds)
+        deadline = Deadline(self.priors.timeout_seconds)
         try:
             result = self._fetch(current, lookup_id, deadline)
         except PriorTimeout:
@@ -225,10 +152,10 @@ class PriorFetcher:
         log.info("study %s: prior lookup %s in %.2f s: %s", study_uid, result.state, seconds, result.outcome)
         return result
 
-    def _fetch(self, current: Dataset, lookup_id: int, deadline: _Deadline) -> PriorResult:
+    def _fetch(self, current: Dataset, lookup_id: int, deadline: Deadline) -> PriorResult:
         if not _text(current, "PatientID"):
             return PriorResult("none", "no prior: the study has no PatientID", 0.0)
-        with _Session(self, deadline) as session:
+        with self._session(deadline) as session:
             candidates = self._find_prior_studies(session, current)
             if not candidates:
                 return PriorResult("none", f"no prior {'/'.join(self.priors.modalities)} study in the "
@@ -250,8 +177,15 @@ class PriorFetcher:
         return PriorResult("found", f"prior study {prior.study_uid} ({sent})", 0.0, study_uid=prior.study_uid,
                            study_date=prior.date, image_path=frontal, report=report, report_source=source)
 
+    def _session(self, deadline: Deadline) -> QRSession:
+        """One association with the priors PACS; C-MOVE to this node's own AE title, or C-GET into the spool."""
+        peer = Peer(self.priors.query, self.dest.host, self.dest.port, self.dest.ae_title)
+        return QRSession(peer, deadline, ae_title=self.cfg.node.ae_title, method=self.priors.method,
+                         move_destination=self.cfg.node.ae_title, on_store=self.store_retrieved,
+                         image_classes=GET_IMAGE_CLASSES, sr_classes=GET_SR_CLASSES)
+
     # --- queries ----------------------------------------------------------------------------------------
-    def _find_prior_studies(self, session: "_Session", current: Dataset) -> list[_Candidate]:
+    def _find_prior_studies(self, session: QRSession, current: Dataset) -> list[_Candidate]:
         """This patient's earlier studies of the wanted modalities in the look-back window, most recent first."""
         day = _study_date(current)
         start = day - dt.timedelta(days=self.priors.lookback_days)
@@ -280,7 +214,7 @@ class PriorFetcher:
             found.append(_Candidate(uid, date, tm))
         return sorted(found, key=lambda c: (c.date, c.time), reverse=True)
 
-    def _find_instances(self, session: "_Session", study_uid: str) -> tuple[list[Dataset], list[Dataset]]:
+    def _find_instances(self, session: QRSession, study_uid: str) -> tuple[list[Dataset], list[Dataset]]:
         """(image headers of the wanted modalities, SR headers) of the prior study, from C-FIND answers."""
         query = Dataset()
         query.QueryRetrieveLevel = "SERIES"
@@ -316,7 +250,7 @@ class PriorFetcher:
         reports.sort(key=lambda d: (_text(d, "ContentDate"), _text(d, "ContentTime")), reverse=True)
         return images, reports[:MAX_REPORTS]
 
-    def _frontal(self, session: "_Session", images: list[Dataset]) -> Path | None:
+    def _frontal(self, session: QRSession, images: list[Dataset]) -> Path | None:
         """Choose the frontal from the C-FIND answers, retrieve it; else retrieve a few and choose from files."""
         from converters.cxr import read_header, select_views
 
@@ -335,7 +269,7 @@ class PriorFetcher:
         return select_views(headers).frontal
 
     # --- retrieve ---------------------------------------------------------------------------------------
-    def _retrieve(self, session: "_Session", ds: Dataset, *, required: bool) -> Path | None:
+    def _retrieve(self, session: QRSession, ds: Dataset, *, required: bool) -> Path | None:
         """The local file of one instance: already held, or retrieved now. ``required``: failure raises."""
         uid = _text(ds, "SOPInstanceUID")
         held = self.store.instance(uid)
@@ -396,147 +330,8 @@ class PriorFetcher:
     # --- C-GET sub-operations -----------------------------------------------------------------------------
     def store_retrieved(self, event: evt.Event) -> int:
         """EVT_C_STORE on a C-GET association: the instance goes into the spool as a prior."""
-        try:
-            try:
-                src = Path(event.dataset_path)
-                tmp = self.spool.tmp / f"get-{uuid.uuid4().hex}.dcm"
-                shutil.copyfile(src, tmp)  # the receive file may live on another filesystem than the spool
-            except AttributeError:  # chunked receive off: encode the dataset pynetdicom decoded
-                tmp = self.spool.tmp / f"get-{uuid.uuid4().hex}.dcm"
-                tmp.write_bytes(event.encoded_dataset())
-            header = pydicom.dcmread(tmp, stop_before_pixels=True)
-            study, series, sop = (_text(header, k) for k in ("StudyInstanceUID", "SeriesInstanceUID",
-                                                              "SOPInstanceUID"))
-            if not all(is_valid_uid(u) for u in (study, series, sop)):
-                tmp.unlink(missing_ok=True)
-                return 0xC000
-            dst = self.spool.instance_path(study, series, sop)
-            move_durably(tmp, dst)
-            self.store.record_instances([InstanceRecord(
-                sop_instance_uid=sop, study_uid=study, series_uid=series, sop_class_uid=_text(header, "SOPClassUID"),
-                transfer_syntax_uid=str(event.context.transfer_syntax), path=str(dst), size_bytes=dst.stat().st_size,
-                calling_ae=self.dest.ae_title, is_prior=True)],
-                quiet_seconds=0.0)  # a retrieved prior never waits for a quiet time: its study is 'done' at once
-            return _SUCCESS
-        except OSError as exc:
-            log.error("cannot store a retrieved prior: %s", exc)
-            return 0xA700
-        except Exception as exc:  # noqa: BLE001
-            log.error("cannot store a retrieved prior: %s", type(exc).__name__)
-            return 0xC000
-
-
-class _Session:
-    """One association with the PACS for a lookup: C-FIND, then C-MOVE or C-GET, under the deadline."""
-
-    def __init__(self, fetcher: PriorFetcher, deadline: _Deadline) -> None:
-        self.fetcher = fetcher
-        self.deadline = deadline
-        self.method = fetcher.priors.method
-        self.assoc: Any = None
-        self._watchdog: threading.Timer | None = None
-
-    def __enter__(self) -> "_Session":
-        dest = self.fetcher.dest
-        left = self.deadline.left()
-        ae = AE(ae_title=self.fetcher.cfg.node.ae_title)
-        for timeout in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
-            setattr(ae, timeout, left)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        handlers: list[tuple[Any, Callable[..., Any]]] = []
-        roles = []
-        if self.method == "c-get":
-            ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-            for uid in GET_IMAGE_CLASSES:
-                ae.add_requested_context(uid, _UNCOMPRESSED)
-                for syntax in _COMPRESSED:
-                    ae.add_requested_context(uid, [syntax])
-                roles.append(build_role(uid, scp_role=True))
-            for uid in GET_SR_CLASSES:
-                ae.add_requested_context(uid, [*_UNCOMPRESSED, DeflatedExplicitVRLittleEndian])
-                roles.append(build_role(uid, scp_role=True))
-            handlers.append((evt.EVT_C_STORE, self.fetcher.store_retrieved))
-        else:
-            ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        started = time.monotonic()
-        try:
-            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, ext_neg=roles or None,
-                                 evt_handlers=handlers or None)
-        except (OSError, socket.error) as exc:
-            raise PriorError(f"cannot connect to the PACS {self.fetcher.priors.query}: {type(exc).__name__}") from None
-        self.assoc = assoc
-        self._watchdog = threading.Timer(max(0.0, self.deadline.start + self.deadline.seconds - time.monotonic()),
-                                         self._expire)
-        self._watchdog.daemon = True
-        self._watchdog.start()
-        if not assoc.is_established:
-            self.deadline.left()
-            if time.monotonic() - started >= 0.9 * left:
-                raise PriorTimeout()  # a silent PACS: the ACSE timeout used up the time
-            if assoc.is_rejected:
-                raise PriorError(f"the PACS {self.fetcher.priors.query} rejected the association")
-            raise PriorError(f"the PACS {self.fetcher.priors.query} did not accept an association")
-        set_nodelay(assoc)
-        return self
-
-    def _expire(self) -> None:
-        if self.assoc is not None and self.assoc.is_alive():
-            self.assoc.abort()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        if self.assoc is not None and self.assoc.is_established:
-            self.assoc.release()
-
-    def _responses(self, responses, what: str):
-        """Yield (status, identifier) of the pending answers; the final status is returned via StopIteration."""
-        for status, identifier in responses:
-            self.deadline.left()
-            if not status or "Status" not in status:
-                self.deadline.left()
-                raise PriorError(f"the PACS {self.fetcher.priors.query} stopped answering the {what} "
-                                 "(association aborted or DIMSE timeout)")
-            code = int(status.Status)
-            if code in _PENDING:
-                yield code, identifier
-                continue
-            return code
-        raise PriorError(f"the PACS {self.fetcher.priors.query} sent no final {what} status")
-
-    def find(self, query: Dataset) -> list[Dataset]:
-        """The matches of one C-FIND (study root); :class:`PriorError` on a failure status."""
-        self.deadline.left()
-        out: list[Dataset] = []
-        gen = self._responses(self.assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind),
-                              f"C-FIND ({query.QueryRetrieveLevel})")
-        while True:
-            try:
-                _, identifier = next(gen)
-            except StopIteration as stop:
-                code = stop.value
-                break
-            if identifier is not None:
-                out.append(identifier)
-        if code != _SUCCESS:
-            raise PriorError(f"the PACS {self.fetcher.priors.query} failed a {query.QueryRetrieveLevel} C-FIND "
-                             f"(0x{code:04X})")
-        return out
-
-    def retrieve(self, identifier: Dataset) -> int:
-        """One C-MOVE (to this node's AE title) or C-GET at IMAGE level; returns the final status."""
-        self.deadline.left()
-        if self.method == "c-get":
-            responses = self.assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
-        else:
-            responses = self.assoc.send_c_move(identifier, self.fetcher.cfg.node.ae_title,
-                                               StudyRootQueryRetrieveInformationModelMove)
-        gen = self._responses(responses, self.method.upper())
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                return int(stop.value)
+        # a retrieved prior never waits for a quiet time: its study is 'done' at once (quiet_seconds 0)
+        return SpoolingStoreHandler(self.spool, self.store, self.dest.ae_title, 0.0, is_prior=True)(event)
 
 
 # --- the pipeline's side ---------------------------------------------------------------------------------
