@@ -72,6 +72,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_receiver(args: argparse.Namespace) -> int:
+    """`dicom-node receiver ...`: one more Storage SCP on the shared port (started by serve when node.receivers > 1)."""
+    from node.ops.process import setup_logging
+    from node.serve import run_receiver
+
+    cfg = _load(args.config)
+    setup_logging(cfg.log_level)
+    return run_receiver(cfg, args.index, args.parent_pid, args.rearm_timers, args.ready_fd)
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """`dicom-node emulator`: the endpoint emulator on its own, until interrupted."""
     import os
@@ -179,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.add_argument("--parent-pid", type=int, default=None)
     s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("receiver", help=argparse.SUPPRESS)  # node.receivers > 1: started by serve only
+    s.add_argument("--config", required=True)
+    s.add_argument("--parent-pid", type=int, required=True)
+    s.add_argument("--index", type=int, required=True)
+    s.add_argument("--rearm-timers", action="store_true")
+    s.add_argument("--ready-fd", type=int, help="pipe to write one byte to once listening")
+    s.set_defaults(func=cmd_receiver)
 
     s = sub.add_parser("emulator", help="run the local endpoint emulator (answers marked as emulated)")
     s.add_argument("--host", default="127.0.0.1")

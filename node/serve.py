@@ -9,6 +9,7 @@ and the durable queue and resumes on the next start.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from node.dicom.scp import StorageSCP
 from node.flow.intake import Intake
 from node.flow.queue import Queue
 from node.ops.hardening import harden_process
-from node.ops.process import setup_logging
+from node.ops.process import die_with_parent, setup_logging
 from node.store.spool import Spool
 from node.store.state import Store
 
@@ -108,3 +109,40 @@ def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def run_receiver(cfg: NodeConfig, index: int, parent_pid: int, rearm_timers: bool = False,
+                 ready_fd: int | None = None, drain_seconds: float = 30.0) -> int:
+    """One child receiver: the Storage SCP on the shared port until SIGTERM/SIGINT (drained) or its parent dies."""
+    die_with_parent()
+    if os.getppid() != parent_pid:
+        return 0  # the parent died before prctl took effect
+    multiprocessing.current_process().name = f"receiver-{index}"  # names the process in every log line
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    harden_process(cfg.storage_dir)
+    spool = Spool(cfg.storage_dir, min_free_bytes=cfg.node.min_free_disk_mb * 1024 * 1024)
+    store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
+    queue = Queue(cfg)
+    intake = Intake(cfg, store, queue)
+    scp = StorageSCP(cfg, store, spool, intake)
+    scp.serve_tls = False  # the TLS port stays with receiver 0 (serve)
+    scp.start()
+    log.info("receiver %d (process %d) listening on %s:%s", index, os.getpid(), cfg.node.host, scp.port)
+    if ready_fd is not None:
+        try:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+        except OSError:  # serve stopped waiting (or a restarted receiver's pipe was closed): nothing to tell
+            pass
+    if rearm_timers:
+        # this receiver replaces one that died: its in-memory quiet timers died with it
+        intake.rearm()
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            break
+    log.info("receiver %d draining (%d instances received)", index, scp.received)
+    scp.stop(drain_seconds)
+    store.engine.dispose()
+    return 0

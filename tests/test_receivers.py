@@ -40,7 +40,7 @@ def receiver_pids(node: NodeProcess) -> dict[int, int]:
     pids = {}
     for line in out.splitlines():
         pid, _, cmd = line.partition(" ")
-        if m := re.search(r"node\.dicom\.receivers .*--index (\d+)", cmd):
+        if m := re.search(r"node\.cli receiver .*--index (\d+)", cmd):
             pids[int(m.group(1))] = int(pid)
     return pids
 

@@ -17,27 +17,15 @@ receiver whose ``serve`` died.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import multiprocessing
 import os
 import select
 import signal
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
-from typing import Sequence
 
-from node.config import NodeConfig, load_config
-from node.dicom.scp import StorageSCP
-from node.flow.intake import Intake
-from node.flow.queue import Queue
-from node.ops.hardening import harden_process
-from node.ops.process import die_with_parent, setup_logging
-from node.store.spool import Spool
-from node.store.state import Store
+from node.config import NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +42,7 @@ class ReceiverPool:
     def _spawn(self, index: int, rearm: bool) -> int:
         """Start receiver ``index``; returns the read end of the pipe it writes one byte to once it listens."""
         ready_r, ready_w = os.pipe()
-        cmd = [sys.executable, "-m", "node.dicom.receivers", "--config", str(self.cfg.source_path),
+        cmd = [sys.executable, "-m", "node.cli", "receiver", "--config", str(self.cfg.source_path),
                "--parent-pid", str(os.getpid()), "--index", str(index), "--ready-fd", str(ready_w)]
         if rearm:
             cmd.append("--rearm-timers")
@@ -108,58 +96,3 @@ class ReceiverPool:
                 log.error("receiver %d (process %d) did not drain in time; killing it", index, proc.pid)
                 proc.kill()
                 proc.wait()
-
-
-def run_receiver(cfg: NodeConfig, index: int, parent_pid: int, rearm_timers: bool = False,
-                 ready_fd: int | None = None, drain_seconds: float = 30.0) -> int:
-    """One child receiver: the Storage SCP on the shared port until SIGTERM/SIGINT (drained) or its parent dies."""
-    die_with_parent()
-    if os.getppid() != parent_pid:
-        return 0  # the parent died before prctl took effect
-    multiprocessing.current_process().name = f"receiver-{index}"  # names the process in every log line
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    harden_process(cfg.storage_dir)
-    spool = Spool(cfg.storage_dir, min_free_bytes=cfg.node.min_free_disk_mb * 1024 * 1024)
-    store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
-    queue = Queue(cfg)
-    intake = Intake(cfg, store, queue)
-    scp = StorageSCP(cfg, store, spool, intake)
-    scp.serve_tls = False  # the TLS port stays with receiver 0 (serve)
-    scp.start()
-    log.info("receiver %d (process %d) listening on %s:%s", index, os.getpid(), cfg.node.host, scp.port)
-    if ready_fd is not None:
-        try:
-            os.write(ready_fd, b"1")
-            os.close(ready_fd)
-        except OSError:  # serve stopped waiting (or a restarted receiver's pipe was closed): nothing to tell
-            pass
-    if rearm_timers:
-        # this receiver replaces one that died: its in-memory quiet timers died with it
-        intake.rearm()
-    while not stop.wait(1.0):
-        if os.getppid() != parent_pid:
-            break
-    log.info("receiver %d draining (%d instances received)", index, scp.received)
-    scp.stop(drain_seconds)
-    store.engine.dispose()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m node.dicom.receivers --config F --parent-pid P --index I``: started by ``serve`` only."""
-    p = argparse.ArgumentParser(prog="python -m node.dicom.receivers")
-    p.add_argument("--config", required=True)
-    p.add_argument("--parent-pid", type=int, required=True)
-    p.add_argument("--index", type=int, required=True)
-    p.add_argument("--rearm-timers", action="store_true")
-    p.add_argument("--ready-fd", type=int, help="pipe to write one byte to once listening")
-    args = p.parse_args(argv)
-    cfg = load_config(Path(args.config))
-    setup_logging(cfg.log_level)
-    return run_receiver(cfg, args.index, args.parent_pid, args.rearm_timers, args.ready_fd)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
