@@ -45,7 +45,7 @@ class Store(StudiesPart, PriorsPart, JobsPart, UpkeepPart, OutboxPart):
 
     @classmethod
     def open(cls, url: str, *, sqlite_synchronous: str = "FULL") -> "Store":
-        """An engine for ``url`` with the schema created or brought up to date (see ``ensure_schema``)."""
+        """An engine for ``url``, its schema created or upgraded to the newest revision (:mod:`node.store.migrate`)."""
         engine = db.make_engine(url, sqlite_synchronous=sqlite_synchronous)
-        db.create_schema(engine)
+        db.ensure_schema(engine)
         return cls(engine)
