@@ -112,14 +112,3 @@ def ensure_schema(engine: Engine) -> str:
         after = current_revision(conn)
     log.info("database schema upgraded from %s to %s", before or "nothing", after)
     return after or head
-
-
-def check_schema(engine: Engine) -> str:
-    """The database's revision when it is ``head``; else :class:`SchemaError` naming both (no change made)."""
-    head = head_revision()
-    with engine.connect() as conn:
-        current = current_revision(conn)
-    if current != head:
-        raise SchemaError(f"the database is at schema revision {current!r}, this node needs {head!r}: "
-                          f"start `dicom-node serve` (it upgrades the database) or run a matching version")
-    return current
