@@ -230,9 +230,18 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     return engine
 
 
-def create_schema(engine: Engine) -> None:
-    """Create the tables that do not exist yet (idempotent)."""
-    metadata.create_all(engine)
+def ensure_schema(engine: Engine) -> str:
+    """Create or upgrade the schema to the newest migration revision (see :mod:`node.store.migrate`).
+
+    The tables above are what the migrations in ``node/store/migrations/versions`` build: a change here needs
+    a new revision there (``tests/test_migrations.py`` compares the two).
+    """
+    from node.store.migrate import ensure_schema as upgrade  # Alembic's env.py imports this module
+
+    return upgrade(engine)
+
+
+create_schema = ensure_schema  # the name before migrations; idempotent as it was
 
 
 def now() -> float:

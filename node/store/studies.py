@@ -1,0 +1,152 @@
+"""Received instances, studies and their decision: what the SCP records and the quiet-timer closes.
+
+Part of :class:`node.store.state.Store` (one short transaction per method); also the quarantine log and the
+studies still receiving (their quiet-timer checks, rescheduled at start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from node.store.priors import PriorsPart
+from node.store.schema import instances, now, quarantine, studies
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One received instance as the SCP commits it (a row of ``instances``)."""
+
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size_bytes: int
+    calling_ae: str
+    is_prior: bool = False
+
+
+class StudiesPart(PriorsPart):
+    """Instances, studies, quarantine, decisions; the studies still receiving."""
+
+    engine: Engine
+
+    def record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
+        """Commit received instances in one transaction (a resend replaces the earlier row).
+
+        Returns the studies whose quiet-timer check must be scheduled, with the time it is due.
+        """
+        for attempt in range(5):
+            try:
+                return self._record_instances(records, quiet_seconds)
+            except IntegrityError:
+                # Two associations created the same study row at once (PostgreSQL, READ COMMITTED): the
+                # row exists now, so the next attempt takes the update path.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
+        t = now()
+        to_schedule: dict[str, float] = {}
+        # One statement per kind of row, one read and one update per study: a group commit brings many
+        # records of few studies. A SOP Instance UID twice in one batch (a resend racing itself): the last wins.
+        latest = list({rec.sop_instance_uid: rec for rec in records}.values())
+        with self.engine.begin() as conn:
+            prior_studies = {uid for uid in {rec.study_uid for rec in latest if not rec.is_prior}
+                             if self._expected_prior(conn, uid)}
+            own = []
+            for rec in latest:
+                if rec.is_prior or rec.study_uid in prior_studies:
+                    self._record_prior(conn, rec, t)
+                else:
+                    own.append(rec)
+            if not own:
+                return []
+            conn.execute(delete(instances).where(instances.c.sop_instance_uid.in_([r.sop_instance_uid for r in own])))
+            conn.execute(insert(instances), [dict(received_at=t, **rec.__dict__) for rec in own])
+            first_of_study: dict[str, InstanceRecord] = {}
+            for rec in own:
+                first_of_study.setdefault(rec.study_uid, rec)
+            for study_uid, rec in first_of_study.items():
+                row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
+                due = t + quiet_seconds
+                if row is None:
+                    conn.execute(insert(studies).values(
+                        study_uid=study_uid, state="receiving", version=0, first_received_at=t,
+                        last_received_at=t, check_due_at=due, is_prior=rec.is_prior))
+                    to_schedule[study_uid] = due
+                else:
+                    values: dict[str, Any] = {"last_received_at": t}
+                    if row["state"] != "receiving":
+                        values["state"] = "receiving"  # a late instance re-opens the study
+                        values["note"] = f"re-opened by a new instance after version {row['version']}"
+                    if row["check_due_at"] is None:
+                        values["check_due_at"] = due
+                        to_schedule[study_uid] = due
+                    conn.execute(update(studies).where(studies.c.study_uid == study_uid).values(**values))
+        return list(to_schedule.items())
+
+    def record_quarantine(self, path: str, reason: str, sop_instance_uid: str | None, calling_ae: str) -> None:
+        """Log a file that was refused and kept aside (its reason; the file stays where ``path`` says)."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(quarantine).values(path=path, reason=reason, sop_instance_uid=sop_instance_uid,
+                                                   calling_ae=calling_ae, received_at=now()))
+
+    def study(self, study_uid: str) -> dict[str, Any] | None:
+        """The ``studies`` row of ``study_uid``, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
+            return dict(row) if row else None
+
+    def study_instances(self, study_uid: str, *, include_priors: bool = False) -> list[dict[str, Any]]:
+        """The instances of a study, by series and arrival; retrieved priors only when asked for."""
+        q = select(instances).where(instances.c.study_uid == study_uid)
+        if not include_priors:
+            q = q.where(instances.c.is_prior.is_(False))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(instances.c.series_uid, instances.c.received_at)).mappings()]
+
+    def instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        """The ``instances`` row of ``sop_instance_uid``, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(instances).where(
+                instances.c.sop_instance_uid == sop_instance_uid)).mappings().first()
+            return dict(row) if row else None
+
+    def begin_decision(self, study_uid: str, quiet_seconds: float) -> tuple[str, float | int]:
+        """Close a quiet study: returns ("complete", version), ("wait", due_at) or ("skip", 0)."""
+        t = now()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
+            if row is None or row["state"] != "receiving":
+                if row is not None and row["check_due_at"] is not None:
+                    conn.execute(update(studies).where(studies.c.study_uid == study_uid).values(check_due_at=None))
+                return ("skip", 0)
+            due = row["last_received_at"] + quiet_seconds
+            if due > t:
+                conn.execute(update(studies).where(studies.c.study_uid == study_uid).values(check_due_at=due))
+                return ("wait", due)
+            version = row["version"] + 1
+            res = conn.execute(
+                update(studies)
+                .where(and_(studies.c.study_uid == study_uid, studies.c.state == "receiving",
+                            studies.c.last_received_at == row["last_received_at"]))
+                .values(state="complete", version=version, completed_at=t, check_due_at=None))
+            if res.rowcount != 1:
+                return ("wait", t + 0.5)  # an instance arrived meanwhile
+            return ("complete", version)
+
+    def receiving_not_due(self, quiet_seconds: float) -> list[tuple[str, float]]:
+        """Studies still receiving whose quiet time has not passed yet, with the time their check is due."""
+        t = now()
+        with self.engine.connect() as conn:
+            return [(r[0], r[1] + quiet_seconds) for r in conn.execute(
+                select(studies.c.study_uid, studies.c.last_received_at).where(and_(
+                    studies.c.state == "receiving", studies.c.last_received_at + quiet_seconds > t)))]
