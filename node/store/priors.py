@@ -6,15 +6,13 @@ instances of the prior study arriving through the SCP are recorded as priors (ke
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from node.store.records import InstanceRecord
 from node.store.schema import instances, now, priors, studies
 
-if TYPE_CHECKING:
-    from node.store.studies import InstanceRecord
 
 
 class PriorsPart:

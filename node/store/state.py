@@ -26,7 +26,8 @@ from node.store import schema as db
 from node.store.jobs import JobsPart
 from node.store.outbox import OutboxPart
 from node.store.priors import PriorsPart
-from node.store.studies import InstanceRecord, StudiesPart
+from node.store.records import InstanceRecord
+from node.store.studies import StudiesPart
 from node.store.upkeep import UpkeepPart
 
 __all__ = ["InstanceRecord", "Store", "lease_owner"]

@@ -6,7 +6,6 @@ studies still receiving (their quiet-timer checks, rescheduled at start).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sqlalchemy import and_, delete, insert, select, update
@@ -14,22 +13,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from node.store.priors import PriorsPart
+from node.store.records import InstanceRecord
 from node.store.schema import instances, now, quarantine, studies
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    """One received instance as the SCP commits it (a row of ``instances``)."""
-
-    sop_instance_uid: str
-    study_uid: str
-    series_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    path: str
-    size_bytes: int
-    calling_ae: str
-    is_prior: bool = False
 
 
 class StudiesPart(PriorsPart):
