@@ -160,7 +160,8 @@ def ct_slices() -> list[Dataset]:
 @SETTINGS
 @given(st.data())
 def test_series_to_volume_returns_a_volume_or_raises_volume_error(data) -> None:
-    from converters.volume import VolumeError, series_to_volume
+    from converters.volume import series_to_volume
+    from converters.volume_header import VolumeError
 
     slices = [ds.copy() for ds in ct_slices()]
     for ds in slices:
