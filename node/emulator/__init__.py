@@ -2,8 +2,9 @@
 
 :class:`~node.emulator.server.EmulatorServer` is a real HTTP server speaking the endpoints' protocol (bearer key,
 ``/score``, ``x-request-id``, 401/408/424/429/5xx with ``Retry-After``) with scriptable faults. Each model is a
-*handler* module (``node.emulator.cxr`` for CXRReportGen) registered with :func:`node.emulator.server.register_handler`;
-a handler implements :class:`ModelHandler` and raises :class:`RequestError` for requests the model would refuse.
+*handler* module (``node.emulator.cxr`` for CXRReportGen) registered with
+:func:`node.emulator.handlers.register_handler`; a handler implements :class:`ModelHandler` and raises
+:class:`RequestError` for requests the model would refuse.
 
 Emulated answers are derived deterministically from the input pixels and say ``EMULATED`` in every sentence; they
 are for testing the plumbing and must never be read as clinical output.
