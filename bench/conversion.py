@@ -53,7 +53,7 @@ def nifti_rows(quick: bool) -> list[dict[str, Any]]:
 def png_rows(quick: bool) -> list[dict[str, Any]]:
     import pydicom
 
-    from converters.cxr import to_model_image
+    from converters.model_image import to_model_image
     from converters.parse2d import to_parse_image
 
     runs = 1 if quick else 9

@@ -1,17 +1,7 @@
 """CT/MR series -> a NIfTI volume for MedImageParse 3D, with the correct affine.
 
-Series selection (:func:`select_volume_series`), documented default:
-
-* Skipped, with a reason per series: non-image objects (no Rows/Columns, or an SR/PR/SEG/KO/... SOP class),
-  modalities other than CT/MR, dose reports and dose screens (SOP class name or ImageType, SeriesDescription,
-  ProtocolName with the word DOSE), localizers/scouts (ImageType LOCALIZER or SCOUT, or a series with only 1-3
-  usable slices), DERIVED\\SECONDARY images (screen captures, reformats, annotated copies), multi-frame objects
-  (not supported yet), images without geometry (ImageOrientationPatient/ImagePositionPatient/PixelSpacing), and
-  headers with an empty Series Instance UID.
-* Among the rest, the largest axial volume wins: most slices whose normal is within 30 degrees of the patient
-  axis (|n_z| >= cos 30 deg); ties -> the thinnest slice spacing (median gap of the slice positions along the
-  normal), then the lowest SeriesNumber, then the Series Instance UID (so the choice is deterministic).
-  Only the near-axial slices of the chosen series are returned.
+Which series to send is chosen by :mod:`converters.volume_series`; a mask answered by the model is mapped back
+onto the volume by :mod:`converters.volume_mask`.
 
 Volume building (:func:`series_to_volume`):
 
@@ -50,8 +40,7 @@ scanner), units mm, and no text at all (empty descrip, aux_file, intent name: no
 from __future__ import annotations
 
 import gzip
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,25 +51,18 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
-__all__ = ["VolumeError", "SeriesCandidate", "Volume", "select_volume_series", "series_to_volume",
-           "AXIAL_MAX_DEGREES", "ORIENTATION_TOLERANCE", "DUPLICATE_TOLERANCE_MM", "SPACING_RELATIVE_TOLERANCE",
-           "SPACING_ABSOLUTE_TOLERANCE_MM", "mask_on_volume", "GRID_TOLERANCE_VOXELS"]
+from converters.volume_header import (DUPLICATE_TOLERANCE_MM, MULTI_FRAME_SOP_CLASS_WORDS, VolumeError, fmt_vector,
+                                      image_orientation, image_position, int_value, pixel_spacing, slice_normal,
+                                      text_value)
 
-AXIAL_MAX_DEGREES = 30.0
+__all__ = ["ORIENTATION_TOLERANCE", "SPACING_ABSOLUTE_TOLERANCE_MM", "SPACING_RELATIVE_TOLERANCE", "Volume",
+           "series_to_volume"]
+
 ORIENTATION_TOLERANCE = 1e-4
-DUPLICATE_TOLERANCE_MM = 0.01
 SPACING_RELATIVE_TOLERANCE = 0.01
 SPACING_ABSOLUTE_TOLERANCE_MM = 0.01
-MIN_VOLUME_SLICES = 4
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_VOLUME_MODALITIES = {"CT", "MR"}
-_NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "DOC",
-                         "ECG", "AU", "FID", "PLAN", "RWV"}
-_NON_IMAGE_SOP_CLASS_WORDS = ("SR", "Presentation State", "Key Object", "Segmentation", "Encapsulated",
-                              "Waveform", "Raw Data", "Registration", "Real World Value", "RT Structure",
-                              "RT Plan", "RT Dose", "Spatial Fiducials")
-_MULTI_FRAME_SOP_CLASS_WORDS = ("Enhanced", "Legacy Converted")
 
 
 def _gzip(raw: bytes) -> bytes:
@@ -89,19 +71,6 @@ def _gzip(raw: bytes) -> bytes:
     except ImportError:  # pragma: no cover - isal ships wheels for the usual platforms
         return gzip.compress(raw, compresslevel=1, mtime=0)
     return igzip.compress(raw, compresslevel=1, mtime=0)
-
-
-class VolumeError(ValueError):
-    """The series cannot become a volume; the message says what is wrong (UIDs and counts, never patient data)."""
-
-
-@dataclass(frozen=True)
-class SeriesCandidate:
-    """The chosen series, its near-axial slice files (in input order) and why it was chosen / others skipped."""
-
-    series_uid: str
-    paths: list[Path]
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -158,101 +127,6 @@ class Volume:
         homogeneous = np.concatenate([points, np.ones(points.shape[:-1] + (1,))], axis=-1)
         return (homogeneous @ np.linalg.inv(self.affine).T)[..., :3]
 
-
-# --- series selection ----------------------------------------------------------------------------------------------
-
-
-def select_volume_series(headers: Sequence[tuple[Path, pydicom.Dataset]]) -> SeriesCandidate:
-    """Choose the series to send to MedImageParse 3D (rules in the module docstring).
-
-    Headers may be read without pixel data. Raises :class:`VolumeError` listing why each series was skipped when
-    nothing qualifies.
-    """
-    skipped: dict[str, list[str]] = {}
-    usable: dict[str, list[tuple[Path, Dataset, np.ndarray]]] = {}
-    for path, ds in headers:
-        series = _text(ds.get("SeriesInstanceUID"))
-        label = series or f"(no Series Instance UID: {Path(path).name})"
-        if not series:
-            skipped.setdefault(label, []).append("empty Series Instance UID")
-            continue
-        why_not = _skip_reason(ds)
-        if why_not is not None:
-            skipped.setdefault(series, []).append(why_not)
-            continue
-        normal = _normal(_orientation(ds))
-        if abs(normal[2]) < math.cos(math.radians(AXIAL_MAX_DEGREES)):
-            skipped.setdefault(series, []).append(f"not axial (more than {AXIAL_MAX_DEGREES:g} degrees off)")
-            continue
-        usable.setdefault(series, []).append((Path(path), ds, normal))
-
-    reasons: dict[str, str] = {}
-    ranked: list[tuple[tuple[int, float, int, str], str]] = []
-    for series, items in usable.items():
-        if len(items) < MIN_VOLUME_SLICES:
-            reasons[series] = f"localizer/scout ({len(items)} axial slice{'s' if len(items) > 1 else ''})"
-            continue
-        spacing = _median_gap(items)
-        number = _int(items[0][1].get("SeriesNumber"), default=2**31)
-        ranked.append(((-len(items), spacing, number, series), series))
-    for series, why in skipped.items():
-        if series not in usable:
-            reasons[series] = "; ".join(sorted(set(why)))
-    if not ranked:
-        listing = "; ".join(f"series {uid}: {why}" for uid, why in sorted(reasons.items())) or "no headers"
-        raise VolumeError(f"no CT/MR series usable as a volume: {listing}")
-    ranked.sort()
-    (count, spacing, _, _), best = ranked[0]
-    reason = (f"largest axial volume: {-count} slices, spacing {spacing:.3g} mm "
-              f"(most near-axial slices, then thinnest spacing, then lowest SeriesNumber)")
-    others = [f"{uid}: {why}" for uid, why in sorted(reasons.items())]
-    others += [f"{uid}: smaller or later axial series ({-key[0]} slices)" for key, uid in ranked[1:]]
-    if best in skipped:
-        others.append(f"{best} (some files): {'; '.join(sorted(set(skipped[best])))}")
-    if others:
-        reason += "; skipped " + "; ".join(others)
-    return SeriesCandidate(series_uid=best, paths=[path for path, _, _ in usable[best]], reason=reason)
-
-
-def _skip_reason(ds: Dataset) -> str | None:
-    sop_class = ds.get("SOPClassUID")
-    sop_class_name = str(getattr(sop_class, "name", "") or sop_class or "")
-    modality = _text(ds.get("Modality")).upper()
-    if modality in _NON_IMAGE_MODALITIES or any(word in sop_class_name for word in _NON_IMAGE_SOP_CLASS_WORDS):
-        return f"not an image (Modality {modality or 'absent'}, SOP Class {sop_class_name or 'absent'})"
-    if not ds.get("Rows") or not ds.get("Columns"):
-        return "not an image (no Rows/Columns)"
-    image_type = [str(v).strip().upper() for v in _values(ds.get("ImageType"))]
-    words = {w for keyword in ("SeriesDescription", "ProtocolName")
-             for w in _text(ds.get(keyword)).upper().replace("_", " ").replace("-", " ").split()}
-    if "DOSE" in sop_class_name.upper() or "DOSE" in image_type or "DOSE" in words:
-        return "dose report/screen"
-    if modality not in _VOLUME_MODALITIES:
-        return f"Modality {modality or 'absent'} is not CT or MR"
-    if {"LOCALIZER", "SCOUT"} & set(image_type):
-        return "localizer/scout (ImageType)"
-    if image_type[:2] == ["DERIVED", "SECONDARY"]:
-        return "DERIVED\\SECONDARY image"
-    if _int(ds.get("NumberOfFrames"), default=1) > 1 or any(w in sop_class_name for w in _MULTI_FRAME_SOP_CLASS_WORDS):
-        return "multi-frame not supported yet"
-    try:
-        _orientation(ds), _position(ds), _pixel_spacing(ds)
-    except VolumeError as exc:
-        return str(exc)
-    return None
-
-
-def _median_gap(items: list[tuple[Path, Dataset, np.ndarray]]) -> float:
-    normal = items[0][2]
-    positions = np.sort([float(np.dot(_position(ds), normal)) for _, ds, _ in items])
-    gaps = np.diff(positions)
-    gaps = gaps[gaps > DUPLICATE_TOLERANCE_MM]
-    return float(np.median(gaps)) if gaps.size else math.inf
-
-
-# --- volume building -----------------------------------------------------------------------------------------------
-
-
 def series_to_volume(paths: Sequence[Path]) -> Volume:
     """Read one CT/MR series (single-frame files, any order) into a :class:`Volume`; checks and axes in the
     module docstring.
@@ -275,23 +149,24 @@ def series_to_volume(paths: Sequence[Path]) -> Volume:
         raise VolumeError(f"{len(headers)} slice: a volume needs at least 2 slices")
 
     _check_identity(headers, paths)
-    orientation = _orientation(headers[0])
+    orientation = image_orientation(headers[0])
     for ds in headers[1:]:
-        if np.max(np.abs(_orientation(ds) - orientation)) > ORIENTATION_TOLERANCE:
-            raise VolumeError(f"mixed orientations: slice {_text(ds.get('SOPInstanceUID'))} has "
-                              f"ImageOrientationPatient {_fmt(_orientation(ds))}, others {_fmt(orientation)}")
+        if np.max(np.abs(image_orientation(ds) - orientation)) > ORIENTATION_TOLERANCE:
+            raise VolumeError(f"mixed orientations: slice {text_value(ds.get('SOPInstanceUID'))} has "
+                              f"ImageOrientationPatient {fmt_vector(image_orientation(ds))}, "
+                              f"others {fmt_vector(orientation)}")
     rows, columns = int(headers[0].Rows), int(headers[0].Columns)
-    spacing = _pixel_spacing(headers[0])
+    spacing = pixel_spacing(headers[0])
     for ds in headers[1:]:
         if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
             raise VolumeError(f"mixed image sizes: {int(ds.Rows)}x{int(ds.Columns)} and {rows}x{columns} "
                               f"(rows x columns)")
-        if np.max(np.abs(_pixel_spacing(ds) - spacing)) > ORIENTATION_TOLERANCE:
-            raise VolumeError(f"mixed PixelSpacing: {_fmt(_pixel_spacing(ds))} and {_fmt(spacing)}")
+        if np.max(np.abs(pixel_spacing(ds) - spacing)) > ORIENTATION_TOLERANCE:
+            raise VolumeError(f"mixed PixelSpacing: {fmt_vector(pixel_spacing(ds))} and {fmt_vector(spacing)}")
 
     row_cos, col_cos = orientation[:3], orientation[3:]
-    normal = _normal(orientation)
-    ipps = np.array([_position(ds) for ds in headers])
+    normal = slice_normal(orientation)
+    ipps = np.array([image_position(ds) for ds in headers])
     along = ipps @ normal
     order = np.argsort(along, kind="stable")
     ipps, along = ipps[order], along[order]
@@ -330,17 +205,17 @@ def series_to_volume(paths: Sequence[Path]) -> Volume:
     if stack is None:
         stack = _float_stack(headers, rows, columns)
     data = stack.transpose(2, 1, 0)
-    return Volume(data=data, affine=affine, source_sop_uids=[_text(ds.SOPInstanceUID) for ds in headers])
+    return Volume(data=data, affine=affine, source_sop_uids=[text_value(ds.SOPInstanceUID) for ds in headers])
 
 
 def _pixels(ds: Dataset, rows: int, columns: int) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoder errors vary by plugin
-        raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: pixel data not decodable "
+        raise VolumeError(f"slice {text_value(ds.get('SOPInstanceUID'))}: pixel data not decodable "
                           f"({type(exc).__name__}: {exc})") from None
     if pixels.shape != (rows, columns):
-        raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: pixel array {pixels.shape}, expected "
+        raise VolumeError(f"slice {text_value(ds.get('SOPInstanceUID'))}: pixel array {pixels.shape}, expected "
                           f"{(rows, columns)} (colour or multi-frame?)")
     return pixels
 
@@ -403,130 +278,21 @@ def _float_stack(headers: list[Dataset], rows: int, columns: int) -> np.ndarray:
 
 def _check_identity(headers: list[Dataset], paths: list[Path]) -> None:
     for ds, path in zip(headers, paths):
-        if not _text(ds.get("SOPInstanceUID")):
+        if not text_value(ds.get("SOPInstanceUID")):
             raise VolumeError(f"{path.name}: empty SOP Instance UID (the slices could not be referenced)")
-        if not _text(ds.get("SeriesInstanceUID")):
+        if not text_value(ds.get("SeriesInstanceUID")):
             raise VolumeError(f"{path.name}: empty Series Instance UID (cannot tell which series it belongs to)")
         if "PixelData" not in ds:
             raise VolumeError(f"{path.name}: no Pixel Data (not an image)")
         sop_class_name = str(getattr(ds.get("SOPClassUID"), "name", "") or "")
-        if _int(ds.get("NumberOfFrames"), default=1) > 1 \
-                or any(w in sop_class_name for w in _MULTI_FRAME_SOP_CLASS_WORDS):
+        if int_value(ds.get("NumberOfFrames"), default=1) > 1 \
+                or any(w in sop_class_name for w in MULTI_FRAME_SOP_CLASS_WORDS):
             raise VolumeError("multi-frame not supported yet")
     for keyword in ("SeriesInstanceUID", "FrameOfReferenceUID"):
-        values = {_text(ds.get(keyword)) for ds in headers} - {""}
+        values = {text_value(ds.get(keyword)) for ds in headers} - {""}
         if len(values) > 1:
             raise VolumeError(f"several {keyword}s in one volume: {', '.join(sorted(values))}")
-    sop_uids = [_text(ds.SOPInstanceUID) for ds in headers]
+    sop_uids = [text_value(ds.SOPInstanceUID) for ds in headers]
     if len(set(sop_uids)) != len(sop_uids):
         repeated = next(uid for uid in sop_uids if sop_uids.count(uid) > 1)
         raise VolumeError(f"SOP Instance UID {repeated} given more than once")
-
-
-def _orientation(ds: Dataset) -> np.ndarray:
-    values = _floats(ds.get("ImageOrientationPatient"))
-    if values is None or len(values) != 6:
-        raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: no valid ImageOrientationPatient")
-    orientation = np.array(values)
-    if abs(np.linalg.norm(orientation[:3]) - 1) > 1e-2 or abs(np.linalg.norm(orientation[3:]) - 1) > 1e-2 \
-            or abs(float(np.dot(orientation[:3], orientation[3:]))) > 1e-2:
-        raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: ImageOrientationPatient is not two unit "
-                          f"orthogonal vectors")
-    return orientation
-
-
-def _normal(orientation: np.ndarray) -> np.ndarray:
-    normal = np.cross(orientation[:3], orientation[3:])
-    return normal / np.linalg.norm(normal)
-
-
-def _position(ds: Dataset) -> np.ndarray:
-    values = _floats(ds.get("ImagePositionPatient"))
-    if values is None or len(values) != 3:
-        raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: no valid ImagePositionPatient")
-    return np.array(values)
-
-
-def _pixel_spacing(ds: Dataset) -> np.ndarray:
-    values = _floats(ds.get("PixelSpacing"))
-    if values is None or len(values) != 2 or min(values) <= 0:
-        raise VolumeError(f"slice {_text(ds.get('SOPInstanceUID'))}: no valid PixelSpacing")
-    return np.array(values)
-
-
-def _floats(value: Any) -> list[float] | None:
-    try:
-        result = [float(v) for v in _values(value)]
-    except (TypeError, ValueError):
-        return None
-    return result if result and all(math.isfinite(v) for v in result) else None
-
-
-def _values(value: Any) -> list[Any]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        return [value]
-    return list(value)
-
-
-def _text(value: Any) -> str:
-    return str(value or "").strip()
-
-
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _fmt(values: np.ndarray) -> str:
-    return "[" + ", ".join(f"{v:.5g}" for v in values) + "]"
-
-
-# --- model output back onto the volume -------------------------------------------------------------------------------
-
-#: How far (in voxels) the mask grid may sit from the volume grid and still count as the same grid.
-GRID_TOLERANCE_VOXELS = 1e-3
-
-
-def mask_on_volume(mask_data: np.ndarray, mask_affine: np.ndarray, volume: Volume) -> np.ndarray:
-    """A mask volume (with its own affine) resampled onto ``volume``'s voxel grid, nearest neighbour.
-
-    The model may answer in another voxel order than it was sent (a reoriented, flipped or cropped mask): every
-    voxel ``(i, j, k)`` of ``volume`` takes the mask voxel whose centre is nearest to the same world point,
-    ``round(inv(mask_affine) @ volume.affine @ (i, j, k, 1))``. A mask that does not cover the whole volume (a
-    reply of the wrong shape or geometry) is a :class:`VolumeError`, not a partial answer. The usual case,
-    a mask on the very grid of the request, is returned as it is (a copy). ``mask_data`` is 3-D, or 4-D with one
-    volume in its last axis. The result has ``volume.data.shape`` and the mask's dtype.
-    """
-    data = np.asarray(mask_data)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise VolumeError(f"a mask volume must be 3-D, got shape {list(np.shape(mask_data))}")
-    mask_affine = np.asarray(mask_affine, dtype=np.float64)
-    if mask_affine.shape != (4, 4) or not np.all(np.isfinite(mask_affine)) or abs(np.linalg.det(mask_affine)) < 1e-12:
-        raise VolumeError("the mask's affine is not an invertible 4x4 matrix")
-    shape = volume.data.shape[:3]
-    to_mask = np.linalg.inv(mask_affine) @ volume.affine  # volume voxel -> mask voxel
-    if data.shape == shape and np.allclose(to_mask, np.eye(4), atol=GRID_TOLERANCE_VOXELS):
-        return data.copy()
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
-    landed = np.rint((corners @ to_mask.T)[:, :3])
-    if np.any(landed < 0) or np.any(landed > np.asarray(data.shape) - 1):
-        raise VolumeError(f"the mask (shape {list(data.shape)}) does not cover the {list(shape)} volume it was asked "
-                          f"for: a reply of the wrong shape or geometry")
-    out = np.zeros(shape, dtype=data.dtype)
-    ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    plane = np.stack([ii.ravel(), jj.ravel()], axis=0).astype(np.float64)  # (2, n) of this slice's (i, j)
-    rotation, shift = to_mask[:3, :3], to_mask[:3, 3]
-    in_plane = rotation[:, :2] @ plane
-    for k in range(shape[2]):
-        coords = np.rint(in_plane + (rotation[:, 2] * k + shift)[:, None]).astype(np.int64)
-        inside = np.all((coords >= 0) & (coords < np.asarray(data.shape)[:, None]), axis=0)
-        values = np.zeros(plane.shape[1], dtype=data.dtype)
-        values[inside] = data[coords[0, inside], coords[1, inside], coords[2, inside]]
-        out[:, :, k] = values.reshape(shape[0], shape[1])
-    return out

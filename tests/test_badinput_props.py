@@ -3,7 +3,7 @@ exception types escape, whatever they are given.
 
 * ``converters.pixels.to_uint8``: any header/pixel combination -> a uint8 (Rows, Columns) array or
   ``PixelConversionError``;
-* ``converters.cxr.read_header`` / ``build_cxr_inputs``: a real file with bytes flipped, inserted or cut ->
+* ``converters.cxr_select.read_header`` / ``converters.cxr.build_cxr_inputs``: a real file with bytes flipped, inserted or cut ->
   ``InvalidDicomError``/``OSError``/``ValueError``/``EOFError`` for the header, ``NoFrontalView``/
   ``PixelConversionError`` (ValueError) for the inputs;
 * ``converters.volume.series_to_volume``: real CT slices with geometry and size attributes changed ->
@@ -126,7 +126,8 @@ def mutated_files(draw) -> bytes:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_files())
 def test_read_header_and_build_cxr_inputs_raise_only_documented_errors(blob: bytes) -> None:
-    from converters.cxr import NoFrontalView, build_cxr_inputs, read_header
+    from converters.cxr import NoFrontalView, build_cxr_inputs
+    from converters.cxr_select import read_header
     from converters.pixels import PixelConversionError
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +160,8 @@ def ct_slices() -> list[Dataset]:
 @SETTINGS
 @given(st.data())
 def test_series_to_volume_returns_a_volume_or_raises_volume_error(data) -> None:
-    from converters.volume import VolumeError, series_to_volume
+    from converters.volume import series_to_volume
+    from converters.volume_header import VolumeError
 
     slices = [ds.copy() for ds in ct_slices()]
     for ds in slices:

@@ -1,4 +1,5 @@
-"""converters.cxr: model PNGs, view classification and selection, clinical text, build_cxr_inputs.
+"""converters.cxr and its steps (model_image, cxr_views, cxr_select, cxr_text): model PNGs, view classification
+and selection, clinical text, build_cxr_inputs.
 
 Header variants are derived in the tests from the real files: the data set has no human lateral chest image, so a
 lateral is derived from the veterinary DX lateral (given ViewPosition LL, new UIDs) as the data README suggests.
@@ -19,16 +20,11 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from converters.cxr import (
-    ClinicalText,
-    NoFrontalView,
-    build_cxr_inputs,
-    classify_view,
-    clinical_text,
-    select_views,
-    skip_reason,
-    to_model_image,
-)
+from converters.cxr import NoFrontalView, build_cxr_inputs
+from converters.cxr_select import select_views, skip_reason
+from converters.cxr_text import ClinicalText, clinical_text
+from converters.cxr_views import classify_view
+from converters.model_image import to_model_image
 from converters.pixels import to_uint8
 
 

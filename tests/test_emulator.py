@@ -13,7 +13,8 @@ from PIL import Image
 
 from node.emulator import EMULATOR_HEADER_VALUE
 from node.models.cxrreportgen.emulator import NO_BOX_SENTENCE, cell_box, emulate_findings
-from node.emulator.server import EmulatorServer, fingerprint
+from node.emulator.requestlog import fingerprint
+from node.emulator.server import EmulatorServer
 from node.models.cxrreportgen.contract import build_request, denormalize_box, parse_response
 
 

@@ -42,7 +42,7 @@ def sr_regions(sr: pydicom.Dataset) -> list[tuple[str, list[float], str]]:
 
 def expected_boxes(frontal: Path) -> list[tuple[str, tuple[float, float, float, float]]]:
     """What the emulator will answer for this frontal image, mapped to source pixels by the centre-crop rule."""
-    from converters.cxr import to_model_image
+    from converters.model_image import to_model_image
     from node.models.cxrreportgen.emulator import emulate_findings
 
     ds = pydicom.dcmread(frontal)

@@ -17,7 +17,8 @@ from azure.core.credentials import AccessToken
 from PIL import Image
 
 from node.config import EndpointSection
-from node.emulator.server import EmulatorServer, fingerprint
+from node.emulator.requestlog import fingerprint
+from node.emulator.server import EmulatorServer
 from node.invoke import auth as auth_mod
 from node.invoke import azureml
 from node.invoke.auth import TokenCache

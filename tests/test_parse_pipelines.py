@@ -22,7 +22,9 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from validate import assert_valid_dicom
 
 from converters.parse2d import to_parse_image
-from converters.volume import VolumeError, mask_on_volume, series_to_volume
+from converters.volume import series_to_volume
+from converters.volume_header import VolumeError
+from converters.volume_mask import mask_on_volume
 from node.config import parse_config
 from node.models.medimageparse.emulator2d import emulate_masks
 from node.emulator.server import EmulatorServer

@@ -247,7 +247,7 @@ def referenced(sr: pydicom.Dataset, keyword: str) -> set[str]:
 @pytest.mark.parametrize("method", ["c-move", "c-get"])
 def test_prior_image_and_report_reach_the_model_and_the_sr_names_the_prior(tmp_path: Path, data: Path,
                                                                             method: str) -> None:
-    from converters.cxr import to_model_image
+    from converters.model_image import to_model_image
     from converters.sr_text import report_text
     from node.models.cxrreportgen.emulator import PRIOR_SENTENCE
     from node.emulator.server import EmulatorServer

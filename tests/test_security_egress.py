@@ -108,7 +108,7 @@ def test_what_the_cxr_pipeline_sends_is_pixels_and_scrubbed_text(tmp_path: Path,
         assert desc["kind"] == "png", (column, desc)
         assert set(desc["png_chunks"]) <= {"IHDR", "IDAT", "IEND", "PLTE"}, desc
     # The emulator logs a hash of each text column: it must be the hash of the scrubbed header text.
-    from converters.cxr import clinical_text
+    from converters.cxr_text import clinical_text
 
     frontal = pydicom.dcmread(study[0], stop_before_pixels=True)
     lateral = pydicom.dcmread(study[1], stop_before_pixels=True)
@@ -152,7 +152,7 @@ def test_nifti_sent_to_medimageparse3d_carries_no_text(data: Path) -> None:
 
 
 def test_png_converter_writes_no_metadata(data: Path) -> None:
-    from converters.cxr import to_model_image
+    from converters.model_image import to_model_image
     from node.emulator.inspect import png_chunks
 
     png = to_model_image(pydicom.dcmread(data / "cxr" / "cr_pa_mono1_uncompressed.dcm")).png

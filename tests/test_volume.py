@@ -19,7 +19,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from converters.volume import SeriesCandidate, Volume, VolumeError, select_volume_series, series_to_volume
+from converters.volume import Volume, series_to_volume
+from converters.volume_header import VolumeError
+from converters.volume_series import SeriesCandidate, select_volume_series
 
 CT = "ct/chest_ct_5mm_64slices"
 MR = "mr/prostate_adc_20slices"

@@ -12,7 +12,7 @@ One lookup (:meth:`PriorFetcher.fetch`) for the frontal image of a complete ches
    anywhere, and retention purges it like any finished study.
 3. C-FIND series and instance level: the image series of those modalities and the SR series. The frontal image
    is chosen from the instance-level answers with the same rules as the current study
-   (:func:`converters.cxr.select_views`); when the answers do not say, up to :data:`MAX_UNKNOWN_IMAGES` images
+   (:func:`converters.cxr_select.select_views`); when the answers do not say, up to :data:`MAX_UNKNOWN_IMAGES` images
    are retrieved and chosen from their full headers.
 4. C-MOVE to the node's own AE title, or C-GET, at IMAGE level: the frontal and the SRs of the prior study
    (at most :data:`MAX_REPORTS`). An instance the node still holds is not retrieved again.
@@ -252,7 +252,7 @@ class PriorFetcher:
 
     def _frontal(self, session: QRSession, images: list[Dataset]) -> Path | None:
         """Choose the frontal from the C-FIND answers, retrieve it; else retrieve a few and choose from files."""
-        from converters.cxr import read_header, select_views
+        from converters.cxr_select import read_header, select_views
 
         chosen = select_views([(Path(_text(ds, "SOPInstanceUID")), ds) for ds in images])
         if chosen.frontal is not None:
@@ -352,7 +352,7 @@ def prior_inputs(lookup: Callable[[Dataset], PriorResult] | None, frontal_path: 
     """Look up the prior of the study of ``frontal_path`` and convert it for the model; never raises."""
     if lookup is None:
         return PriorInputs()
-    from converters.cxr import to_model_image
+    from converters.model_image import to_model_image
 
     current = pydicom.dcmread(frontal_path, stop_before_pixels=True)
     result = lookup(current)

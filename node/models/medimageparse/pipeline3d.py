@@ -2,12 +2,12 @@
 
 - Which series (rule param ``series``): ``largest-axial`` (default) picks the largest axial CT/MR volume among the
   series the rule matched, never a localizer, scout, dose report or DERIVED\\SECONDARY image
-  (:func:`converters.volume.select_volume_series`); ``matched`` makes every matched series its own volume.
+  (:func:`converters.volume_series.select_volume_series`); ``matched`` makes every matched series its own volume.
 - One call per prompt (the model takes one target per call); one SEG per volume with one segment per prompt.
   Codes: the reply has no category, so the prompt's keywords (or ``params.category``) choose them
   (:func:`dicom_out.seg_codes.codes_for_prompt`).
 - Geometry: the reply's mask carries its own affine, and every voxel of the request grid takes the mask voxel at
-  the same world point (:func:`converters.volume.mask_on_volume`); slice ``k`` of the request volume is the source
+  the same world point (:func:`converters.volume_mask.mask_on_volume`); slice ``k`` of the request volume is the source
   instance ``volume.source_sop_uids[k]``, so SEG frame ``k`` references exactly that instance, whatever order the
   files arrived in and whatever voxel order the model answers in.
 - A volume whose request would exceed ``params.max_request_mb`` fails the job with a message saying so, before
@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from converters.volume import VolumeError, mask_on_volume, select_volume_series, series_to_volume
+from converters.volume import series_to_volume
+from converters.volume_header import VolumeError
+from converters.volume_mask import mask_on_volume
+from converters.volume_series import select_volume_series
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.seg import SegmentSpec, build_segmentation
 from node.models.medimageparse.contract3d import build_request, parse_response, request_size
