@@ -14,6 +14,7 @@ import os
 from node.config import NodeConfig
 from node.flow import decide, deliver, run, sweep
 from node.flow.services import Services
+from node.models import registry
 from node.ops.hardening import harden_process
 from node.ops.process import die_with_parent
 
@@ -38,6 +39,10 @@ def run_worker(cfg: NodeConfig, *, parent_pid: int | None = None) -> None:
             return  # the parent died before prctl took effect
     harden_process(cfg.storage_dir)  # also when the worker runs on its own (`dicom-node worker`)
     svc = Services.open(cfg)
+    # Import every model's pipeline now, in one thread: consumer threads importing two pipelines at once can
+    # meet in a shared dependency's import lock (Python raises _DeadlockError in one of them).
+    for spec in registry.MODELS.values():
+        spec.load_pipeline()
     bind_tasks(svc)
     sweep.sweep(svc, fresh_start=True)  # resume at once what the previous run left (a job released at restart too)
     consumer = svc.queue.consumer(cfg.queue.workers)
