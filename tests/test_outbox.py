@@ -11,7 +11,7 @@ import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
 
 from node.config import parse_config
-from node.emulator.demo import free_port
+from support.ports import free_port
 from node.flow.deliver import deliver_due
 from node.store.state import Store
 

@@ -20,13 +20,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dcmtk import storescu, transfer_syntax_flag
-from node.emulator.demo import derive_cxr_study
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
-from priorstudy import (CURRENT_DATE, OWN_FINDING, PRIOR_DATE, RADIOLOGIST_FINDINGS, RADIOLOGIST_IMPRESSION,
-                        make_prior_study)
-from validate import assert_valid_dicom
+from support.dcmtk import storescu, transfer_syntax_flag
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
+from support.studies import (CURRENT_DATE, OWN_FINDING, PRIOR_DATE, RADIOLOGIST_FINDINGS, RADIOLOGIST_IMPRESSION,
+                             derive_cxr_study, make_prior_study)
+from support.validate import assert_valid_dicom
 
 
 def sha(text: str) -> str:

@@ -13,16 +13,16 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import require_tool
-from dcmtk import echoscu, storescu
+from support.dcmtk import echoscu, storescu
+from support.tools import require_tool
 from node.ops.audit import read_events
 from node.config import parse_config
-from node.emulator.demo import free_port
+from support.ports import free_port
 from node.dicom.scp import StorageSCP
 from node.store.spool import Spool
 from node.store.state import Store
 from node.dicom.tls import BCP195_CIPHERS
-from tlscerts import Pki, make_pki
+from support.tlscerts import Pki, make_pki
 
 pytestmark = pytest.mark.security
 

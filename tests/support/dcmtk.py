@@ -1,7 +1,7 @@
 """The real dcmtk peers (Debian's /usr/bin/storescu, echoscu) as the tests drive them.
 
-``from dcmtk import storescu, echoscu, assert_ok, transfer_syntax_flag``. The programs come from
-``conftest.require_tool``, which takes them from /usr/bin (pynetdicom installs Python look-alikes with the
+``from support.dcmtk import storescu, echoscu, assert_ok, transfer_syntax_flag``. The programs come from
+``support.tools.require_tool``, which takes them from /usr/bin (pynetdicom installs Python look-alikes with the
 same names) and fails the test, with a hint to run scripts/setup.sh, when dcmtk is missing.
 
 Transfer syntaxes: Debian's storescu proposes only the uncompressed transfer syntaxes unless told otherwise,
@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from conftest import require_tool
+from .tools import require_tool
 
 
 # Transfer Syntax UID -> the storescu flag that proposes it (together with all uncompressed transfer syntaxes).
