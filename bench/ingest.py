@@ -91,7 +91,7 @@ class StorescpTarget:
 
 
 class OrthancTarget:
-    """Debian's Orthanc (through tests/orthanc.py), fresh storage each time."""
+    """Debian's Orthanc (through tests/support/orthanc.py), fresh storage each time."""
 
     name = "orthanc"
     aet = "ORTHANC"
