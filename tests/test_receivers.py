@@ -27,7 +27,7 @@ from support.studies import copy_series
 pytestmark = pytest.mark.slow
 
 SENDERS = 4
-ASSOC_RE = re.compile(r"\[([\w-]+)\] node\.receive: association from (\w+)")
+ASSOC_RE = re.compile(r"\[([\w-]+)\] node\.dicom\.scp: association from (\w+)")
 
 
 def receivers_with_associations(node: NodeProcess, calling_ae: str) -> set[str]:
@@ -41,7 +41,7 @@ def receiver_pids(node: NodeProcess) -> dict[int, int]:
     pids = {}
     for line in out.splitlines():
         pid, _, cmd = line.partition(" ")
-        if m := re.search(r"node\.receivers .*--index (\d+)", cmd):
+        if m := re.search(r"node\.dicom\.receivers .*--index (\d+)", cmd):
             pids[int(m.group(1))] = int(pid)
     return pids
 
