@@ -22,7 +22,9 @@ CT_DIR = DATA / "ct" / "chest_ct_5mm_64slices"
 MR_DIR = DATA / "mr" / "prostate_adc_20slices"
 
 if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))  # the Orthanc, dcmtk and node-process helpers the e2e tests use
+    sys.path.insert(0, str(REPO / "tests"))  # tests/support: the harnesses the e2e tests use
+
+from support.ports import free_port  # noqa: E402,F401  (one free_port for tests and benchmarks)
 
 
 def row(group: str, name: str, value: float | None, unit: str, *, reference: str | None = None,
@@ -168,9 +170,3 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port}")
-
-
-def free_port() -> int:
-    from node.emulator.demo import free_port as fp
-
-    return fp()

@@ -38,11 +38,11 @@ def wait_for_results(node, pacs, expected: int, t_ack: float, *, timeout: float)
 
 
 def run(runs: int, data: Path) -> dict:
-    from dcmtk import storescu, transfer_syntax_flag
-    from nodeproc import NodeProcess, node_config
-    from orthanc import Orthanc
+    from support.dcmtk import storescu, transfer_syntax_flag
+    from support.nodeproc import NodeProcess, node_config
+    from support.orthanc import Orthanc
+    from support.studies import derive_cxr_study
 
-    from node.emulator.demo import derive_cxr_study
     from node.emulator.server import EmulatorServer
 
     quiet = 1.0

@@ -40,7 +40,7 @@ class NodeTarget:
         self.peak_rss_kb: dict[str, int] = {}
 
     def __call__(self, groups: Sequence[Sequence[Path]], nodelay: bool) -> float:
-        from nodeproc import NodeProcess, node_config
+        from support.nodeproc import NodeProcess, node_config
 
         work = Path(tempfile.mkdtemp(dir=self.base))
         # The quiet timer is long: only receiving is measured (the CT matches no rule anyway).
@@ -91,7 +91,7 @@ class StorescpTarget:
 
 
 class OrthancTarget:
-    """Debian's Orthanc (through tests/orthanc.py), fresh storage each time."""
+    """Debian's Orthanc (through tests/support/orthanc.py), fresh storage each time."""
 
     name = "orthanc"
     aet = "ORTHANC"
@@ -100,7 +100,7 @@ class OrthancTarget:
         self.base = base
 
     def __call__(self, groups: Sequence[Sequence[Path]], nodelay: bool) -> float:
-        from orthanc import Orthanc
+        from support.orthanc import Orthanc
 
         work = Path(tempfile.mkdtemp(dir=self.base))
         saved = os.environ.get("TCP_NODELAY")

@@ -50,8 +50,8 @@ def _fresh_ct(dst: Path) -> list[Path]:
 
 
 def ct_rows(quick: bool) -> list[dict[str, Any]]:
-    from nodeproc import NodeProcess, node_config
-    from orthanc import Orthanc
+    from support.nodeproc import NodeProcess, node_config
+    from support.orthanc import Orthanc
 
     from node.emulator.server import EmulatorServer
 

@@ -18,21 +18,21 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the Orthanc and prior-study helpers the tests use
+sys.path.insert(0, str(REPO / "tests"))  # tests/support: the Orthanc and prior-study helpers the tests use
 
 
 def run(runs: int, data: Path) -> dict:
     import pydicom
 
     from node.config import parse_config
-    from node.emulator.demo import derive_cxr_study, free_port
     from node.models.cxrreportgen.priors import PriorFetcher
     from node.dicom.scp import StorageSCP
     from node.flow.intake import Intake
     from node.store.spool import Spool
     from node.store.state import Store
-    from orthanc import Orthanc
-    from priorstudy import CURRENT_DATE, make_prior_study
+    from support.orthanc import Orthanc
+    from support.ports import free_port
+    from support.studies import CURRENT_DATE, derive_cxr_study, make_prior_study
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp_name:

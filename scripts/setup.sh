@@ -3,7 +3,8 @@
 #
 #   - Debian packages: dcmtk (storescu/echoscu/... peers), orthanc (test PACS), dicom3tools (dciodvfy),
 #     dcm2niix (reference NIfTI geometry)
-#   - the Debian orthanc service is stopped and disabled: tests start their own Orthanc on free ports
+#   - the Debian orthanc service is disabled and its own process stopped (scripts/disable_orthanc_service.sh):
+#     tests start their own Orthanc on free ports; no other Orthanc is touched
 #   - this project, editable, with its test extra: python3 -m pip install -e ".[test]"
 #
 # Run as root, or as a user with sudo. PYTHON=/path/to/python overrides python3.
@@ -52,49 +53,9 @@ else
 fi
 
 # 2. The Debian orthanc service must not run (nor come back at boot) --------------------------------------------
-if [[ -d /run/systemd/system ]]; then
-    if systemctl is-enabled --quiet orthanc 2>/dev/null || systemctl is-active --quiet orthanc 2>/dev/null; then
-        step "orthanc service: systemctl disable --now orthanc"
-        as_root systemctl disable --now orthanc >/dev/null 2>&1 || true
-    else
-        step "orthanc service: not enabled, not running (systemd)"
-    fi
-elif [[ -x /etc/init.d/orthanc ]]; then
-    # No systemd (container, CI): the package's postinst may have started the SysV script.
-    if compgen -G "/etc/rc[2-5].d/S*orthanc" >/dev/null || /etc/init.d/orthanc status >/dev/null 2>&1; then
-        step "orthanc service: stop and disable (no systemd)"
-        as_root service orthanc stop >/dev/null 2>&1 || true
-        as_root update-rc.d orthanc disable >/dev/null 2>&1 || true
-    else
-        step "orthanc service: not enabled, not running (no systemd)"
-    fi
-fi
-# Whatever the init system, no Debian-service Orthanc may keep the default ports (4242 DICOM, 8042 HTTP).
-if [[ -s /run/orthanc.pid ]]; then
-    pid="$(cat /run/orthanc.pid)"
-    if [[ "$(readlink "/proc/${pid}/exe" 2>/dev/null)" == /usr/sbin/Orthanc ]]; then
-        step "orthanc service: process ${pid} survived the stop, killing it"
-        as_root kill "${pid}" || true
-        for _ in $(seq 50); do [[ -e "/proc/${pid}" ]] || break; sleep 0.1; done
-        [[ -e "/proc/${pid}" ]] && as_root kill -9 "${pid}" || true
-    fi
-fi
-busy="$("${PYTHON}" - <<'EOF' 2>/dev/null || true
-import socket
-for port in (4242, 8042):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("", port))
-        except OSError:
-            print(port, end=" ")
-EOF
-)"
-if [[ -n "${busy}" ]]; then
-    step "warning: something still listens on port(s) ${busy}(not the Debian orthanc service; tests use free ports)"
-else
-    step "ports 4242/8042: free"
-fi
+# Only the service's own process is stopped (pid file / systemd MainPID, checked to be /usr/sbin/Orthanc with
+# /etc/orthanc): other Orthanc servers on the machine, e.g. the tests' of another checkout, are left running.
+PYTHON="${PYTHON}" bash "${REPO}/scripts/disable_orthanc_service.sh"
 
 # 3. This project, editable, with the test extra ----------------------------------------------------------------
 # Up to date when the editable install points at this checkout and every dependency, the test extra included,

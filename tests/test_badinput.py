@@ -18,10 +18,10 @@ from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
 from badinput.make_corpus import Case, build_corpus
-from node.emulator.demo import derive_cxr_study
-from nodekit import db_rows, pacs_uids_by_study, send, status_json, study_uid_of, wait_until
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
+from support.nodekit import db_rows, pacs_uids_by_study, send, status_json, study_uid_of, wait_until
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
+from support.studies import derive_cxr_study
 
 pytestmark = [pytest.mark.badinput, pytest.mark.slow]
 

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import data_dir
+from support.data import data_dir
 
 pytestmark = pytest.mark.badinput
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.emulator.demo import derive_cxr_study
-from nodekit import send
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
-from validate import assert_valid_dicom
+from support.nodekit import send
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
+from support.studies import derive_cxr_study
+from support.validate import assert_valid_dicom
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +150,7 @@ def test_sigkill_after_ack_before_results_delivers_exactly_once(tmp_path: Path, 
 @pytest.mark.faults
 def test_sigkill_with_results_in_the_outbox_delivers_exactly_once(tmp_path: Path, data: Path) -> None:
     """The PACS is down when the results are ready; the node is killed; both come back; one copy each."""
-    from orthanc import free_port
+    from support.ports import free_port
 
     from node.emulator.server import EmulatorServer
 

@@ -17,12 +17,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from dcmtk import storescu, transfer_syntax_flag
-from node.emulator.demo import derive_cxr_study
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
+from support.dcmtk import storescu, transfer_syntax_flag
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
+from support.studies import derive_cxr_study
 from test_insight import sr_groups
-from validate import assert_valid_dicom
+from support.validate import assert_valid_dicom
 
 pytestmark = pytest.mark.slow
 

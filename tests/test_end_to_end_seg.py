@@ -18,11 +18,11 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
-from validate import assert_valid_dicom
+from support.validate import assert_valid_dicom
 
-from dcmtk import assert_ok, storescu, transfer_syntax_flag
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
+from support.dcmtk import assert_ok, storescu, transfer_syntax_flag
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
 from test_parse_pipelines import frames_by_source
 
 pytestmark = pytest.mark.slow

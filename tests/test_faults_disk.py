@@ -18,9 +18,10 @@ from typing import Iterator
 import pydicom
 import pytest
 
-from dcmtk import storescu
-from nodekit import copy_series, db_rows, spool_files
-from nodeproc import NodeProcess, node_config
+from support.dcmtk import storescu
+from support.nodekit import db_rows, spool_files
+from support.nodeproc import NodeProcess, node_config
+from support.studies import copy_series
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -16,10 +16,10 @@ from typing import Iterator
 
 import pytest
 
-from node.emulator.demo import derive_cxr_study
-from nodekit import pacs_uids_by_study, send, status_json, study_uid_of, wait_until
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
+from support.nodekit import pacs_uids_by_study, send, status_json, study_uid_of, wait_until
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
+from support.studies import derive_cxr_study
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

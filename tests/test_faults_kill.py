@@ -20,13 +20,13 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from dcmtk import storescu
-from node.emulator.demo import derive_cxr_study
-from nodekit import (copy_series, db_rows, send, spool_files, status_json, stored_sop_uids, study_uid_of,
-                     wait_until)
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
-from stallproxy import StallingProxy
+from support.dcmtk import storescu
+from support.nodekit import (db_rows, send, spool_files, status_json, stored_sop_uids, study_uid_of,
+                             wait_until)
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
+from support.stallproxy import StallingProxy
+from support.studies import copy_series, derive_cxr_study
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from node.emulator.demo import derive_cxr_study, free_port
-from nodekit import send, status_json, wait_until
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
+from support.nodekit import send, status_json, wait_until
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
+from support.ports import free_port
+from support.studies import derive_cxr_study
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.gsps import GRAPHIC_LAYER, build_findings_gsps, finding_label
 from dicom_out.sr import GroundedFinding, build_findings_sr
-from validate import assert_valid_dicom
+from support.validate import assert_valid_dicom
 
 MONO1 = "cxr/cr_pa_mono1_uncompressed.dcm"  # MONOCHROME1, 1955 rows x 1841 columns, window 15000/30000
 JPEG = "cxr/cr_pa_jpeg_baseline.dcm"  # MONOCHROME2, 1024 x 1024, no window

@@ -21,7 +21,7 @@ from node.models.medimageinsight.contract import (
     parse_response,
     zero_shot,
 )
-from validate import assert_valid_dicom
+from support.validate import assert_valid_dicom
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:
@@ -304,7 +304,7 @@ def test_rules_with_classified_wait_and_then_match_stored_labels() -> None:
 def test_pipeline_batches_by_bytes_stores_vectors_and_caches_label_texts(tmp_path: Path, data: Path) -> None:
     from converters.insight import to_insight_image
     from node.config import parse_config
-    from node.emulator.demo import derive_cxr_study
+    from support.studies import derive_cxr_study
     from node.store.embeddings import count_embeddings, study_labels
     from node.emulator.server import EmulatorServer
     from node.invoke.client import EndpointClient

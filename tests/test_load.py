@@ -21,10 +21,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dcmtk import storescu
-from node.emulator.demo import derive_cxr_study
-from nodekit import copy_series, db_rows, send, spool_files, status_json, study_uid_of, wait_until
-from nodeproc import NodeProcess, node_config
+from support.dcmtk import storescu
+from support.nodekit import db_rows, send, spool_files, status_json, study_uid_of, wait_until
+from support.nodeproc import NodeProcess, node_config
+from support.studies import copy_series, derive_cxr_study
 
 pytestmark = [pytest.mark.load, pytest.mark.slow]
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dcmtk import assert_ok, echoscu, storescu, transfer_syntax_flag
-from orthanc import HOST, Orthanc, orthanc, port_is_free  # noqa: F401  (importing registers the fixture)
+from support.dcmtk import assert_ok, echoscu, storescu, transfer_syntax_flag
+from support.orthanc import HOST, Orthanc, orthanc  # noqa: F401  (importing registers the fixture)
+from support.ports import port_is_free
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ def test_stop_frees_the_ports(tmp_path: Path, graceful: bool) -> None:
 
 def test_fixed_dicom_port_survives_a_restart(tmp_path: Path, data: Path) -> None:
     """A PACS that comes back on the port the sender already knows, with the instances stored before."""
-    from orthanc import free_port
+    from support.ports import free_port
 
     port = free_port()
     source = data / "mr" / "prostate_adc_20slices" / "000000.dcm"

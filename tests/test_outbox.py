@@ -2,48 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
 
 from node.config import parse_config
-from node.emulator.demo import free_port
+from support.pacs import MiniPACS
+from support.ports import free_port
 from node.flow.deliver import deliver_due
 from node.store.state import Store
-
-
-class ScriptedPACS:
-    """Answers each C-STORE with the next scripted status (0x0000 when the script is empty)."""
-
-    def __init__(self, statuses: list[int], *, require_calling: list[str] | None = None) -> None:
-        self.statuses = list(statuses)
-        self.stored: list[str] = []
-        self.port = free_port()
-        self.ae = AE(ae_title="PACS")
-        for cx in AllStoragePresentationContexts:
-            self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        if require_calling:
-            self.ae.require_calling_aet = require_calling
-        self._lock = threading.Lock()
-
-    def _store(self, event) -> int:
-        with self._lock:
-            status = self.statuses.pop(0) if self.statuses else 0x0000
-            if status in (0x0000, 0xB000, 0x0111):
-                self.stored.append(str(event.request.AffectedSOPInstanceUID))
-            return status
-
-    def __enter__(self) -> "ScriptedPACS":
-        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, self._store)])
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
 
 
 def make_outbox(tmp_path: Path, data: Path, port: int, n: int = 1, **dest) -> tuple[Store, object, list[str]]:
@@ -78,7 +47,7 @@ def outbox_rows(store: Store) -> list[dict]:
 
 
 def test_out_of_resources_is_retried_then_delivered_once(tmp_path: Path, data: Path) -> None:
-    with ScriptedPACS([0xA700]) as pacs:
+    with MiniPACS([0xA700]) as pacs:
         store, cfg, uids = make_outbox(tmp_path, data, pacs.port)
         first = deliver_due(store, cfg, "pacs", "w:1:a")
         assert (first.delivered, first.retrying) == (0, 1)
@@ -92,7 +61,7 @@ def test_out_of_resources_is_retried_then_delivered_once(tmp_path: Path, data: P
 
 @pytest.mark.parametrize("status", [0xA900, 0x0122, 0x0124])
 def test_permanent_answers_park_the_row_with_the_reason(tmp_path: Path, data: Path, status: int) -> None:
-    with ScriptedPACS([status]) as pacs:
+    with MiniPACS([status]) as pacs:
         store, cfg, _ = make_outbox(tmp_path, data, pacs.port)
         report = deliver_due(store, cfg, "pacs", "w:1:a")
         assert report.parked == 1
@@ -104,14 +73,14 @@ def test_permanent_answers_park_the_row_with_the_reason(tmp_path: Path, data: Pa
 
 
 def test_processing_failure_is_retried_a_few_times_then_parked(tmp_path: Path, data: Path) -> None:
-    with ScriptedPACS([0x0110] * 10) as pacs:
+    with MiniPACS([0x0110] * 10) as pacs:
         store, cfg, _ = make_outbox(tmp_path, data, pacs.port, max_processing_failure_attempts=2)
         assert deliver_due(store, cfg, "pacs", "w:1:a").retrying == 1
         assert deliver_due(store, cfg, "pacs", "w:1:a").parked == 1
 
 
 def test_warning_and_duplicate_count_as_delivered(tmp_path: Path, data: Path) -> None:
-    with ScriptedPACS([0xB000, 0x0111]) as pacs:
+    with MiniPACS([0xB000, 0x0111]) as pacs:
         store, cfg, _ = make_outbox(tmp_path, data, pacs.port, n=2)
         assert deliver_due(store, cfg, "pacs", "w:1:a").delivered == 2
 
@@ -120,7 +89,7 @@ def test_unreachable_destination_is_retried_and_rejected_permanent_is_parked(tmp
     store, cfg, _ = make_outbox(tmp_path, data, free_port())
     assert deliver_due(store, cfg, "pacs", "w:1:a").retrying == 1
     assert outbox_rows(store)[0]["last_status"] == "network"
-    with ScriptedPACS([], require_calling=["SOMEONE"]) as pacs:
+    with MiniPACS([], require_calling=["SOMEONE"]) as pacs:
         store2, cfg2, _ = make_outbox(tmp_path / "b", data, pacs.port)
         assert deliver_due(store2, cfg2, "pacs", "w:1:a").parked == 1
         assert outbox_rows(store2)[0]["last_status"] == "rejected-permanent"
@@ -136,7 +105,7 @@ def test_max_attempts_parks_a_row_that_never_gets_through(tmp_path: Path, data: 
 def test_retention_purges_delivered_studies_and_keeps_undelivered_ones(tmp_path: Path, data: Path) -> None:
     from node.store.state import InstanceRecord
 
-    with ScriptedPACS([]) as pacs:
+    with MiniPACS([]) as pacs:
         store, cfg, _ = make_outbox(tmp_path, data, pacs.port)
         spooled = tmp_path / "spooled.dcm"
         spooled.write_bytes(b"x")
@@ -156,7 +125,7 @@ def test_retention_purges_delivered_studies_and_keeps_undelivered_ones(tmp_path:
 
 def test_retry_gives_a_row_parked_for_age_a_fresh_window(tmp_path: Path, data: Path) -> None:
     """A row parked by give_up_after_seconds and retried is tried again, not parked again at its first failure."""
-    with ScriptedPACS([0xA700, 0xA700, 0xA700]) as pacs:
+    with MiniPACS([0xA700, 0xA700, 0xA700]) as pacs:
         store, cfg, uids = make_outbox(tmp_path, data, pacs.port, give_up_after_seconds=0.5)
         time.sleep(0.6)
         assert deliver_due(store, cfg, "pacs", "w:1:a").parked == 1

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-from validate import assert_valid_dicom
+from support.validate import assert_valid_dicom
 
 from converters.parse2d import to_parse_image
 from converters.volume import series_to_volume

@@ -20,13 +20,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dcmtk import storescu, transfer_syntax_flag
-from node.emulator.demo import derive_cxr_study
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
-from priorstudy import (CURRENT_DATE, OWN_FINDING, PRIOR_DATE, RADIOLOGIST_FINDINGS, RADIOLOGIST_IMPRESSION,
-                        make_prior_study)
-from validate import assert_valid_dicom
+from support.nodekit import send
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
+from support.studies import (CURRENT_DATE, OWN_FINDING, PRIOR_DATE, RADIOLOGIST_FINDINGS, RADIOLOGIST_IMPRESSION,
+                             derive_cxr_study, make_prior_study)
+from support.validate import assert_valid_dicom
 
 
 def sha(text: str) -> str:
@@ -202,12 +201,6 @@ def test_the_latest_prior_without_a_frontal_gives_way_to_an_older_one(tmp_path: 
 
 
 # --- end to end -------------------------------------------------------------------------------------------
-
-def send(node: NodeProcess, files: list[Path]) -> None:
-    for f in files:
-        proc = storescu("127.0.0.1", node.port, [f], extra=[transfer_syntax_flag(f)])
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-
 
 def status_json(node: NodeProcess) -> dict:
     out = subprocess.run([sys.executable, "-m", "node.cli", "status", "--json", "--config", str(node.config_path)],

@@ -8,9 +8,9 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from dcmtk import echoscu, storescu, transfer_syntax_flag
+from support.dcmtk import echoscu, storescu, transfer_syntax_flag
 from node.config import parse_config
-from node.emulator.demo import free_port
+from support.ports import free_port
 from node.dicom.scp import StorageSCP
 from node.flow.intake import Intake
 from node.store.spool import Spool

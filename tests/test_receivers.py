@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from dcmtk import echoscu, storescu
-from nodekit import copy_series, db_rows, spool_files, study_uid_of, wait_until
-from nodeproc import NodeProcess, node_config
+from support.dcmtk import echoscu, storescu
+from support.nodekit import db_rows, spool_files, study_uid_of, wait_until
+from support.nodeproc import NodeProcess, node_config
+from support.studies import copy_series
 
 pytestmark = pytest.mark.slow
 

@@ -85,7 +85,7 @@ def test_config_errors_name_file_key_and_allowed(tmp_path, doc, expected) -> Non
 
 
 def test_example_config_is_valid_and_paths_are_relative_to_it(monkeypatch) -> None:
-    from conftest import REPO
+    from support.data import REPO
     from node.config import load_config
 
     cfg = load_config(REPO / "config" / "example.yaml")
@@ -98,7 +98,7 @@ def test_example_config_documents_every_key() -> None:
     """config/example.yaml names every key of the config model (commented-out ones count)."""
     from pydantic import BaseModel
 
-    from conftest import REPO
+    from support.data import REPO
     from node.config import NodeConfig
 
     text = (REPO / "config" / "example.yaml").read_text()
@@ -121,7 +121,7 @@ def test_example_config_documents_every_key() -> None:
 
 def test_example_config_documents_every_rule_param() -> None:
     """The per-model rule params (node.rule_params) are documented in config/example.yaml too."""
-    from conftest import REPO
+    from support.data import REPO
     from node.models.registry import MODELS
 
     PARAMS_MODELS = {name: m.params_schema() for name, m in MODELS.items() if m.params}

@@ -15,7 +15,7 @@ from PIL import Image
 
 from converters.scrub import scrub_request_text, scrub_text
 from node.config import parse_config
-from node.emulator.demo import derive_cxr_study
+from support.studies import derive_cxr_study
 
 pytestmark = pytest.mark.security
 

@@ -13,12 +13,13 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dcmtk import storescu, transfer_syntax_flag
+from support.dcmtk import storescu, transfer_syntax_flag
 from node.ops.audit import read_events
-from node.emulator.demo import derive_cxr_study, free_port
-from nodeproc import NodeProcess, node_config
-from orthanc import Orthanc
-from tlscerts import make_pki
+from support.nodeproc import NodeProcess, node_config
+from support.orthanc import Orthanc
+from support.ports import free_port
+from support.studies import derive_cxr_study
+from support.tlscerts import make_pki
 
 pytestmark = [pytest.mark.security, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]  # our own broken test file

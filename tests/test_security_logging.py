@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from node.emulator.demo import free_port
+from support.ports import free_port
 from node.ops.hardening import quiet_pynetdicom_identifiers
 from node.ops.logsafety import MASK, RedactSecrets
 

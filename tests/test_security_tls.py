@@ -13,17 +13,16 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import require_tool
-from dcmtk import echoscu, storescu
+from support.dcmtk import TlsStorescp, echoscu, storescu
 from node.ops.audit import read_events
 from node.config import parse_config
-from node.emulator.demo import free_port
+from support.ports import free_port
 from node.dicom.scp import StorageSCP
 from node.flow.intake import Intake
 from node.store.spool import Spool
 from node.store.state import Store
 from node.dicom.tls import BCP195_CIPHERS
-from tlscerts import Pki, make_pki
+from support.tlscerts import Pki, make_pki
 
 pytestmark = pytest.mark.security
 
@@ -191,38 +190,6 @@ def test_host_allowlist_per_calling_ae_title(tmp_path: Path, data: Path, pki: Pk
 
 
 # --- SCU ---------------------------------------------------------------------------------------------------------
-
-class TlsStorescp:
-    """dcmtk's storescp with +tls on loopback, requiring a client certificate from ``ca``."""
-
-    def __init__(self, folder: Path, pki: Pki) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.cmd = [require_tool("storescp"), "-aet", "TLSPACS", "-od", str(folder), "+tls", str(pki.server.key),
-                    str(pki.server.cert), "+cf", str(pki.ca.cert), "-rc", str(self.port)]
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "TlsStorescp":
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("storescp +tls did not start")
-
-    def __exit__(self, *exc) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-    def received(self) -> list[Path]:
-        return [p for p in self.folder.iterdir() if p.is_file()]
-
 
 def test_scu_sends_results_over_tls_and_refuses_an_untrusted_peer(tmp_path: Path, data: Path, pki: Pki) -> None:
     from node.dicom.scu import OutgoingFile, send_files

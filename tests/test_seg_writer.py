@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.sr.coding import Code
 from pydicom.uid import JPEG2000Lossless, generate_uid
-from validate import assert_valid_dicom
+from support.validate import assert_valid_dicom
 
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.seg import SegmentSpec, build_segmentation

@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from dicom_out.algorithm import NODE_MANUFACTURER, AlgorithmInfo
 from dicom_out.sr import NO_FINDINGS_TEXT, GroundedFinding, build_findings_sr, finding_tracking_uid
-from validate import assert_valid_dicom
+from support.validate import assert_valid_dicom
 
 MONO1 = "cxr/cr_pa_mono1_uncompressed.dcm"
 JPEG = "cxr/cr_pa_jpeg_baseline.dcm"

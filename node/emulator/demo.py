@@ -28,43 +28,30 @@ FRONTAL = DEMO_DATA / "cr_pa_jpeg_baseline.dcm"
 LATERAL = DEMO_DATA / "dx_lateral_thorax_veterinary.dcm"
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def derive_cxr_study(out_dir: Path, frontal: Path, lateral: Path | None = None, *, study_uid: str | None = None,
-                     patient_id: str = "DEMO-0001", patient_name: str = "DEMO^PATIENT",
-                     frontal_view: str | None = "PA", lateral_view: str | None = "LL",
-                     study_date: str | None = None) -> list[Path]:
-    """Write a chest X-ray study built from real images: fresh UIDs, one patient, one study.
-
-    The lateral (if any) takes the frontal's patient and study and ``lateral_view`` as ViewPosition; a view
-    of ``None`` removes ViewPosition (a header without the view, as real studies sometimes are).
-    """
+def _derive_study(out_dir: Path) -> list[Path]:
+    """The sample study with fresh UIDs: the PA frontal and the lateral as one study of one demo patient."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
+    study_uid = generate_uid()
     paths = []
-    for i, (src, view) in enumerate([(frontal, frontal_view)] + ([(lateral, lateral_view)] if lateral else [])):
+    for i, (src, view, name) in enumerate([(FRONTAL, "PA", "frontal"), (LATERAL, "LL", "lateral")]):
         ds = pydicom.dcmread(src)
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = generate_uid()
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.PatientID = patient_id
-        ds.PatientName = patient_name
+        ds.PatientID = "DEMO-0001"
+        ds.PatientName = "DEMO^PATIENT"
         ds.BodyPartExamined = "CHEST"
         ds.SeriesNumber = i + 1
         ds.InstanceNumber = 1
-        if study_date:
-            ds.StudyDate = study_date
-        if view is None:
-            if "ViewPosition" in ds:
-                del ds.ViewPosition
-        else:
-            ds.ViewPosition = view
-        path = out_dir / f"{i + 1:02d}_{'frontal' if i == 0 else 'lateral'}.dcm"
+        ds.ViewPosition = view
+        path = out_dir / f"{i + 1:02d}_{name}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
@@ -76,7 +63,7 @@ class MiniPACS:
     def __init__(self, folder: Path, ae_title: str = "DEMOPACS") -> None:
         self.folder = folder
         self.ae_title = ae_title
-        self.port = free_port()
+        self.port = _free_port()
         self.received: list[Path] = []
         self._lock = threading.Lock()
         self._ae = AE(ae_title=ae_title)
@@ -170,7 +157,7 @@ def run_demo(out: Path, *, keep_running: bool = False, timeout: float = 180.0) -
     work = Path(tempfile.mkdtemp(prefix="dicom-node-demo-"))
     pacs = MiniPACS(out / "pacs").start()
     emulator = EmulatorServer("127.0.0.1", 0).start()
-    node_port = free_port()
+    node_port = _free_port()
     config = {
         "node": {"ae_title": "AINODE", "host": "127.0.0.1", "port": node_port, "storage_dir": str(work / "var"),
                  "study_complete_after_seconds": 2, "min_free_disk_mb": 50},
@@ -189,7 +176,7 @@ def run_demo(out: Path, *, keep_running: bool = False, timeout: float = 180.0) -
     code = 1
     try:
         _wait_port(node_port, 60, node)
-        study = derive_cxr_study(work / "study", FRONTAL, LATERAL)
+        study = _derive_study(work / "study")
         t_sent = time.monotonic()
         send_study(study, "127.0.0.1", node_port, "AINODE")
         print(f"sent:      {len(study)} instances (PA + lateral) of a sample chest X-ray study")

@@ -2,7 +2,7 @@
 
 Use the fixture by importing it into the test module (``conftest.py`` does not re-export it)::
 
-    from orthanc import Orthanc, orthanc  # noqa: F401  (the import registers the fixture)
+    from support.orthanc import Orthanc, orthanc  # noqa: F401  (the import registers the fixture)
 
     def test_something(orthanc: Orthanc):
         ...  # orthanc.aet / orthanc.dicom_port receive C-STORE; orthanc.datasets() shows what arrived
@@ -29,7 +29,6 @@ import io
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -39,8 +38,9 @@ import httpx
 import pydicom
 import pytest
 
+from .ports import HOST, free_port
+
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
-HOST = "127.0.0.1"
 
 
 def orthanc_binary() -> str:
@@ -52,24 +52,6 @@ def orthanc_binary() -> str:
         pytest.fail("Orthanc is not installed: run scripts/setup.sh (it installs dcmtk, orthanc, dicom3tools)",
                     pytrace=False)
     return path
-
-
-def free_port() -> int:
-    """A TCP port that nothing listens on right now (the OS picks it; a small race remains until it is used)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    """True when ``port`` can be bound on all interfaces (as Orthanc binds it): nobody listens there any more."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("", port))
-        except OSError:
-            return False
-        return True
 
 
 class OrthancError(RuntimeError):
@@ -291,5 +273,5 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         server.stop(graceful=False)
 
 
-__all__ = ["Orthanc", "OrthancError", "free_port", "orthanc", "orthanc_binary", "port_is_free"]
+__all__ = ["HOST", "Orthanc", "OrthancError", "orthanc", "orthanc_binary"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import require_tool
+from .tools import require_tool
 
 
 def dciodvfy_errors(path: Path | str) -> list[str]:

@@ -11,7 +11,7 @@ import socket
 import threading
 from typing import Any
 
-from node.emulator.demo import free_port
+from .ports import free_port
 
 P_DATA_TF = 0x04
 

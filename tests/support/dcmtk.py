@@ -1,7 +1,7 @@
-"""The real dcmtk peers (Debian's /usr/bin/storescu, echoscu) as the tests drive them.
+"""The real dcmtk peers (Debian's /usr/bin/storescu, echoscu; storescp +tls as a TLS PACS) as the tests drive them.
 
-``from dcmtk import storescu, echoscu, assert_ok, transfer_syntax_flag``. The programs come from
-``conftest.require_tool``, which takes them from /usr/bin (pynetdicom installs Python look-alikes with the
+``from support.dcmtk import storescu, echoscu, assert_ok, transfer_syntax_flag``. The programs come from
+``support.tools.require_tool``, which takes them from /usr/bin (pynetdicom installs Python look-alikes with the
 same names) and fails the test, with a hint to run scripts/setup.sh, when dcmtk is missing.
 
 Transfer syntaxes: Debian's storescu proposes only the uncompressed transfer syntaxes unless told otherwise,
@@ -16,11 +16,18 @@ otherwise, which costs ~40 ms per instance on loopback.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from conftest import require_tool
+from .ports import free_port
+from .tools import require_tool
+
+if TYPE_CHECKING:
+    from .tlscerts import Pki
 
 
 # Transfer Syntax UID -> the storescu flag that proposes it (together with all uncompressed transfer syntaxes).
@@ -100,3 +107,35 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedP
         f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     )
     return result
+
+
+class TlsStorescp:
+    """dcmtk's storescp with +tls on loopback, requiring a client certificate from ``ca``."""
+
+    def __init__(self, folder: Path, pki: Pki) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.cmd = [require_tool("storescp"), "-aet", "TLSPACS", "-od", str(folder), "+tls", str(pki.server.key),
+                    str(pki.server.cert), "+cf", str(pki.ca.cert), "-rc", str(self.port)]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "TlsStorescp":
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("storescp +tls did not start")
+
+    def __exit__(self, *exc) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def received(self) -> list[Path]:
+        return [p for p in self.folder.iterdir() if p.is_file()]

@@ -1,12 +1,15 @@
-"""A prior chest X-ray study for the priors tests, derived from real images (the data README asks for this).
+"""Test studies built from real images, with fresh UIDs (the data README asks for this).
 
-The prior frontal is ``cxr/cr_pa_jpeg_baseline.dcm`` with new UIDs, the current study's patient and an earlier
+``derive_cxr_study``: a chest X-ray study (frontal, optional lateral) of one patient; ``copy_series``: copies
+of real series as one new study; ``make_prior_study``: a prior chest X-ray study for the priors tests. The
+prior frontal is ``cxr/cr_pa_jpeg_baseline.dcm`` with new UIDs, the current study's patient and an earlier
 StudyDate; beside it, a radiologist's final report (Enhanced SR, VERIFIED, Findings + Impressions sections) and
 this node's own earlier SR (written by :func:`dicom_out.sr.build_findings_sr`, as the node writes them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,6 @@ from pydicom.uid import generate_uid
 
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.sr import GroundedFinding, build_findings_sr, quiet_person_name_warnings, source_header
-from node.emulator.demo import derive_cxr_study
 
 PRIOR_DATE = "20230115"
 CURRENT_DATE = "20240610"
@@ -35,6 +37,62 @@ class PriorStudy:
     @property
     def files(self) -> list[Path]:
         return [self.frontal, self.radiologist_sr, self.own_sr]
+
+
+def derive_cxr_study(out_dir: Path, frontal: Path, lateral: Path | None = None, *, study_uid: str | None = None,
+                     patient_id: str = "DEMO-0001", patient_name: str = "DEMO^PATIENT",
+                     frontal_view: str | None = "PA", lateral_view: str | None = "LL",
+                     study_date: str | None = None) -> list[Path]:
+    """Write a chest X-ray study built from real images: fresh UIDs, one patient, one study.
+
+    The lateral (if any) takes the frontal's patient and study and ``lateral_view`` as ViewPosition; a view
+    of ``None`` removes ViewPosition (a header without the view, as real studies sometimes are).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    paths = []
+    for i, (src, view) in enumerate([(frontal, frontal_view)] + ([(lateral, lateral_view)] if lateral else [])):
+        ds = pydicom.dcmread(src)
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = patient_id
+        ds.PatientName = patient_name
+        ds.BodyPartExamined = "CHEST"
+        ds.SeriesNumber = i + 1
+        ds.InstanceNumber = 1
+        if study_date:
+            ds.StudyDate = study_date
+        if view is None:
+            if "ViewPosition" in ds:
+                del ds.ViewPosition
+        else:
+            ds.ViewPosition = view
+        path = out_dir / f"{i + 1:02d}_{'frontal' if i == 0 else 'lateral'}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def copy_series(sources: Iterable[Path], out_dir: Path, *, patient_id: str, study_uid: str | None = None) -> list[Path]:
+    """Copy real instances with one new study, one new series per source series and new SOP Instance UIDs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series_map: dict[str, str] = {}
+    paths = []
+    for i, src in enumerate(sources):
+        ds = pydicom.dcmread(src)
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_map.setdefault(str(ds.get("SeriesInstanceUID", "")), generate_uid())
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = patient_id
+        ds.PatientName = f"LOAD^{patient_id}"
+        path = out_dir / f"{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
 
 
 def _concept(value: str, scheme: str, meaning: str) -> hd.sr.CodedConcept:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from node.emulator.demo import free_port
+from .ports import free_port
 
 
 def node_config(tmp: Path, *, endpoint_url: str, pacs: tuple[str, int] | None, quiet: float = 1.0,

@@ -1,9 +1,9 @@
 """Helpers shared by the end-to-end, fault, bad-input and load tests that drive a real ``dicom-node serve``.
 
-``send`` pushes files with dcmtk's storescu (one association per call); ``copy_series`` makes a copy of a real
-series with new UIDs (one new study per sender); ``status_json`` reads ``dicom-node status --json``;
-``db_rows`` counts rows of the node's database from the test process (SQLite WAL: reading is safe while the
-node writes); ``pacs_uids_by_study`` counts what a real Orthanc holds per study.
+``send`` pushes files with dcmtk's storescu (one association per call); ``status_json`` reads
+``dicom-node status --json``; ``db_rows`` counts rows of the node's database from the test process (SQLite
+WAL: reading is safe while the node writes); ``pacs_uids_by_study`` counts what a real Orthanc holds per
+study. The studies to send come from ``support.studies``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import pydicom
-from pydicom.uid import generate_uid
 
-from dcmtk import storescu, transfer_syntax_flag
-from nodeproc import NodeProcess
+from .dcmtk import storescu, transfer_syntax_flag
+from .nodeproc import NodeProcess
 
 
 def send(node: NodeProcess, files: list[Path]) -> None:
@@ -41,26 +40,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
-
-
-def copy_series(sources: Iterable[Path], out_dir: Path, *, patient_id: str, study_uid: str | None = None) -> list[Path]:
-    """Copy real instances with one new study, one new series per source series and new SOP Instance UIDs."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_map: dict[str, str] = {}
-    paths = []
-    for i, src in enumerate(sources):
-        ds = pydicom.dcmread(src)
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_map.setdefault(str(ds.get("SeriesInstanceUID", "")), generate_uid())
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.PatientID = patient_id
-        ds.PatientName = f"LOAD^{patient_id}"
-        path = out_dir / f"{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def status_json(node: NodeProcess) -> dict[str, Any]:
