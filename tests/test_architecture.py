@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support.data import REPO
 
 PACKAGES = ("node", "converters", "dicom_out")
 MAX_MODULE_LINES = 420  # "no module over ~400 lines"

@@ -25,12 +25,12 @@ from alembic.runtime.migration import MigrationContext
 from pydicom.dataset import FileMetaDataset
 from sqlalchemy import inspect, text
 
-from conftest import require_tool
-from node.emulator.demo import free_port
+from support.tools import require_tool
+from support.ports import free_port
 from node.store.migrate import BASELINE, SchemaError, alembic_config, current_revision, ensure_schema, head_revision
 from node.store.schema import make_engine, metadata
 from node.store.state import Store
-from nodeproc import NodeProcess, node_config
+from support.nodeproc import NodeProcess, node_config
 
 DATA = Path(__file__).parent / "data"
 RESULT_UID = "1.2.826.0.1.3680043.10.543.1.9.1"  # as in make_db_before_alembic.py
