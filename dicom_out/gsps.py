@@ -14,22 +14,15 @@ from collections.abc import Sequence
 import highdicom as hd
 import pydicom
 
-from dicom_out.algorithm import (
-    NODE_MANUFACTURER,
-    NODE_MODEL_NAME,
-    NODE_SOFTWARE_VERSION,
-    AlgorithmInfo,
-    add_processing_algorithm,
-)
-from dicom_out.sr import (
-    GroundedFinding,
-    box_polyline,
-    finding_tracking_uid,
+from dicom_out.algorithm import AlgorithmInfo, add_processing_algorithm
+from dicom_out.common import (
+    equipment_kwargs,
     labelled_text,
     quiet_person_name_warnings,
     resolve_series_description,
     source_header,
 )
+from dicom_out.sr import GroundedFinding, box_polyline, finding_tracking_uid
 
 GRAPHIC_LAYER = "AI_FINDINGS"
 #: ContentLabel (CS, 16 chars, A-Z 0-9 _ space).
@@ -144,9 +137,7 @@ def build_findings_gsps(
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
-            manufacturer=NODE_MANUFACTURER,
-            manufacturer_model_name=NODE_MODEL_NAME,
-            software_versions=NODE_SOFTWARE_VERSION,
+            **equipment_kwargs(),
             device_serial_number=None,
             content_label=CONTENT_LABEL_EMULATED if algorithm.emulated else CONTENT_LABEL,
             content_description=labelled_text(f"AI findings of {algorithm.label}", algorithm),

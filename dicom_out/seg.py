@@ -11,7 +11,7 @@ Choices (see NOTES "highdicom 0.28 gotchas"):
   JPEG 2000 lossless on request: the only encodings highdicom allows for BINARY.
 - ``omit_empty_frames=False``: every source frame gets a frame per segment, even an empty one (OHIF misplaces SEGs
   whose empty frames were omitted).
-- Source images are passed to highdicom as pixel-free header copies (``dicom_out.sr.source_header``): highdicom
+- Source images are passed to highdicom as pixel-free header copies (``dicom_out.common.source_header``): highdicom
   needs their geometry and identity, not their pixels, so datasets read with ``stop_before_pixels=True`` work, and
   missing Type 2 patient/study attributes are added empty.
 - Images without patient geometry (ultrasound, secondary capture, some XA/CR): highdicom writes no Frame of
@@ -34,16 +34,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-from dicom_out.algorithm import (
-    EMULATED_MARKER,
-    NODE_MANUFACTURER,
-    NODE_MODEL_NAME,
-    NODE_SOFTWARE_VERSION,
-    AlgorithmInfo,
-    add_processing_algorithm,
-)
+from dicom_out.algorithm import EMULATED_MARKER, AlgorithmInfo, add_processing_algorithm
+from dicom_out.common import equipment_kwargs, labelled_text, quiet_person_name_warnings, source_header
 from dicom_out.seg_codes import codes_for_category, codes_for_prompt
-from dicom_out.sr import labelled_text, quiet_person_name_warnings, source_header
 
 __all__ = ["SegmentSpec", "build_segmentation", "default_seg_series_description", "ALLOWED_TRANSFER_SYNTAXES"]
 
@@ -233,9 +226,7 @@ def build_segmentation(
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
-            manufacturer=NODE_MANUFACTURER,
-            manufacturer_model_name=NODE_MODEL_NAME,
-            software_versions=NODE_SOFTWARE_VERSION,
+            **equipment_kwargs(),
             device_serial_number=algorithm.device_uid,
             fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY if fractional else None,
             max_fractional_value=255,
