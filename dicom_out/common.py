@@ -194,3 +194,20 @@ def algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
     observer context and ContributingEquipmentSequence.
     """
     return hd.sr.AlgorithmIdentification(name=algorithm.device_name, version=algorithm.version)
+
+
+def set_series_laterality(ds: pydicom.Dataset, image: pydicom.Dataset) -> None:
+    """General Series Laterality (type 2C: required for a paired body part, absent otherwise).
+
+    The image's own R/L is copied. A CHEST image (unpaired) gets BodyPartExamined CHEST and no Laterality,
+    which dciodvfy accepts silently. Anything else gets an empty Laterality ("unknown"): dciodvfy treats a series
+    without a body part as possibly paired and reports a missing Laterality as an error, an empty one as a warning.
+    """
+    laterality = str(image.get("Laterality", "") or "").strip().upper()
+    body_part = str(image.get("BodyPartExamined", "") or "").strip().upper()
+    if laterality in ("R", "L"):
+        ds.Laterality = laterality
+    elif body_part == "CHEST":
+        ds.BodyPartExamined = body_part
+    else:
+        ds.Laterality = ""

@@ -20,6 +20,7 @@ from dicom_out.common import (
     labelled_text,
     quiet_person_name_warnings,
     resolve_series_description,
+    set_series_laterality,
     source_header,
 )
 from dicom_out.sr import GroundedFinding, box_polyline, finding_tracking_uid
@@ -38,23 +39,6 @@ def finding_label(number: int, text: str, max_chars: int = MAX_LABEL_CHARS) -> s
     if len(label) > max_chars:
         label = label[: max_chars - 3].rstrip() + "..."
     return label
-
-
-def _set_series_laterality(gsps: pydicom.Dataset, image: pydicom.Dataset) -> None:
-    """General Series Laterality (type 2C: required for a paired body part, absent otherwise).
-
-    The image's own R/L is copied. A CHEST image (unpaired) gets BodyPartExamined CHEST and no Laterality,
-    which dciodvfy accepts silently. Anything else gets an empty Laterality ("unknown"): dciodvfy treats a series
-    without a body part as possibly paired and reports a missing Laterality as an error, an empty one as a warning.
-    """
-    laterality = str(image.get("Laterality", "") or "").strip().upper()
-    body_part = str(image.get("BodyPartExamined", "") or "").strip().upper()
-    if laterality in ("R", "L"):
-        gsps.Laterality = laterality
-    elif body_part == "CHEST":
-        gsps.BodyPartExamined = body_part
-    else:
-        gsps.Laterality = ""
 
 
 def build_findings_gsps(
@@ -146,7 +130,7 @@ def build_findings_gsps(
             presentation_lut_transformation=presentation_lut,
             series_description=resolve_series_description(algorithm, series_description),
         )
-    _set_series_laterality(gsps, image)
+    set_series_laterality(gsps, image)
     add_processing_algorithm(gsps, algorithm)
     return gsps
 

@@ -42,6 +42,17 @@ __all__ = ["SegmentSpec", "build_segmentation", "default_seg_series_description"
 
 ALLOWED_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, JPEG2000Lossless)
 
+#: Display colours (RGB) of segments 1, 2, ... (cycled): RecommendedDisplayCIELabValue, so viewers need not pick
+#: one (OHIF warns "RecommendedDisplayCIELabValue not found" and chooses its own otherwise).
+SEGMENT_COLORS_RGB: tuple[tuple[int, int, int], ...] = (
+    (255, 64, 64), (64, 200, 255), (255, 200, 0), (80, 220, 80), (200, 100, 255), (255, 140, 40),
+)
+
+
+def segment_color(number: int) -> hd.color.CIELabColor:
+    """The display colour of segment ``number`` (1-based), from :data:`SEGMENT_COLORS_RGB`."""
+    return hd.color.CIELabColor.from_rgb(*SEGMENT_COLORS_RGB[(number - 1) % len(SEGMENT_COLORS_RGB)])
+
 
 @dataclass(frozen=True)
 class SegmentSpec:
@@ -212,6 +223,7 @@ def build_segmentation(
                 algorithm_identification=algorithm_id,
                 tracking_id=spec.tracking_id,
                 tracking_uid=spec.tracking_uid,
+                display_color=segment_color(number),
             )
         )
     with quiet_person_name_warnings():
