@@ -123,7 +123,9 @@ class Runtime:
                          client=self.client(job["endpoint"]), instance_paths=paths,
                          previous_results=lambda kind: self._previous(job, kind),
                          classifications=self._labels(job["study_uid"]), store=self.store,
-                         prior_lookup=self._prior_lookup())
+                         prior_lookup=self._prior_lookup(),
+                         result_kinds=frozenset(k for kinds in self._result_kinds(rule.send_to).values()
+                                                for k in kinds))
         t0 = time.monotonic()
         try:
             output = pipeline_for(endpoint.model)(ctx)
@@ -164,7 +166,8 @@ class Runtime:
         failpoint("results_written")
         ok = self.store.finish_job(job_id, self.owner, state=output.state, outcome=output.outcome,
                                    new_results=rows, destinations=rule.send_to if rows else (),
-                                   endpoint_seconds=output.endpoint_seconds, writes=output.writes)
+                                   endpoint_seconds=output.endpoint_seconds, writes=output.writes,
+                                   result_kinds=self._result_kinds(rule.send_to))
         if not ok:
             log.warning("job %d: lease lost before the results were committed; another worker owns it", job_id)
             return
@@ -174,6 +177,10 @@ class Runtime:
             for dest in rule.send_to:
                 self.queue.enqueue_delivery(dest)
         self._after_job(job["study_uid"])
+
+    def _result_kinds(self, send_to: list[str]) -> dict[str, list[str]]:
+        """Destination -> the result kinds it receives (``destinations.<name>.results``)."""
+        return {d: list(self.cfg.destinations[d].results) for d in send_to if d in self.cfg.destinations}
 
     def _labels(self, study_uid: str) -> dict[str, dict[str, str]]:
         from .embeddings import study_labels

@@ -83,6 +83,8 @@ def published(tmp_path_factory: pytest.TempPathFactory, data: Path):
                                        "auth": "none", "timeout_seconds": 30}
         cfg["rules"].append({"name": "view", "match": {"Modality": ["CR", "DX"]}, "endpoint": "insight",
                              "send_to": ["pacs"], "params": {"labels": {"view": LABELS}, "resize": 512}})
+        # one worker thread: two pipelines importing at once in fresh threads have hit a _DeadlockError (import lock)
+        cfg["queue"] = {"workers": 1}
         node = NodeProcess(tmp, cfg)
         node.start()
         try:

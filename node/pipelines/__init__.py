@@ -33,6 +33,9 @@ class JobContext:
     store: Any = None  # node.state.Store, for caches only (results go through JobOutput)
     # frontal header -> node.priors.PriorResult; None when priors are not configured
     prior_lookup: Callable[[pydicom.Dataset], Any] | None = None
+    # result kinds some destination of the rule receives (destinations.<name>.results): "sc" asks for the
+    # burned-in Secondary Captures (node/pipelines/sc_fallback.py)
+    result_kinds: frozenset[str] = frozenset({"sr", "gsps", "seg"})
 
     def uid(self, label: str) -> str:
         """A result UID derived from the job: the same on every re-run of the job, new for a new job."""

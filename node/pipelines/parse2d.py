@@ -37,6 +37,7 @@ from node.rule_params import Parse2DParams, params_for
 
 from . import JobContext, JobOutput
 from .masks import segment_values
+from .sc_fallback import seg_scs, wants_sc
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,8 @@ def run(ctx: JobContext) -> JobOutput:
             notes.append(f"series {sources[0].SeriesInstanceUID}: no SEG written: {exc}")
             continue
         results.append(("seg", seg))
+        if wants_sc(ctx):
+            results += seg_scs(ctx, sources, values, params.prompt, algorithm, key=key)
         summaries.append(f"series {sources[0].SeriesInstanceUID}: {what}, "
                          f"{'FRACTIONAL' if fractional else 'BINARY'}, categories "
                          f"{[s.model_category for s in segments]}")

@@ -30,6 +30,7 @@ from node.rule_params import Parse3DParams, params_for
 
 from . import JobContext, JobOutput
 from .masks import segment_values
+from .sc_fallback import seg_scs, wants_sc
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ def run(ctx: JobContext) -> JobOutput:
             fractional=fractional,
         )
         results.append(("seg", seg))
+        if wants_sc(ctx):
+            results += seg_scs(ctx, sources, values, params.prompt, algorithm, key=f"3d-{series_uid}")
         voxels = [int(np.count_nonzero(m)) for m in masks]
         notes.insert(0, f"series {series_uid}: {volume.data.shape[2]} slices, {len(params.prompt)} segment(s), "
                         f"{'FRACTIONAL' if fractional else 'BINARY'}, voxels {voxels}")
