@@ -5,7 +5,9 @@ emulators) into an Orthanc with the DICOMweb plugin, which OHIF reads from the s
 
 - the findings SR: double-clicked in the study browser, the tracking prompt accepted: the measurement panel lists
   every box with its sentence as the label, and the console shows no error;
-- the classification SR opens without an error.
+- the classification SR opens without an error;
+- the CT SEGs (MedImageParse 2D on two slices, 3D on the whole series): the 2D SEG, once accepted, is drawn on
+  the slice it references and not on the next one; the 3D SEG loads without an error and is drawn too.
 
 Expected sentences and boxes come from the emulator's reply (the model's output), never from the SR writer.
 Screenshots go to ``test-artifacts/viewer/``.
@@ -16,11 +18,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
+from dcmtk import assert_ok, storescu
 from nodekit import send
 from nodeproc import NodeProcess, node_config
 from viewer import DicomWebOrthanc, ViewerServer, chromium, console, console_errors, ohif_dist, screenshot
@@ -51,11 +56,24 @@ def open_study(driver, url: str, study_uid: str) -> None:
         button.click()
 
 
-def double_click_series(driver, description: str) -> None:
-    label = wait_for(driver, lambda: driver.find_elements(
-        By.XPATH, f"//*[@data-cy='series-description-label' and contains(., '{description}')]"), 30,
-        f"series {description!r} in the study browser")
-    ActionChains(driver).double_click(label[0]).perform()
+FIND_SERIES_JS = """
+const [modality, description] = arguments;
+for (const label of document.querySelectorAll('[data-cy=series-description-label]')) {
+  if (!label.textContent.includes(description)) continue;
+  let node = label.parentElement;
+  while (node && !node.querySelector('[data-cy=series-modality-label]')) node = node.parentElement;
+  const mod = node && node.querySelector('[data-cy=series-modality-label]');
+  if (mod && mod.textContent.trim() === modality) return label;
+}
+return null;
+"""
+
+
+def double_click_series(driver, modality: str, description: str) -> None:
+    """Double-click the study browser's series of this modality whose description contains ``description``."""
+    label = wait_for(driver, lambda: driver.execute_script(FIND_SERIES_JS, modality, description), 30,
+                     f"{modality} series {description!r} in the study browser")
+    ActionChains(driver).double_click(label).perform()
 
 
 def expected_findings(frontal: Path) -> list[tuple[str, int]]:
@@ -114,7 +132,7 @@ def test_findings_sr_hydrates_every_box_with_its_sentence(published, browser) ->
     assert boxed, "the emulator should ground at least one finding"
     open_study(browser, published["web"].url, published["study_uid"])
     console(browser)  # what loading the study logged is not the SR's business
-    double_click_series(browser, "AI findings CXRReportGen")
+    double_click_series(browser, "SR", "AI findings CXRReportGen")
     yes = wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "[data-cy=yes-hydrate-btn]"), 30,
                    "the tracking prompt (the SR did not load)")
     yes[0].click()
@@ -139,7 +157,7 @@ def test_findings_sr_hydrates_every_box_with_its_sentence(published, browser) ->
 def test_classification_sr_opens_without_error(published, browser) -> None:
     open_study(browser, published["web"].url, published["study_uid"])
     console(browser)
-    double_click_series(browser, "AI classification MedImageInsight")
+    double_click_series(browser, "SR", "AI classification MedImageInsight")
     time.sleep(8)
     for button in browser.find_elements(By.CSS_SELECTOR, "[data-cy=yes-hydrate-btn]"):
         button.click()
@@ -149,3 +167,96 @@ def test_classification_sr_opens_without_error(published, browser) -> None:
     assert "Something went wrong" not in body, f"OHIF failed on the classification SR (screenshot {shot})"
     errors = console_errors(console(browser))
     assert not errors, f"console errors while loading the classification SR (screenshot {shot}):\n" + "\n".join(errors)
+
+
+SEGMENTED_INSTANCES = (20, 40)  # the 2D rule's frames: instances:20,40
+#: The first segment's display colour (dicom_out.seg.SEGMENT_COLORS_RGB[0] is (255, 64, 64)): typed here.
+SEG_RGB = (255, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def published_ct(tmp_path_factory: pytest.TempPathFactory, data: Path):
+    """The 64-slice CT and its two SEGs (2D on two slices, 3D liver) in a DICOMweb Orthanc; OHIF beside it."""
+    from node.emulator.server import EmulatorServer
+
+    tmp = tmp_path_factory.mktemp("viewer-ct")
+    ct = sorted((data / "ct/chest_ct_5mm_64slices").glob("*.dcm"))
+    dist = ohif_dist()
+    with EmulatorServer("127.0.0.1", 0) as emulator, DicomWebOrthanc(tmp / "orthanc") as pacs:
+        cfg = node_config(tmp, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port), quiet=1.5)
+        cfg["endpoints"] = {
+            "parse3d": {"model": "medimageparse3d", "url": emulator.model_url("medimageparse3d"), "auth": "none",
+                        "timeout_seconds": 120},
+            "parse": {"model": "medimageparse", "url": emulator.model_url("medimageparse"), "auth": "none",
+                      "timeout_seconds": 60}}
+        cfg["rules"] = [
+            {"name": "liver-ct", "match": {"Modality": "CT"}, "endpoint": "parse3d", "params": {"prompt": "liver"},
+             "send_to": ["pacs"]},
+            {"name": "ct-slices", "match": {"Modality": "CT"}, "endpoint": "parse", "send_to": ["pacs"],
+             "params": {"prompt": "lung", "frames": "instances:" + ",".join(map(str, SEGMENTED_INSTANCES))}}]
+        cfg["queue"] = {"workers": 1}
+        node = NodeProcess(tmp, cfg)
+        node.start()
+        try:
+            assert_ok(storescu("127.0.0.1", node.port, ct, extra=["-x="]))
+            got = pacs.wait_for_instances(2, timeout=240)
+        finally:
+            node.stop()
+        assert_ok(storescu("127.0.0.1", pacs.dicom_port, ct, extra=["-x="]))  # the CT itself, for the viewer
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in ct]
+        # slice order (head first, as OHIF stacks them) of the first segmented instance: 1-based
+        order = sorted(headers, key=lambda h: -float(h.ImagePositionPatient[2]))
+        first = 1 + [int(h.InstanceNumber) for h in order].index(SEGMENTED_INSTANCES[0])
+        with ViewerServer(dist, pacs.url) as web:
+            yield {"web": web, "study_uid": headers[0].StudyInstanceUID, "results": got, "first_slice": first,
+                   "n_slices": len(ct)}
+
+
+def seg_pixels(driver, name: str) -> tuple[int, Path]:
+    """Pixels of the segment's colour in the viewport (a screenshot), and the screenshot."""
+    shot = screenshot(driver, name)
+    grid = driver.find_element(By.CSS_SELECTOR, "[data-cy=viewport-grid]").rect
+    ratio = driver.execute_script("return window.devicePixelRatio") or 1
+    px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    x0, y0 = int(grid["x"] * ratio), int(grid["y"] * ratio)
+    view = px[y0:y0 + int(grid["height"] * ratio), x0:x0 + int(grid["width"] * ratio)]
+    r, g, b = view[..., 0], view[..., 1], view[..., 2]
+    hits = (r > 200) & (np.abs(g - SEG_RGB[1]) < 60) & (np.abs(b - SEG_RGB[2]) < 60) & (r - g > 100)
+    return int(hits.sum()), shot
+
+
+def slice_label(driver) -> str:
+    return driver.find_element(By.CSS_SELECTOR, "[data-cy=viewport-overlay-bottom-right]").text
+
+
+def test_ct_seg_is_drawn_on_its_slice(published_ct, browser) -> None:
+    first, n = published_ct["first_slice"], published_ct["n_slices"]
+    open_study(browser, published_ct["web"].url, published_ct["study_uid"])
+    console(browser)
+    double_click_series(browser, "SEG", "AI segmentation MedImageParse (")  # the 2D SEG (not "... 3D")
+    yes = wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "[data-cy=yes-hydrate-btn]"), 60,
+                   "the 'open this Segmentation?' prompt")
+    yes[0].click()
+    wait_for(browser, lambda: f"({first}/{n})" in slice_label(browser), 30, f"slice {first}/{n} after loading")
+    time.sleep(3)
+    on, shot = seg_pixels(browser, "ct-seg-2d-on-its-slice")
+    assert on > 2000, f"no segmentation overlay on slice {first} (screenshot {shot})"
+    browser.find_element(By.CSS_SELECTOR, "[data-cy=viewport-pane]").click()
+    ActionChains(browser).send_keys("\ue015").perform()  # arrow down: the next slice
+    wait_for(browser, lambda: f"({first + 1}/{n})" in slice_label(browser) or f"({first - 1}/{n})"
+             in slice_label(browser), 15, "the next slice")
+    time.sleep(2)
+    off, shot_next = seg_pixels(browser, "ct-seg-2d-next-slice")
+    assert off < on / 50, f"overlay on a slice the SEG does not cover ({off} vs {on} pixels; {shot_next})"
+    errors = console_errors(console(browser))
+    assert not errors, "console errors while loading the SEG:\n" + "\n".join(errors)
+
+    double_click_series(browser, "SEG", "AI segmentation MedImageParse 3D")
+    for button in wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "[data-cy=yes-hydrate-btn]"),
+                           60, "the 3D SEG's prompt"):
+        button.click()
+    time.sleep(8)
+    drawn, shot_3d = seg_pixels(browser, "ct-seg-3d")
+    assert drawn > 2000, f"the 3D SEG is not drawn (screenshot {shot_3d})"
+    errors = console_errors(console(browser))
+    assert not errors, "console errors while loading the 3D SEG:\n" + "\n".join(errors)
