@@ -1,9 +1,10 @@
 """What a radiologist sees: the node's results in OHIF 3.13.2, in headless Chromium, on Orthanc + DICOMweb.
 
 End to end: a PA + lateral chest study goes through ``dicom-node serve`` (CXRReportGen and MedImageInsight
-emulators) into an Orthanc with the DICOMweb plugin, which OHIF reads from the same origin. In the browser:
+emulators, priors on: the patient's earlier study is in the PACS, so the findings SR references it) into an
+Orthanc with the DICOMweb plugin, which OHIF reads from the same origin. In the browser:
 
-- the findings SR: double-clicked in the study browser, the tracking prompt accepted: the measurement panel lists
+- the findings SR (priors-referencing): double-clicked in the study browser, the tracking prompt accepted: the measurement panel lists
   every box with its sentence as the label, and the console shows no error;
 - the classification SR opens without an error;
 - the CT SEGs (MedImageParse 2D on two slices, 3D on the whole series): the 2D SEG, once accepted, is drawn on
@@ -28,6 +29,8 @@ from selenium.webdriver.common.by import By
 from dcmtk import assert_ok, storescu
 from nodekit import send
 from nodeproc import NodeProcess, node_config
+from orthanc import free_port
+from priorstudy import CURRENT_DATE, make_prior_study
 from viewer import DicomWebOrthanc, ViewerServer, chromium, console, console_errors, ohif_dist, screenshot
 
 pytestmark = pytest.mark.slow
@@ -93,10 +96,17 @@ def published(tmp_path_factory: pytest.TempPathFactory, data: Path):
     tmp = tmp_path_factory.mktemp("viewer")
     # the JPEG PA: OHIF 3.13.2 draws an image with PixelSpacing 0\0 (the MONOCHROME1 CR) black, boxes at NaN
     study = derive_cxr_study(tmp / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
-                             data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
+                             data / "cxr" / "dx_lateral_thorax_veterinary.dcm", study_date=CURRENT_DATE)
+    prior = make_prior_study(tmp / "prior", data)
     dist = ohif_dist()
-    with EmulatorServer("127.0.0.1", 0) as emulator, DicomWebOrthanc(tmp / "orthanc") as pacs:
-        cfg = node_config(tmp, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port))
+    node_port = free_port()
+    with EmulatorServer("127.0.0.1", 0) as emulator, \
+            DicomWebOrthanc(tmp / "orthanc", modalities={"AINODE": ("AINODE", "127.0.0.1", node_port)}) as pacs:
+        for path in prior.files:
+            pacs.upload(path)
+        cfg = node_config(tmp, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port),
+                          priors={"query": "pacs", "method": "c-move", "lookback_days": 1825, "timeout_seconds": 30})
+        cfg["node"]["port"] = node_port
         cfg["endpoints"]["insight"] = {"model": "medimageinsight", "url": emulator.model_url("medimageinsight"),
                                        "auth": "none", "timeout_seconds": 30}
         cfg["rules"].append({"name": "view", "match": {"Modality": ["CR", "DX"]}, "endpoint": "insight",
@@ -107,9 +117,16 @@ def published(tmp_path_factory: pytest.TempPathFactory, data: Path):
         node.start()
         try:
             send(node, study)
-            got = pacs.wait_for_instances(3, timeout=180)  # findings SR, GSPS, classification SR
+            # the prior's 3 files, then the findings SR, the GSPS and the classification SR
+            got = pacs.wait_for_instances(len(prior.files) + 3, timeout=180)
         finally:
             node.stop()
+        findings_sr = next(ds for ds in got if ds.Modality == "SR" and "AI findings" in ds.get("SeriesDescription", "")
+                           and ds.StudyInstanceUID != prior.study_uid)
+        pertinent = {str(i.ReferencedSOPInstanceUID) for s in findings_sr.get("PertinentOtherEvidenceSequence", [])
+                     for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+        prior_frontal = str(pydicom.dcmread(prior.frontal, stop_before_pixels=True).SOPInstanceUID)
+        assert pertinent == {prior_frontal}, "the findings SR should reference the prior study"
         for path in study:  # the source images, for the viewer
             pacs.client.post("/instances", content=path.read_bytes()).raise_for_status()
         with ViewerServer(dist, pacs.url) as web:
