@@ -35,10 +35,15 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from dicom_out.algorithm import EMULATED_MARKER, AlgorithmInfo, add_processing_algorithm
-from dicom_out.common import equipment_kwargs, labelled_text, quiet_person_name_warnings, source_header
+from dicom_out.common import (
+    equipment_kwargs,
+    labelled_text,
+    quiet_person_name_warnings,
+    source_header,
+)
 from dicom_out.seg_codes import codes_for_category, codes_for_prompt
 
-__all__ = ["SegmentSpec", "build_segmentation", "default_seg_series_description", "ALLOWED_TRANSFER_SYNTAXES"]
+__all__ = ["ALLOWED_TRANSFER_SYNTAXES", "SegmentSpec", "build_segmentation", "default_seg_series_description"]
 
 ALLOWED_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, JPEG2000Lossless)
 

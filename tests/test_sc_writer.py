@@ -9,11 +9,11 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
+from validate import assert_valid_dicom
 
 from converters.pixels import to_uint8
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.sc import BANNER, BoxAnnotation, MaskAnnotation, build_annotated_sc
-from validate import assert_valid_dicom
 
 EMULATED = AlgorithmInfo(name="CXRReportGen", version="emulator-0.1", emulated=True)
 YELLOW = np.array([255, 220, 0])

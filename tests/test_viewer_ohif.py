@@ -22,16 +22,23 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
-from selenium.webdriver.common.action_chains import ActionChains
-from selenium.webdriver.common.by import By
-
 from dcmtk import assert_ok, storescu
 from nodekit import send
 from nodeproc import NodeProcess, node_config
 from orthanc import free_port
+from PIL import Image
 from priorstudy import CURRENT_DATE, make_prior_study
-from viewer import DicomWebOrthanc, ViewerServer, chromium, console, console_errors, ohif_dist, screenshot
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from viewer import (
+    DicomWebOrthanc,
+    ViewerServer,
+    chromium,
+    console,
+    console_errors,
+    ohif_dist,
+    screenshot,
+)
 
 pytestmark = pytest.mark.slow
 

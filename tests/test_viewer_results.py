@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from dcmtk import assert_ok, storescu
 from nodekit import send
 from nodeproc import NodeProcess, node_config

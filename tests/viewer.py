@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from orthanc import Orthanc, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,10 +94,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     server: ViewerServer  # type: ignore[assignment]
     PROXIED = ("/dicom-web", "/wado")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path.startswith(self.PROXIED):
             return self._proxy()
@@ -135,7 +134,7 @@ class ViewerServer(http.server.ThreadingHTTPServer):
     def __init__(self, dist: Path, orthanc_url: str) -> None:
         self.dist = str(dist)
         self.orthanc_url = orthanc_url.rstrip("/")
-        handler = lambda *a, **kw: _Handler(*a, directory=self.dist, **kw)  # noqa: E731
+        handler = lambda *a, **kw: _Handler(*a, directory=self.dist, **kw)
         super().__init__(("127.0.0.1", free_port()), handler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self._thread = threading.Thread(target=self.serve_forever, name="viewer-http", daemon=True)
