@@ -17,7 +17,9 @@ Screenshots go to ``test-artifacts/viewer/``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -30,6 +32,7 @@ from PIL import Image
 from priorstudy import CURRENT_DATE, make_prior_study
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 from viewer import (
     DicomWebOrthanc,
     ViewerServer,
@@ -45,7 +48,7 @@ pytestmark = pytest.mark.slow
 LABELS = ["x-ray chest posteroanterior", "x-ray chest anteroposterior", "x-ray chest lateral"]
 
 
-def wait_for(driver, predicate, timeout: float, what: str):
+def wait_for(driver: WebDriver, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -57,7 +60,7 @@ def wait_for(driver, predicate, timeout: float, what: str):
                          f"{console_errors(console(driver))}")
 
 
-def open_study(driver, url: str, study_uid: str) -> None:
+def open_study(driver: WebDriver, url: str, study_uid: str) -> None:
     driver.get(f"{url}/viewer?StudyInstanceUIDs={study_uid}")
     wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "[data-cy=study-browser-thumbnail]"), 60,
              "the study browser")
@@ -79,7 +82,7 @@ return null;
 """
 
 
-def double_click_series(driver, modality: str, description: str) -> None:
+def double_click_series(driver: WebDriver, modality: str, description: str) -> None:
     """Double-click the study browser's series of this modality whose description contains ``description``."""
     label = wait_for(driver, lambda: driver.execute_script(FIND_SERIES_JS, modality, description), 30,
                      f"{modality} series {description!r} in the study browser")
@@ -95,7 +98,7 @@ def expected_findings(frontal: Path) -> list[tuple[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory, data: Path):
+def published(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[dict[str, Any]]:
     """The CXR study and the node's results in a DICOMweb Orthanc; OHIF served beside it."""
     from node.demo import derive_cxr_study
     from node.emulator.server import EmulatorServer
@@ -142,7 +145,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, data: Path):
 
 
 @pytest.fixture()
-def browser():
+def browser() -> Iterator[WebDriver]:
     driver = chromium()
     try:
         yield driver
@@ -150,7 +153,7 @@ def browser():
         driver.quit()
 
 
-def test_findings_sr_hydrates_every_box_with_its_sentence(published, browser) -> None:
+def test_findings_sr_hydrates_every_box_with_its_sentence(published: dict[str, Any], browser: WebDriver) -> None:
     expected = published["findings"]
     boxed = [text for text, n in expected for _ in range(n)]
     assert boxed, "the emulator should ground at least one finding"
@@ -178,7 +181,7 @@ def test_findings_sr_hydrates_every_box_with_its_sentence(published, browser) ->
     assert not errors, f"console errors while loading the SR (screenshot {shot}):\n" + "\n".join(errors)
 
 
-def test_classification_sr_opens_without_error(published, browser) -> None:
+def test_classification_sr_opens_without_error(published: dict[str, Any], browser: WebDriver) -> None:
     open_study(browser, published["web"].url, published["study_uid"])
     console(browser)
     double_click_series(browser, "SR", "AI classification MedImageInsight")
@@ -199,7 +202,7 @@ SEG_RGB = (255, 64, 64)
 
 
 @pytest.fixture(scope="module")
-def published_ct(tmp_path_factory: pytest.TempPathFactory, data: Path):
+def published_ct(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[dict[str, Any]]:
     """The 64-slice CT and its two SEGs (2D on two slices, 3D liver) in a DICOMweb Orthanc; OHIF beside it."""
     from node.emulator.server import EmulatorServer
 
@@ -236,7 +239,7 @@ def published_ct(tmp_path_factory: pytest.TempPathFactory, data: Path):
                    "n_slices": len(ct)}
 
 
-def seg_pixels(driver, name: str) -> tuple[int, Path]:
+def seg_pixels(driver: WebDriver, name: str) -> tuple[int, Path]:
     """Pixels of the segment's colour in the viewport (a screenshot), and the screenshot."""
     shot = screenshot(driver, name)
     grid = driver.find_element(By.CSS_SELECTOR, "[data-cy=viewport-grid]").rect
@@ -249,11 +252,11 @@ def seg_pixels(driver, name: str) -> tuple[int, Path]:
     return int(hits.sum()), shot
 
 
-def slice_label(driver) -> str:
+def slice_label(driver: WebDriver) -> str:
     return driver.find_element(By.CSS_SELECTOR, "[data-cy=viewport-overlay-bottom-right]").text
 
 
-def test_ct_seg_is_drawn_on_its_slice(published_ct, browser) -> None:
+def test_ct_seg_is_drawn_on_its_slice(published_ct: dict[str, Any], browser: WebDriver) -> None:
     first, n = published_ct["first_slice"], published_ct["n_slices"]
     open_study(browser, published_ct["web"].url, published_ct["study_uid"])
     console(browser)

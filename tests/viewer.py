@@ -19,10 +19,13 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from orthanc import Orthanc, free_port
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 REPO = Path(__file__).resolve().parents[1]
 OHIF_VERSION = "3.13.2"
@@ -148,7 +151,7 @@ class ViewerServer(http.server.ThreadingHTTPServer):
         self.server_close()
 
 
-def chromium(width: int = 1600, height: int = 1000):
+def chromium(width: int = 1600, height: int = 1000) -> WebDriver:
     """Headless Chromium under selenium, software WebGL2, console logged; the caller quits it."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -167,7 +170,7 @@ def chromium(width: int = 1600, height: int = 1000):
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 
-def console(driver) -> list[dict[str, Any]]:
+def console(driver: WebDriver) -> list[dict[str, Any]]:
     """Browser console entries since the last call (selenium drains the log)."""
     return list(driver.get_log("browser"))
 
@@ -184,7 +187,7 @@ def console_errors(entries: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def screenshot(driver, name: str) -> Path:
+def screenshot(driver: WebDriver, name: str) -> Path:
     """Save a PNG under ``test-artifacts/viewer/`` and return its path."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
