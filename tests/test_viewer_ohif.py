@@ -89,6 +89,21 @@ def double_click_series(driver: WebDriver, modality: str, description: str) -> N
     ActionChains(driver).double_click(label).perform()
 
 
+def open_series_until(driver: WebDriver, modality: str, description: str, css: str, timeout: float,
+                      what: str) -> list[Any]:
+    """Double-click the series until ``css`` shows up (a double-click while OHIF is still busy loading the study
+    can go unanswered on a loaded machine); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        double_click_series(driver, modality, description)
+        try:
+            return wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, css),
+                            min(20.0, max(1.0, deadline - time.monotonic())), what)
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+
+
 def expected_findings(frontal: Path) -> list[tuple[str, int]]:
     """(sentence, number of boxes) per finding: what the emulator answers for this frontal (the model's output)."""
     from converters.cxr import to_model_image
@@ -159,9 +174,8 @@ def test_findings_sr_hydrates_every_box_with_its_sentence(published: dict[str, A
     assert boxed, "the emulator should ground at least one finding"
     open_study(browser, published["web"].url, published["study_uid"])
     console(browser)  # what loading the study logged is not the SR's business
-    double_click_series(browser, "SR", "AI findings CXRReportGen")
-    yes = wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "[data-cy=yes-hydrate-btn]"), 30,
-                   "the tracking prompt (the SR did not load)")
+    yes = open_series_until(browser, "SR", "AI findings CXRReportGen", "[data-cy=yes-hydrate-btn]", 60,
+                            "the tracking prompt (the SR did not load)")
     yes[0].click()
     panel = browser.find_elements(By.CSS_SELECTOR, "[data-cy=trackedMeasurements-btn]")
     if panel:
@@ -260,9 +274,9 @@ def test_ct_seg_is_drawn_on_its_slice(published_ct: dict[str, Any], browser: Web
     first, n = published_ct["first_slice"], published_ct["n_slices"]
     open_study(browser, published_ct["web"].url, published_ct["study_uid"])
     console(browser)
-    double_click_series(browser, "SEG", "AI segmentation MedImageParse (")  # the 2D SEG (not "... 3D")
-    yes = wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "[data-cy=yes-hydrate-btn]"), 60,
-                   "the 'open this Segmentation?' prompt")
+    # the 2D SEG (not "... 3D")
+    yes = open_series_until(browser, "SEG", "AI segmentation MedImageParse (", "[data-cy=yes-hydrate-btn]", 90,
+                            "the 'open this Segmentation?' prompt")
     yes[0].click()
     wait_for(browser, lambda: f"({first}/{n})" in slice_label(browser), 30, f"slice {first}/{n} after loading")
     time.sleep(3)
@@ -278,9 +292,8 @@ def test_ct_seg_is_drawn_on_its_slice(published_ct: dict[str, Any], browser: Web
     errors = console_errors(console(browser))
     assert not errors, "console errors while loading the SEG:\n" + "\n".join(errors)
 
-    double_click_series(browser, "SEG", "AI segmentation MedImageParse 3D")
-    for button in wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "[data-cy=yes-hydrate-btn]"),
-                           60, "the 3D SEG's prompt"):
+    for button in open_series_until(browser, "SEG", "AI segmentation MedImageParse 3D", "[data-cy=yes-hydrate-btn]",
+                                    90, "the 3D SEG's prompt"):
         button.click()
     time.sleep(8)
     drawn, shot_3d = seg_pixels(browser, "ct-seg-3d")
