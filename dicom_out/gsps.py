@@ -14,22 +14,16 @@ from collections.abc import Sequence
 import highdicom as hd
 import pydicom
 
-from dicom_out.algorithm import (
-    NODE_MANUFACTURER,
-    NODE_MODEL_NAME,
-    NODE_SOFTWARE_VERSION,
-    AlgorithmInfo,
-    add_processing_algorithm,
-)
-from dicom_out.sr import (
-    GroundedFinding,
-    box_polyline,
-    finding_tracking_uid,
+from dicom_out.algorithm import AlgorithmInfo, add_processing_algorithm
+from dicom_out.common import (
+    equipment_kwargs,
     labelled_text,
     quiet_person_name_warnings,
     resolve_series_description,
+    set_series_laterality,
     source_header,
 )
+from dicom_out.sr import GroundedFinding, box_polyline, finding_tracking_uid
 
 GRAPHIC_LAYER = "AI_FINDINGS"
 #: ContentLabel (CS, 16 chars, A-Z 0-9 _ space).
@@ -45,23 +39,6 @@ def finding_label(number: int, text: str, max_chars: int = MAX_LABEL_CHARS) -> s
     if len(label) > max_chars:
         label = label[: max_chars - 3].rstrip() + "..."
     return label
-
-
-def _set_series_laterality(gsps: pydicom.Dataset, image: pydicom.Dataset) -> None:
-    """General Series Laterality (type 2C: required for a paired body part, absent otherwise).
-
-    The image's own R/L is copied. A CHEST image (unpaired) gets BodyPartExamined CHEST and no Laterality,
-    which dciodvfy accepts silently. Anything else gets an empty Laterality ("unknown"): dciodvfy treats a series
-    without a body part as possibly paired and reports a missing Laterality as an error, an empty one as a warning.
-    """
-    laterality = str(image.get("Laterality", "") or "").strip().upper()
-    body_part = str(image.get("BodyPartExamined", "") or "").strip().upper()
-    if laterality in ("R", "L"):
-        gsps.Laterality = laterality
-    elif body_part == "CHEST":
-        gsps.BodyPartExamined = body_part
-    else:
-        gsps.Laterality = ""
 
 
 def build_findings_gsps(
@@ -144,9 +121,7 @@ def build_findings_gsps(
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
-            manufacturer=NODE_MANUFACTURER,
-            manufacturer_model_name=NODE_MODEL_NAME,
-            software_versions=NODE_SOFTWARE_VERSION,
+            **equipment_kwargs(),
             device_serial_number=None,
             content_label=CONTENT_LABEL_EMULATED if algorithm.emulated else CONTENT_LABEL,
             content_description=labelled_text(f"AI findings of {algorithm.label}", algorithm),
@@ -155,7 +130,7 @@ def build_findings_gsps(
             presentation_lut_transformation=presentation_lut,
             series_description=resolve_series_description(algorithm, series_description),
         )
-    _set_series_laterality(gsps, image)
+    set_series_laterality(gsps, image)
     add_processing_algorithm(gsps, algorithm)
     return gsps
 

@@ -11,7 +11,7 @@ Choices (see NOTES "highdicom 0.28 gotchas"):
   JPEG 2000 lossless on request: the only encodings highdicom allows for BINARY.
 - ``omit_empty_frames=False``: every source frame gets a frame per segment, even an empty one (OHIF misplaces SEGs
   whose empty frames were omitted).
-- Source images are passed to highdicom as pixel-free header copies (``dicom_out.sr.source_header``): highdicom
+- Source images are passed to highdicom as pixel-free header copies (``dicom_out.common.source_header``): highdicom
   needs their geometry and identity, not their pixels, so datasets read with ``stop_before_pixels=True`` work, and
   missing Type 2 patient/study attributes are added empty.
 - Images without patient geometry (ultrasound, secondary capture, some XA/CR): highdicom writes no Frame of
@@ -34,20 +34,29 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-from dicom_out.algorithm import (
-    EMULATED_MARKER,
-    NODE_MANUFACTURER,
-    NODE_MODEL_NAME,
-    NODE_SOFTWARE_VERSION,
-    AlgorithmInfo,
-    add_processing_algorithm,
+from dicom_out.algorithm import EMULATED_MARKER, AlgorithmInfo, add_processing_algorithm
+from dicom_out.common import (
+    equipment_kwargs,
+    labelled_text,
+    quiet_person_name_warnings,
+    source_header,
 )
 from dicom_out.seg_codes import codes_for_category, codes_for_prompt
-from dicom_out.sr import labelled_text, quiet_person_name_warnings, source_header
 
-__all__ = ["SegmentSpec", "build_segmentation", "default_seg_series_description", "ALLOWED_TRANSFER_SYNTAXES"]
+__all__ = ["ALLOWED_TRANSFER_SYNTAXES", "SegmentSpec", "build_segmentation", "default_seg_series_description"]
 
 ALLOWED_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, JPEG2000Lossless)
+
+#: Display colours (RGB) of segments 1, 2, ... (cycled): RecommendedDisplayCIELabValue, so viewers need not pick
+#: one (OHIF warns "RecommendedDisplayCIELabValue not found" and chooses its own otherwise).
+SEGMENT_COLORS_RGB: tuple[tuple[int, int, int], ...] = (
+    (255, 64, 64), (64, 200, 255), (255, 200, 0), (80, 220, 80), (200, 100, 255), (255, 140, 40),
+)
+
+
+def segment_color(number: int) -> hd.color.CIELabColor:
+    """The display colour of segment ``number`` (1-based), from :data:`SEGMENT_COLORS_RGB`."""
+    return hd.color.CIELabColor.from_rgb(*SEGMENT_COLORS_RGB[(number - 1) % len(SEGMENT_COLORS_RGB)])
 
 
 @dataclass(frozen=True)
@@ -219,6 +228,7 @@ def build_segmentation(
                 algorithm_identification=algorithm_id,
                 tracking_id=spec.tracking_id,
                 tracking_uid=spec.tracking_uid,
+                display_color=segment_color(number),
             )
         )
     with quiet_person_name_warnings():
@@ -233,9 +243,7 @@ def build_segmentation(
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
-            manufacturer=NODE_MANUFACTURER,
-            manufacturer_model_name=NODE_MODEL_NAME,
-            software_versions=NODE_SOFTWARE_VERSION,
+            **equipment_kwargs(),
             device_serial_number=algorithm.device_uid,
             fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY if fractional else None,
             max_fractional_value=255,

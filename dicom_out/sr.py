@@ -1,13 +1,18 @@
-"""CXRReportGen's grounded findings as a DICOM Comprehensive SR (TID 1500 Measurement Report).
+"""CXRReportGen's grounded findings as a DICOM Comprehensive SR (TID 1500 Measurement Report, IHE AI Results).
 
-Layout of the document:
+Layout of the document, chosen so that viewers read it (OHIF 3.13.2 measured, see the README's "What each viewer
+shows") and PixelMed's TID 1500 validator finds nothing outside the template:
 
 - observer context: the model as a DEVICE (TID 1004: UID, name, manufacturer, model name);
 - procedure reported: SCT 363679005 "Imaging procedure" by default (see ``DEFAULT_PROCEDURE_REPORTED``);
-- one TID 1410 Planar ROI group per box: a closed 5-point POLYLINE on the frontal image, a tracking identifier
-  ("Finding 2 box 1") and UID, the algorithm (TID 4019), and the sentence as TEXT "Finding" (DCM 121071);
-- one TID 1501 group per finding without a box, the sentence as TEXT, its source images referenced;
-- zero findings: one TID 1501 group whose TEXT says ``NO_FINDINGS_TEXT``.
+- one TID 1410 Planar ROI group per box: a closed 5-point POLYLINE on the frontal image (a rectangle in OHIF),
+  a tracking identifier ("Finding 2 box 1") and UID, the coded Finding (DCM 121071, a CODE:
+  :mod:`dicom_out.finding_codes`), the algorithm (TID 4019), and the sentence as TEXT "Comment" (DCM 121106),
+  which OHIF shows as the measurement's label;
+- the sentences without a box in the TID 1500 "Qualitative Evaluations" container, each as a coded Finding and
+  the sentence as TEXT Finding: never as measurement groups without geometry (OHIF 3.13.2 assumes every
+  measurement group has an SCOORD and a CODE Finding; one such group makes the whole SR fail there);
+- zero findings: no measurement group; the Qualitative Evaluations container says ``NO_FINDINGS_TEXT``.
 
 Coordinates are (column, row) in source pixels, origin at the top-left corner of the top-left pixel, as in DICOM
 SCOORD and GSPS: the model's (x0, y0, x1, y1) map to (x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0).
@@ -15,13 +20,9 @@ SCOORD and GSPS: the model's (x0, y0, x1, y1) map to (x0, y0), (x1, y0), (x1, y1
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import re
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -30,16 +31,20 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
-from dicom_out.algorithm import (
-    EMULATED_MARKER,
-    NODE_MANUFACTURER,
-    NODE_MODEL_NAME,
-    NODE_SOFTWARE_VERSION,
-    AlgorithmInfo,
-    add_processing_algorithm,
+from dicom_out.algorithm import AlgorithmInfo, add_processing_algorithm
+from dicom_out.common import (
+    REQUIRED_UIDS,
+    algorithm_id,
+    derived_uid,
+    equipment_kwargs,
+    observation_context,
+    quiet_person_name_warnings,
+    resolve_series_description,
+    source_header,
 )
+from dicom_out.common import finding_tracking_uid as common_tracking_uid
+from dicom_out.finding_codes import finding_code
 
 logger = logging.getLogger(__name__)
 
@@ -52,32 +57,12 @@ Box = tuple[float, float, float, float]
 #: Callers wanting a specific code (LOINC 36643-5 "XR Chest 2 Views", 43468-8) pass ``procedure_reported``.
 DEFAULT_PROCEDURE_REPORTED = Code("363679005", "SCT", "Imaging procedure")
 
-#: The TEXT written when the model reports nothing (TID 1500 needs at least one measurement group).
+#: The TEXT written when the model reports nothing.
 NO_FINDINGS_TEXT = "No findings reported by the algorithm."
 
-#: Patient / study attributes highdicom reads from the first evidence dataset (attribute access: missing ones raise).
-_REQUIRED_EMPTY_OK = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
-_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-
-#: Copied patient/study values that real headers often get wrong; an invalid one would make our object invalid.
-_VALID = {
-    "PatientAge": re.compile(r"\d{3}[DWMY]"),
-    "PatientSex": re.compile(r"[MFO]?"),
-    "PatientBirthDate": re.compile(r"(\d{8})?"),
-    "StudyDate": re.compile(r"(\d{8})?"),
-    "StudyTime": re.compile(r"(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?"),
-}
-
+#: TEXT "Comment" of a box group (OHIF's label) and TID 1500's container for evaluations without geometry.
+COMMENT = Code("121106", "DCM", "Comment")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 @dataclass(frozen=True)
 class GroundedFinding:
@@ -89,43 +74,6 @@ class GroundedFinding:
 
     text: str
     boxes: tuple[Box, ...] = ()
-
-
-def source_header(ds: pydicom.Dataset) -> Dataset:
-    """A pixel-free copy of a source image header with what highdicom needs present.
-
-    Works for datasets read with ``stop_before_pixels=True``. Type 2 patient/study attributes that are absent are
-    added empty (DICOM allows empty values; highdicom refuses missing ones). The input is not modified.
-    """
-    missing = [kw for kw in _REQUIRED_UIDS if not ds.get(kw)]
-    if missing:
-        raise ValueError(f"source image header lacks {', '.join(missing)}")
-    out = Dataset()
-    for elem in ds:
-        if elem.tag.group == 0x7FE0 or elem.tag.group == 0x0002:
-            continue  # pixel data (and the file meta group, if someone merged it in)
-        out.add(copy.deepcopy(elem))
-    for kw, pattern in _VALID.items():
-        if kw not in out or out[kw].value is None:
-            continue
-        if not pattern.fullmatch(str(out[kw].value).strip()):
-            logger.warning("source header has an invalid %s: %s", kw, "left out" if kw == "PatientAge" else "emptied")
-            if kw == "PatientAge":  # type 3: drop it
-                del out[kw]
-            else:  # type 2: keep it, empty
-                setattr(out, kw, "")
-    for kw in _REQUIRED_EMPTY_OK:
-        if kw not in out:
-            setattr(out, kw, "")
-    return out
-
-
-@contextmanager
-def quiet_person_name_warnings() -> Iterator[None]:
-    """Silence highdicom's warning about single-component person names: we copy names, we do not compose them."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
-        yield
 
 
 def box_polyline(box: Sequence[float], rows: int, columns: int) -> np.ndarray:
@@ -158,130 +106,86 @@ def finding_tracking_uid(
     The SR and the GSPS built from the same result, and a revised SR repeating a finding, share the same UID.
     """
     box = finding.boxes[box_number - 1] if box_number is not None else None
-    return generate_uid(
-        entropy_srcs=[
-            "dicom-ai-node/finding",
-            frontal_sop_instance_uid,
-            algorithm.device_uid,
-            str(finding_number),
-            str(box_number),
-            finding.text,
-            repr(box),
-        ]
-    )
+    return common_tracking_uid(frontal_sop_instance_uid, algorithm, finding_number, box_number, finding.text, box)
 
 
-def default_series_description(algorithm: AlgorithmInfo) -> str:
-    text = f"AI findings {algorithm.name}"
-    if algorithm.emulated:
-        text += f" ({EMULATED_MARKER})"
-    return text
-
-
-def labelled_text(text: str, algorithm: AlgorithmInfo, max_chars: int = 64) -> str:
-    """``text`` cut to ``max_chars`` (LO: 64); for emulated output it always ends up containing "EMULATED"."""
-    suffix = f" ({EMULATED_MARKER})"
-    if algorithm.emulated and EMULATED_MARKER not in text.upper():
-        text += suffix
-    if len(text) > max_chars:
-        text = text[:max_chars]
-        if algorithm.emulated and EMULATED_MARKER not in text.upper():
-            text = text[: max_chars - len(suffix)].rstrip() + suffix
-    return text
-
-
-def resolve_series_description(algorithm: AlgorithmInfo, series_description: str | None) -> str:
-    """The given description or the default one, labelled EMULATED where needed, at most 64 characters."""
-    text = series_description if series_description is not None else default_series_description(algorithm)
-    return labelled_text(text, algorithm)
-
-
-def _text_item(value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(name=codes.DCM.Finding, value=value, relationship_type="CONTAINS")
-
-
-def _append_text(group: hd.sr.Template, value: str) -> None:
-    """Append a TEXT "Finding" item to the measurement group container (highdicom has no argument for it)."""
-    container = group[0]
+def _append(container: Dataset, item: Dataset) -> None:
     if "ContentSequence" not in container:
         container.ContentSequence = hd.sr.ContentSequence()
-    container.ContentSequence.append(_text_item(value))
+    container.ContentSequence.append(item)
 
 
-def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=algorithm.device_uid,
-        name=algorithm.device_name,
-        manufacturer_name=algorithm.manufacturer,
-        model_name=algorithm.name,
-    )
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.cid270.Device,
-            observer_identifying_attributes=device,
-        )
-    )
+def comment_item(value: str) -> hd.sr.TextContentItem:
+    """TEXT "Comment" (DCM 121106): the sentence of a box; OHIF shows it as the measurement's label."""
+    return hd.sr.TextContentItem(name=COMMENT, value=value, relationship_type="CONTAINS")
 
 
-def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
-    # No "Algorithm Manufacturer" row: older TID 4019 (PixelMed's) lacks it, and the manufacturer is already in
-    # the observer context and ContributingEquipmentSequence.
-    return hd.sr.AlgorithmIdentification(name=algorithm.device_name, version=algorithm.version)
+def qualitative_evaluations(sentences: Sequence[str], coded: bool = True) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations": the coded Findings (when ``coded``), then each sentence as TEXT Finding.
+
+    TID 1500 orders the rows: every CODE item (row 13) comes before the TEXT items (row 14).
+    """
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
+    if coded:
+        for sentence in sentences:
+            _append(container, hd.sr.CodeContentItem(name=codes.DCM.Finding, value=finding_code(sentence),
+                                                     relationship_type="CONTAINS"))
+    for sentence in sentences:
+        _append(container, hd.sr.TextContentItem(name=codes.DCM.Finding, value=sentence,
+                                                 relationship_type="CONTAINS"))
+    return container
 
 
 def build_measurement_groups(
     *,
     frontal: Dataset,
-    sources: Sequence[Dataset],
     findings: Sequence[GroundedFinding],
     algorithm: AlgorithmInfo,
 ) -> list[hd.sr.Template]:
-    """TID 1410 groups (one per box) and TID 1501 groups (findings without a box, or "no findings")."""
+    """TID 1410 groups, one per box (the sentences without a box go to :func:`qualitative_evaluations`)."""
     rows, columns = int(frontal.Rows), int(frontal.Columns)
     groups: list[hd.sr.Template] = []
     for i, finding in enumerate(findings, start=1):
         if not isinstance(finding, GroundedFinding):
             raise TypeError(f"findings[{i - 1}] is not a GroundedFinding")
-        if finding.boxes:
-            for j, box in enumerate(finding.boxes, start=1):
-                region = hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                    graphic_data=box_polyline(box, rows, columns),
-                    source_image=hd.sr.SourceImageForRegion.from_source_image(frontal),
-                )
-                group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=hd.sr.TrackingIdentifier(
-                        uid=finding_tracking_uid(frontal.SOPInstanceUID, algorithm, i, j, finding),
-                        identifier=f"Finding {i} box {j}",
-                    ),
-                    referenced_region=region,
-                    algorithm_id=_algorithm_id(algorithm),
-                )
-                _append_text(group, finding.text)
-                groups.append(group)
-        else:
-            group = hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=finding_tracking_uid(frontal.SOPInstanceUID, algorithm, i, None, finding),
-                    identifier=f"Finding {i}",
-                ),
-                algorithm_id=_algorithm_id(algorithm),
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in sources],
+        for j, box in enumerate(finding.boxes, start=1):
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=box_polyline(box, rows, columns),
+                source_image=hd.sr.SourceImageForRegion.from_source_image(frontal),
             )
-            _append_text(group, finding.text)
+            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=finding_tracking_uid(frontal.SOPInstanceUID, algorithm, i, j, finding),
+                    identifier=f"Finding {i} box {j}",
+                ),
+                referenced_region=region,
+                finding_type=finding_code(finding.text),
+                algorithm_id=algorithm_id(algorithm),
+            )
+            _append(group[0], comment_item(finding.text))
             groups.append(group)
-    if not groups:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=finding_tracking_uid(frontal.SOPInstanceUID, algorithm, 0, None, GroundedFinding(NO_FINDINGS_TEXT)),
-                identifier="No findings",
-            ),
-            algorithm_id=_algorithm_id(algorithm),
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in sources],
-        )
-        _append_text(group, NO_FINDINGS_TEXT)
-        groups.append(group)
     return groups
+
+
+def _placeholder_group(algorithm: AlgorithmInfo) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid("placeholder"), identifier="placeholder"),
+        algorithm_id=algorithm_id(algorithm))
+
+
+def _drop_imaging_measurements(root: Dataset) -> None:
+    """Remove the "Imaging Measurements" container (126010) from the report's root content."""
+    root.ContentSequence = hd.sr.ContentSequence(
+        [item for item in root.ContentSequence
+         if not (item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "126010")])
+
+
+def unboxed_sentences(findings: Sequence[GroundedFinding]) -> list[str]:
+    """The sentences without a box, in order; ``NO_FINDINGS_TEXT`` alone when there are no findings at all."""
+    if not findings:
+        return [NO_FINDINGS_TEXT]
+    return [f.text for f in findings if not f.boxes]
 
 
 def build_findings_sr(
@@ -318,18 +222,22 @@ def build_findings_sr(
         if ds.SOPInstanceUID not in seen:
             others.append(source_header(ds))
             seen.add(ds.SOPInstanceUID)
-    same_study = [ds for ds in current if ds.StudyInstanceUID == front.StudyInstanceUID]
 
-    groups = build_measurement_groups(frontal=front, sources=same_study, findings=findings, algorithm=algorithm)
+    groups = build_measurement_groups(frontal=front, findings=findings, algorithm=algorithm)
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(algorithm),
+        observation_context=observation_context(algorithm),
         procedure_reported=procedure_reported,
-        imaging_measurements=groups,
+        imaging_measurements=groups or [_placeholder_group(algorithm)],
         title=codes.cid7021.ImagingMeasurementReport,
     )
+    if not groups:  # highdicom insists on a measurement group; TID 1500 does not need one
+        _drop_imaging_measurements(report[0])
+    sentences = unboxed_sentences(findings)
+    if sentences:
+        _append(report[0], qualitative_evaluations(sentences))
     previous = None
     if predecessor is not None:
-        for kw in _REQUIRED_UIDS:
+        for kw in REQUIRED_UIDS:
             if not predecessor.get(kw):
                 raise ValueError(f"predecessor SR lacks {kw}")
         previous = [predecessor]
@@ -342,9 +250,7 @@ def build_findings_sr(
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
-            manufacturer=NODE_MANUFACTURER,
-            manufacturer_model_name=NODE_MODEL_NAME,
-            software_versions=NODE_SOFTWARE_VERSION,
+            **equipment_kwargs(),
             is_complete=True,
             is_final=False,  # machine output that no clinician has verified: PRELIMINARY
             is_verified=False,

@@ -174,6 +174,11 @@ class EndpointSection(_Strict):
         return self
 
 
+#: Kinds of result a destination can receive (what its workstations display); ``sc`` is the burned-in fallback.
+ResultKind = Literal["sr", "gsps", "seg", "sc"]
+DEFAULT_RESULT_KINDS: tuple[str, ...] = ("sr", "gsps", "seg")
+
+
 class DestinationSection(_Strict):
     """A DICOM peer that receives results by C-STORE (and answers queries, for priors)."""
 
@@ -189,6 +194,9 @@ class DestinationSection(_Strict):
     give_up_after_seconds: float = Field(86400.0, gt=0, description="Park a result not delivered after this long")
     timeout_seconds: float = Field(30.0, gt=0, description="ACSE/DIMSE/network timeout of an association")
     tls: TlsClientSection | None = None
+    results: list[ResultKind] = Field(
+        default_factory=lambda: list(DEFAULT_RESULT_KINDS),
+        description="Result kinds this destination receives: sr, gsps, seg, sc (burned-in Secondary Capture)")
 
     _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
 

@@ -2,7 +2,10 @@
 # Install what the test suite needs, idempotently; fast when everything is already there.
 #
 #   - Debian packages: dcmtk (storescu/echoscu/... peers), orthanc (test PACS), dicom3tools (dciodvfy),
-#     dcm2niix (reference NIfTI geometry)
+#     dcm2niix (reference NIfTI geometry); for the viewer test: orthanc-dicomweb (DICOMweb plugin), chromium and
+#     chromium-driver (headless browser), pixelmed-apps + default-jre-headless (PixelMed's SR validator),
+#     npm (to fetch OHIF)
+#   - OHIF 3.13.2's prebuilt viewer: `npm pack @ohif/app@3.13.2`, its dist/ unpacked into .cache/ohif/3.13.2/
 #   - the Debian orthanc service is disabled and its own process stopped (scripts/disable_orthanc_service.sh):
 #     tests start their own Orthanc on free ports; no other Orthanc is touched
 #   - this project, editable, with its test extra: python3 -m pip install -e ".[test]"
@@ -13,7 +16,10 @@ export DEBIAN_FRONTEND=noninteractive
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(dcmtk orthanc dicom3tools dcm2niix)
+APT_PACKAGES=(dcmtk orthanc dicom3tools dcm2niix orthanc-dicomweb chromium chromium-driver pixelmed-apps
+              default-jre-headless)
+OHIF_VERSION=3.13.2
+OHIF_DIR="${REPO}/.cache/ohif/${OHIF_VERSION}"
 
 step() { printf '[setup] %s\n' "$*"; }
 
@@ -34,6 +40,8 @@ installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install 
 # 1. Debian packages -------------------------------------------------------------------------------------------
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do installed "${pkg}" || missing+=("${pkg}"); done
+# npm fetches OHIF: Debian's npm unless a Node.js with its own npm is already installed (they conflict)
+if ! command -v npm >/dev/null 2>&1; then missing+=(npm); fi
 if ! command -v "${PYTHON}" >/dev/null 2>&1; then
     missing+=(python3 python3-pip python3-venv)
 elif ! "${PYTHON}" -m pip --version >/dev/null 2>&1; then
@@ -57,7 +65,22 @@ fi
 # /etc/orthanc): other Orthanc servers on the machine, e.g. the tests' of another checkout, are left running.
 PYTHON="${PYTHON}" bash "${REPO}/scripts/disable_orthanc_service.sh"
 
-# 3. This project, editable, with the test extra ----------------------------------------------------------------
+# 3. OHIF's prebuilt viewer, from the npm registry (cached: nothing is fetched when it is already there) ----------
+if [[ -f "${OHIF_DIR}/dist/index.html" ]]; then
+    step "OHIF ${OHIF_VERSION}: cached in ${OHIF_DIR}"
+else
+    step "OHIF ${OHIF_VERSION}: npm pack @ohif/app@${OHIF_VERSION} -> ${OHIF_DIR}"
+    tmp="$(mktemp -d)"
+    (cd "${tmp}" && npm pack --silent "@ohif/app@${OHIF_VERSION}" >/dev/null)
+    mkdir -p "${tmp}/x"
+    tar -xzf "${tmp}"/ohif-app-"${OHIF_VERSION}".tgz -C "${tmp}/x" package/dist
+    rm -rf "${OHIF_DIR}"
+    mkdir -p "$(dirname "${OHIF_DIR}")"
+    mv "${tmp}/x/package" "${OHIF_DIR}"
+    rm -rf "${tmp}"
+fi
+
+# 4. This project, editable, with the test extra ----------------------------------------------------------------
 # Up to date when the editable install points at this checkout and every dependency, the test extra included,
 # is installed at a satisfying version, with the console scripts of pyproject.toml. (Run from /: the build's
 # dicom_ai_node.egg-info in the checkout would otherwise shadow the installed metadata.)

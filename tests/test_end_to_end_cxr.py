@@ -29,7 +29,7 @@ def sr_regions(sr: pydicom.Dataset) -> list[tuple[str, list[float], str]]:
         for item in items:
             children = list(item.get("ContentSequence", []))
             texts = [c.TextValue for c in children if c.get("ValueType") == "TEXT"
-                     and c.ConceptNameCodeSequence[0].CodeValue == "121071"]  # (DCM, Finding): the sentence
+                     and c.ConceptNameCodeSequence[0].CodeValue == "121106"]  # (DCM, Comment): the sentence
             scoords = [c for c in children if c.get("ValueType") == "SCOORD"]
             for sc in scoords:
                 ref = sc.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID

@@ -21,7 +21,7 @@ from node.models.medimageinsight.contract import (
     parse_response,
     zero_shot,
 )
-from support.validate import assert_valid_dicom
+from support.validate import assert_valid_dicom, assert_valid_sr_template
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:
@@ -234,8 +234,14 @@ def test_classification_sr_is_valid(tmp_path: Path, data: Path) -> None:
     path = tmp_path / "cls.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert_valid_dicom(path)
+    assert_valid_sr_template(path)
     groups = sr_groups(pydicom.dcmread(path))
     assert [g["source"] for g in groups] == [a.SOPInstanceUID, b.SOPInstanceUID]
+    texts = [item.TextValue for c in pydicom.dcmread(path).ContentSequence
+             if c.ConceptNameCodeSequence[0].CodeValue == "C0034375" for item in c.ContentSequence
+             if item.ValueType == "TEXT"]
+    assert texts == ["Image 1: view: x-ray chest anteroposterior (p = 0.70) [MedImageInsight medimageinsight-emulator-1 (EMULATED)]",
+                     "Image 2: view: x-ray chest lateral (p = 0.80) [MedImageInsight medimageinsight-emulator-1 (EMULATED)]"]
     assert [g["winner"] for g in groups] == [label_code("x-ray chest anteroposterior").value,
                                             label_code("x-ray chest lateral").value]
     assert groups[1]["probabilities"][label_code("x-ray chest lateral").value] == pytest.approx(0.8)
@@ -251,13 +257,13 @@ def sr_groups(sr: pydicom.Dataset) -> list[dict]:
         for group in item.ContentSequence:
             g: dict = {"probabilities": {}}
             for child in group.ContentSequence:
-                if child.ValueType == "CODE" and child.ConceptNameCodeSequence[0].CodingSchemeDesignator == "99AINODE":
+                if child.ValueType == "CODE" and child.ConceptNameCodeSequence[0].CodeValue == "121071":  # Finding
                     g["winner"] = child.ConceptCodeSequence[0].CodeValue
                 elif child.ValueType == "NUM":
                     g["probabilities"][child.ConceptNameCodeSequence[0].CodeValue] = float(
                         child.MeasuredValueSequence[0].NumericValue)
-                elif child.ValueType == "IMAGE":
-                    g["source"] = child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                elif child.ValueType == "SCOORD":  # "Source of Measurement": the image's outline, selected from it
+                    g["source"] = child.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
                 elif child.ValueType == "TEXT":
                     g["text"] = child.TextValue
             out.append(g)

@@ -221,3 +221,21 @@ def test_code_table() -> None:
     assert codes_for_prompt("spleen", category="other organ")[1].value == "78961009"
     assert codes_for_prompt("xyz", category="tumor") == MIP_CATEGORY_CODES["tumor"]
     assert codes_for_prompt("liver", category="tumor") == MIP_CATEGORY_CODES["tumor"]
+
+
+def test_every_segment_has_a_display_colour(data: Path, tmp_path: Path) -> None:
+    """OHIF asks for RecommendedDisplayCIELabValue; each segment carries one, and two segments differ."""
+    import numpy as np
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    src = pydicom.dcmread(sorted((data / "ct/chest_ct_5mm_64slices").glob("*.dcm"))[0])
+    masks = np.zeros((1, src.Rows, src.Columns, 2), dtype=bool)
+    masks[0, 10:20, 10:20, 0] = masks[0, 30:40, 30:40, 1] = True
+    seg = build_segmentation(
+        source_images=[src], masks=masks,
+        segments=[SegmentSpec.from_prompt("liver"), SegmentSpec.from_prompt("kidney")],
+        algorithm=AlgorithmInfo(name="MedImageParse", version="v1"),
+        series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(), series_number=9910)
+    colours = [tuple(s.RecommendedDisplayCIELabValue) for s in seg.SegmentSequence]
+    assert len(colours) == 2 and len(set(colours)) == 2 and all(len(c) == 3 for c in colours)

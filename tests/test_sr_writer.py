@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from dicom_out.algorithm import NODE_MANUFACTURER, AlgorithmInfo
 from dicom_out.sr import NO_FINDINGS_TEXT, GroundedFinding, build_findings_sr, finding_tracking_uid
-from support.validate import assert_valid_dicom
+from support.validate import assert_valid_dicom, assert_valid_sr_template
 
 MONO1 = "cxr/cr_pa_mono1_uncompressed.dcm"
 JPEG = "cxr/cr_pa_jpeg_baseline.dcm"
@@ -67,9 +67,12 @@ def expected_points(box: tuple[float, float, float, float]) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
 
 
-def write_and_check(ds: pydicom.Dataset, path: Path) -> hd.sr.ComprehensiveSR:
+def write_and_check(ds: pydicom.Dataset, path: Path, template: bool = False) -> hd.sr.ComprehensiveSR:
+    """dciodvfy always; PixelMed's TID 1500 validator (slow: a JVM per file) where ``template``."""
     ds.save_as(path, enforce_file_format=True)
     assert_valid_dicom(path)
+    if template:
+        assert_valid_sr_template(path)
     return hd.sr.srread(path)
 
 
@@ -87,8 +90,30 @@ def build(frontal, evidence, findings, algorithm=REAL, **kw) -> pydicom.Dataset:
 
 
 def texts(group) -> list[str]:
+    """The box group's sentence: TEXT "Comment" (DCM 121106), which OHIF shows as the measurement's label."""
     return [item.TextValue for item in group[0].ContentSequence
-            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.Finding.value]
+            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"]
+
+
+def finding_codes(group) -> list[tuple[str, str]]:
+    return [(item.ConceptCodeSequence[0].CodingSchemeDesignator, item.ConceptCodeSequence[0].CodeValue)
+            for item in group[0].ContentSequence
+            if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.Finding.value]
+
+
+def qualitative(ds: pydicom.Dataset) -> list[tuple[str, str]]:
+    """(value type, TEXT value or "CSD:code") of the TID 1500 "Qualitative Evaluations" container, in order."""
+    out = []
+    for item in ds.ContentSequence:
+        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "C0034375":
+            for child in item.ContentSequence:
+                assert child.ConceptNameCodeSequence[0].CodeValue == codes.DCM.Finding.value
+                if child.ValueType == "TEXT":
+                    out.append(("TEXT", child.TextValue))
+                else:
+                    code = child.ConceptCodeSequence[0]
+                    out.append(("CODE", f"{code.CodingSchemeDesignator}:{code.CodeValue}"))
+    return out
 
 
 def referenced_uids(ds: pydicom.Dataset, keyword: str) -> set[str]:
@@ -114,7 +139,7 @@ def test_boxes_become_planar_roi_groups_with_exact_polylines(frontal, lateral, t
     before = len(frontal)
     ds = build(frontal, [frontal, lateral], FINDINGS)
     assert len(frontal) == before and "ContributingEquipmentSequence" not in frontal  # input untouched
-    sr = write_and_check(ds, tmp_path / "sr.dcm")
+    sr = write_and_check(ds, tmp_path / "sr.dcm", template=True)
 
     planar = sr.content.get_planar_roi_measurement_groups()
     boxes = [(i, j, box, f) for i, f in enumerate(FINDINGS, 1) for j, box in enumerate(f.boxes, 1)]
@@ -131,10 +156,13 @@ def test_boxes_become_planar_roi_groups_with_exact_polylines(frontal, lateral, t
         assert group.tracking_identifier == f"Finding {i} box {j}"
         assert group.tracking_uid == finding_tracking_uid(frontal.SOPInstanceUID, REAL, i, j, finding)
 
-    plain = sr.content.get_image_measurement_groups()
-    assert len(plain) == 1
-    assert texts(plain[0]) == ["No pneumothorax."]
-    assert plain[0].tracking_identifier == "Finding 3"
+    # coded findings (SNOMED CT, from the documented table; expected codes typed here, not taken from the code)
+    assert [finding_codes(g) for g in planar] == [[("SCT", "8186001")], [("SCT", "60046008")], [("SCT", "60046008")]]
+
+    # no measurement group without geometry: the box-less sentence is a qualitative evaluation of the report,
+    # coded generically ("No pneumothorax." must never be coded as a pneumothorax)
+    assert sr.content.get_image_measurement_groups() == []
+    assert qualitative(sr) == [("CODE", "SCT:404684003"), ("TEXT", "No pneumothorax.")]
 
     # the model is the observer, as a device
     (observer,) = sr.content.get_observer_contexts()
@@ -177,13 +205,12 @@ def test_full_dataset_with_pixels_is_accepted(data: Path, tmp_path):
 
 
 def test_zero_findings_is_a_valid_report(frontal, lateral, tmp_path):
-    sr = write_and_check(build(frontal, [frontal, lateral], []), tmp_path / "sr.dcm")
+    sr = write_and_check(build(frontal, [frontal, lateral], []), tmp_path / "sr.dcm", template=True)
     assert sr.content.get_planar_roi_measurement_groups() == []
-    (group,) = sr.content.get_image_measurement_groups()
-    assert texts(group) == [NO_FINDINGS_TEXT]
-    refs = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-            for item in group[0].ContentSequence if item.ValueType == "IMAGE"}
-    assert refs == {frontal.SOPInstanceUID, lateral.SOPInstanceUID}
+    assert sr.content.get_image_measurement_groups() == []
+    assert qualitative(sr) == [("CODE", "SCT:404684003"), ("TEXT", NO_FINDINGS_TEXT)]
+    assert referenced_uids(sr, "CurrentRequestedProcedureEvidenceSequence") == {
+        frontal.SOPInstanceUID, lateral.SOPInstanceUID}
 
 
 def test_predecessor_is_referenced(frontal, lateral, tmp_path):
@@ -225,7 +252,8 @@ def test_emulated_output_is_labelled(frontal, lateral, tmp_path):
 
 def test_prior_study_goes_to_pertinent_other_evidence(frontal, lateral, tmp_path):
     prior = prior_of(frontal)
-    sr = write_and_check(build(frontal, [frontal, lateral], FINDINGS, other_evidence=[prior]), tmp_path / "sr.dcm")
+    sr = write_and_check(build(frontal, [frontal, lateral], FINDINGS, other_evidence=[prior]), tmp_path / "sr.dcm",
+                         template=True)
     assert referenced_uids(sr, "PertinentOtherEvidenceSequence") == {prior.SOPInstanceUID}
     assert prior.SOPInstanceUID not in referenced_uids(sr, "CurrentRequestedProcedureEvidenceSequence")
 
@@ -249,3 +277,29 @@ def test_missing_identity_is_refused(frontal):
     del broken.SOPInstanceUID
     with pytest.raises(ValueError, match="SOPInstanceUID"):
         build(broken, [], FINDINGS)
+
+
+@pytest.mark.parametrize("sentence, code", [
+    ("There is a small left pleural effusion.", ("SCT", "60046008")),
+    ("Right basal opacity, possibly atelectasis.", ("SCT", "46621007")),
+    ("Patchy opacities in both lower lobes.", ("RADLEX", "RID28530")),
+    ("The heart is enlarged.", ("SCT", "8186001")),
+    ("Small right apical pneumothorax.", ("SCT", "36118008")),
+    ("No pleural effusion or pneumothorax.", ("SCT", "404684003")),
+    ("Lungs are clear without focal consolidation.", ("SCT", "404684003")),
+    ("Median sternotomy wires are noted.", ("SCT", "404684003")),
+])
+def test_sentences_are_coded_by_the_documented_table(frontal, tmp_path, sentence, code):
+    sr = build(frontal, [frontal], [GroundedFinding(sentence, ((10.0, 10.0, 50.0, 50.0),))])
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    (group,) = hd.sr.srread(tmp_path / "sr.dcm").content.get_planar_roi_measurement_groups()
+    assert finding_codes(group) == [code] and texts(group) == [sentence]
+
+
+def test_several_sentences_without_a_box_stay_in_template_order(frontal, tmp_path):
+    findings = [GroundedFinding("Small left pleural effusion."), GroundedFinding("No pneumothorax."),
+                GroundedFinding("Cardiomegaly.", ((5.0, 5.0, 20.0, 20.0),))]
+    sr = write_and_check(build(frontal, [frontal], findings), tmp_path / "sr.dcm", template=True)
+    assert qualitative(sr) == [("CODE", "SCT:60046008"), ("CODE", "SCT:404684003"),
+                               ("TEXT", "Small left pleural effusion."), ("TEXT", "No pneumothorax.")]
+    assert [texts(g) for g in sr.content.get_planar_roi_measurement_groups()] == [["Cardiomegaly."]]

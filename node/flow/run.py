@@ -64,7 +64,8 @@ def run_job(svc: Services, job_id: int) -> None:
                      client=svc.client(job["endpoint"]), instance_paths=paths,
                      previous_results=lambda kind: _previous(svc, job, kind),
                      classifications=_labels(svc, job["study_uid"]), store=svc.store,
-                     prior_lookup=_prior_lookup(svc))
+                     prior_lookup=_prior_lookup(svc),
+                     result_kinds=frozenset(k for kinds in _result_kinds(svc, rule.send_to).values() for k in kinds))
     t0 = time.monotonic()
     try:
         output = pipeline_for(endpoint.model)(ctx)
@@ -105,7 +106,8 @@ def run_job(svc: Services, job_id: int) -> None:
     failpoint("results_written")
     ok = svc.store.finish_job(job_id, svc.owner, state=output.state, outcome=output.outcome,
                                new_results=rows, destinations=rule.send_to if rows else (),
-                               endpoint_seconds=output.endpoint_seconds, writes=output.writes)
+                               endpoint_seconds=output.endpoint_seconds, writes=output.writes,
+                               result_kinds=_result_kinds(svc, rule.send_to))
     if not ok:
         log.warning("job %d: lease lost before the results were committed; another worker owns it", job_id)
         return
@@ -115,6 +117,11 @@ def run_job(svc: Services, job_id: int) -> None:
         for dest in rule.send_to:
             svc.queue.enqueue_delivery(dest)
     _after_job(svc, job["study_uid"])
+
+
+def _result_kinds(svc: Services, send_to: list[str]) -> dict[str, list[str]]:
+    """Destination -> the result kinds it receives (``destinations.<name>.results``)."""
+    return {d: list(svc.cfg.destinations[d].results) for d in send_to if d in svc.cfg.destinations}
 
 
 def _labels(svc: Services, study_uid: str) -> dict[str, dict[str, str]]:

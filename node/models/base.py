@@ -28,11 +28,14 @@ class JobContext:
     client: Any  # node.invoke.client.EndpointClient
     instance_paths: list[Path]
     previous_results: Callable[[str], pydicom.Dataset | None]  # kind -> the result it replaces, if any
-    # zero-shot labels stored for this study: label set -> SOP Instance UID -> winning label (node/embeddings.py)
+    # zero-shot labels stored for this study: label set -> SOP Instance UID -> winning label (node/store/embeddings.py)
     classifications: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    store: Any = None  # node.state.Store, for caches only (results go through JobOutput)
-    # frontal header -> node.priors.PriorResult; None when priors are not configured
+    store: Any = None  # node.store.state.Store, for caches only (results go through JobOutput)
+    # frontal header -> node.models.cxrreportgen.priors.PriorResult; None when priors are not configured
     prior_lookup: Callable[[pydicom.Dataset], Any] | None = None
+    # result kinds some destination of the rule receives (destinations.<name>.results): "sc" asks for the
+    # burned-in Secondary Captures (node/models/sc_fallback.py)
+    result_kinds: frozenset[str] = frozenset({"sr", "gsps", "seg"})
 
     def uid(self, label: str) -> str:
         """A result UID derived from the job: the same on every re-run of the job, new for a new job."""

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from node.store.schema import jobs, now, outbox, results, studies
+
+
+def destinations_for(kind: str, destinations: Sequence[str],
+                     result_kinds: Mapping[str, Collection[str]] | None) -> list[str]:
+    """The destinations that receive a result of ``kind`` (``destinations.<name>.results``; all when unknown)."""
+    if result_kinds is None:
+        return list(destinations)
+    return [d for d in destinations if d not in result_kinds or kind in result_kinds[d]]
 
 
 class JobsPart:
@@ -81,8 +89,13 @@ class JobsPart:
 
     def finish_job(self, job_id: int, owner: str, *, state: str, outcome: str,
                    new_results: Sequence[dict[str, Any]] = (), destinations: Sequence[str] = (),
-                   endpoint_seconds: float | None = None, writes: Sequence[Any] = ()) -> bool:
-        """End a job; its results, their outbox rows and ``writes`` (fn(connection)) commit in one transaction."""
+                   endpoint_seconds: float | None = None, writes: Sequence[Any] = (),
+                   result_kinds: Mapping[str, Collection[str]] | None = None) -> bool:
+        """End a job; its results, their outbox rows and ``writes`` (fn(connection)) commit in one transaction.
+
+        ``result_kinds``: destination -> the result kinds it receives (``destinations.<name>.results``); a result
+        gets an outbox row only for the destinations that want its kind (all of them when None).
+        """
         t = now()
         with self.engine.begin() as conn:
             res = conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.lease_owner == owner,
@@ -98,7 +111,7 @@ class JobsPart:
                                       .where(results.c.sop_instance_uid == r["sop_instance_uid"])).first()
                 if exists is None:
                     conn.execute(insert(results).values(job_id=job_id, created_at=t, **r))
-                for dest in destinations:
+                for dest in destinations_for(r["kind"], destinations, result_kinds):
                     have = conn.execute(select(outbox.c.id).where(and_(
                         outbox.c.result_uid == r["sop_instance_uid"], outbox.c.destination == dest))).first()
                     if have is None:

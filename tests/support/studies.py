@@ -18,7 +18,8 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from dicom_out.algorithm import AlgorithmInfo
-from dicom_out.sr import GroundedFinding, build_findings_sr, quiet_person_name_warnings, source_header
+from dicom_out.common import quiet_person_name_warnings, source_header
+from dicom_out.sr import GroundedFinding, build_findings_sr
 
 PRIOR_DATE = "20230115"
 CURRENT_DATE = "20240610"

@@ -16,6 +16,7 @@ from node.models.cxrreportgen.contract import build_request, denormalize_box, pa
 from node.models.cxrreportgen.priors import prior_inputs
 
 from node.models.base import JobContext, JobOutput
+from node.models.sc_fallback import cxr_sc, wants_sc
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,10 @@ def run(ctx: JobContext) -> JobOutput:
         frontal=frontal, findings=findings, algorithm=algorithm,
         series_instance_uid=ctx.uid("gsps-series"), sop_instance_uid=ctx.uid("gsps"),
         series_number=GSPS_SERIES_NUMBER)
+    results = [("sr", sr), ("gsps", gsps)]
+    if wants_sc(ctx):
+        results += cxr_sc(ctx, inputs.frontal_path, findings, algorithm)
     n_boxes = sum(len(f.boxes) for f in findings)
     views = "frontal + lateral" if inputs.lateral else "frontal only"
     return JobOutput(state="done", outcome=f"{len(findings)} findings, {n_boxes} boxes ({views}){prior.note}",
-                     results=[("sr", sr), ("gsps", gsps)], endpoint_seconds=reply.elapsed_seconds)
+                     results=results, endpoint_seconds=reply.elapsed_seconds)

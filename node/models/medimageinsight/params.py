@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class InsightParams(BaseModel):
-    """Rule params for MedImageInsight (node/pipelines/insight.py)."""
+    """Rule params for MedImageInsight (node/models/medimageinsight/pipeline.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -18,7 +18,7 @@ class InsightParams(BaseModel):
     resize: int | None = Field(None, ge=1, description="Longer side in pixels on the client (e.g. 512)")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request, bytes of JSON")
     max_rows: int = Field(32, ge=1, le=1024, description="Rows (images or texts) per request")
-    allow_burned_in: bool = Field(False, description="Send images marked BurnedInAnnotation=YES (node/worker.py)")
+    allow_burned_in: bool = Field(False, description="Send images marked BurnedInAnnotation=YES (node/flow/run.py)")
 
     @field_validator("labels")
     @classmethod

@@ -40,7 +40,7 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: list[str] = Field(description="One segment per prompt: a string joined with '&', or a list")
-    allow_burned_in: bool = Field(False, description="Send images marked BurnedInAnnotation=YES (node/worker.py)")
+    allow_burned_in: bool = Field(False, description="Send images marked BurnedInAnnotation=YES (node/flow/run.py)")
     segmentation_type: Literal["auto", "binary", "fractional"] = Field(
         "auto", description="auto: FRACTIONAL when the model's mask holds values between its extremes, else BINARY")
 

@@ -15,7 +15,7 @@
 - One segment per prompt; category and type coded from the model's ``text_features`` category for that prompt (the
   most frequent one when images disagree; :mod:`dicom_out.seg_codes`).
 - BINARY: mask value > ``params.threshold`` (128 of 255, as Microsoft's notebooks), or FRACTIONAL when the masks
-  hold intermediate values (``params.segmentation_type``; :mod:`node.pipelines.masks`).
+  hold intermediate values (``params.segmentation_type``; :mod:`node.models.medimageparse.masks`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from node.models.registry import params_for
 
 from node.models.base import JobContext, JobOutput
 from node.models.medimageparse.masks import segment_values
+from node.models.sc_fallback import seg_scs, wants_sc
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,8 @@ def run(ctx: JobContext) -> JobOutput:
             notes.append(f"series {sources[0].SeriesInstanceUID}: no SEG written: {exc}")
             continue
         results.append(("seg", seg))
+        if wants_sc(ctx):
+            results += seg_scs(ctx, sources, values, params.prompt, algorithm, key=key)
         summaries.append(f"series {sources[0].SeriesInstanceUID}: {what}, "
                          f"{'FRACTIONAL' if fractional else 'BINARY'}, categories "
                          f"{[s.model_category for s in segments]}")

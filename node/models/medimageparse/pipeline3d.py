@@ -34,6 +34,7 @@ from node.models.registry import params_for
 
 from node.models.base import JobContext, JobOutput
 from node.models.medimageparse.masks import segment_values
+from node.models.sc_fallback import seg_scs, wants_sc
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ def run(ctx: JobContext) -> JobOutput:
             fractional=fractional,
         )
         results.append(("seg", seg))
+        if wants_sc(ctx):
+            results += seg_scs(ctx, sources, values, params.prompt, algorithm, key=f"3d-{series_uid}")
         voxels = [int(np.count_nonzero(m)) for m in masks]
         notes.insert(0, f"series {series_uid}: {volume.data.shape[2]} slices, {len(params.prompt)} segment(s), "
                         f"{'FRACTIONAL' if fractional else 'BINARY'}, voxels {voxels}")
