@@ -65,22 +65,7 @@ def build_cxr_inputs(paths: Sequence[Path], *, classified: Mapping[str, str] | N
     """
     if not paths:
         raise ValueError("build_cxr_inputs needs at least one file")
-    early: dict[str, str] = {}
-    headers: list[tuple[Path, Dataset]] = []
-    for path in map(Path, paths):
-        try:
-            ds, has_pixels = read_header(path)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            log.warning("skipping %s: not readable as DICOM (%s)", path, exc)
-            early[f"skipped:{path}"] = f"not readable as DICOM: {exc}"
-            continue
-        if not has_pixels:
-            early[image_key(ds, path, early)] = skip_reason(ds) or "not an image (no Pixel Data)"
-            continue
-        headers.append((path, ds))
-    selection = select_views(headers, classified)
-    selection = ViewSelection(selection.frontal, selection.lateral, {**early, **selection.reasons},
-                              selection.frontal_projection)
+    selection = choose_views(paths, classified)
     if selection.frontal is None:
         seen = "; ".join(f"{key}: {why}" for key, why in selection.reasons.items())
         raise NoFrontalView(f"no frontal chest image among {len(paths)} file(s): {seen}", selection)
@@ -99,3 +84,26 @@ def build_cxr_inputs(paths: Sequence[Path], *, classified: Mapping[str, str] | N
         selection=selection,
     )
 
+
+def choose_views(paths: Sequence[Path], classified: Mapping[str, str] | None = None) -> ViewSelection:
+    """Read the headers of ``paths`` (without pixel data) and choose the frontal and lateral images.
+
+    Unreadable files and files without Pixel Data get their reason in ``reasons`` like the non-images of
+    :func:`~converters.cxr_select.select_views`. Converts nothing (the rule tester shows this choice).
+    """
+    early: dict[str, str] = {}
+    headers: list[tuple[Path, Dataset]] = []
+    for path in map(Path, paths):
+        try:
+            ds, has_pixels = read_header(path)
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            log.warning("skipping %s: not readable as DICOM (%s)", path, exc)
+            early[f"skipped:{path}"] = f"not readable as DICOM: {exc}"
+            continue
+        if not has_pixels:
+            early[image_key(ds, path, early)] = skip_reason(ds) or "not an image (no Pixel Data)"
+            continue
+        headers.append((path, ds))
+    selection = select_views(headers, classified)
+    return ViewSelection(selection.frontal, selection.lateral, {**early, **selection.reasons},
+                         selection.frontal_projection)

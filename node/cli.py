@@ -1,4 +1,5 @@
-"""The ``dicom-node`` command line: serve, emulator, check-config, status, retry, demo."""
+"""The ``dicom-node`` command line: serve, emulator, check-config, status, retry, demo (rules test, retract, rerun:
+:mod:`node.cli_rules`)."""
 
 from __future__ import annotations
 
@@ -228,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_similar(sub)
     sub.choices["similar"].set_defaults(func=cmd_similar)
+
+    from node.cli_rules import add_parsers as add_rules_retract
+
+    add_rules_retract(sub)  # rules test, retract, rerun (node/cli_rules.py)
     return p
 
 

@@ -6,7 +6,7 @@ import pydicom
 import pytest
 
 from node.config import ConfigError, parse_config
-from node.flow.decide import instance_matches, plan_study
+from node.flow.decide import explain_mismatch, instance_matches, plan_study
 
 
 def ds(**kw) -> pydicom.Dataset:
@@ -33,6 +33,17 @@ def test_missing_and_empty_tags_do_not_match() -> None:
     assert not instance_matches({"BodyPartExamined": "*"}, ds(Modality="CR"))
     assert not instance_matches({"BodyPartExamined": "*"}, ds(Modality="CR", BodyPartExamined=""))
     assert instance_matches({}, ds(Modality="CR"))
+
+
+def test_explain_mismatch_names_the_first_failing_key_and_the_values_found() -> None:
+    d = ds(Modality="DX", BodyPartExamined="THORAX", ImageType=["ORIGINAL", "PRIMARY"])
+    assert explain_mismatch({"Modality": ["CR", "DX"], "BodyPartExamined": "CHEST*"}, d) == (
+        "BodyPartExamined", "CHEST*", ["THORAX"])
+    assert explain_mismatch({"Modality": "CT", "BodyPartExamined": "CHEST*"}, d) == ("Modality", "CT", ["DX"])
+    assert explain_mismatch({"ViewPosition": "PA"}, d) == ("ViewPosition", "PA", None)  # absent
+    assert explain_mismatch({"ImageType": "LOCALIZER"}, d) == ("ImageType", "LOCALIZER", ["ORIGINAL", "PRIMARY"])
+    for match in ({"Modality": "DX"}, {"ImageType": "PRIMARY"}, {}, {"Modality": "dx", "BodyPartExamined": "thor*"}):
+        assert explain_mismatch(match, d) is None and instance_matches(match, d)
 
 
 def test_multivalued_attribute_matches_any_value() -> None:

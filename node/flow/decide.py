@@ -90,6 +90,20 @@ def instance_matches(match: Mapping[str, MatchValue], ds: pydicom.Dataset) -> bo
                if key != CLASSIFIED_KEY)
 
 
+def explain_mismatch(match: Mapping[str, MatchValue], ds: pydicom.Dataset) -> tuple[str, MatchValue, list[str] | None] | None:
+    """The first ``match`` key this instance fails, as (key, expected, values found or None); None if all match.
+
+    The same test as :func:`instance_matches` (``classified`` is left out: it needs stored labels).
+    """
+    for key, expected in match.items():
+        if key == CLASSIFIED_KEY:
+            continue
+        found = _values_of(ds, key)
+        if not value_matches(expected, found):
+            return key, expected, found
+    return None
+
+
 def classified_matches(expected: Mapping[str, Any] | None, ds: pydicom.Dataset,
                        labels: Mapping[str, Mapping[str, str]]) -> bool:
     """Every label set of ``expected`` has, for this instance, a stored winning label among the listed ones."""

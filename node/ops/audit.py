@@ -44,6 +44,8 @@ EVENT_CODES = {
     "job-failed": ("110106", "Export"),
     "result-sent": ("110104", "DICOM Instances Transferred"),
     "result-parked": ("110104", "DICOM Instances Transferred"),
+    "results-rejected": ("110104", "DICOM Instances Transferred"),  # an IOCM rejection note queued
+    "study-rerun": ("110100", "Application Activity"),
 }
 
 # ATNA EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure, 12 major failure

@@ -10,7 +10,8 @@ leases to another worker.
 - :mod:`node.store.priors`: prior lookups, and how instances of an expected prior are recorded;
 - :mod:`node.store.jobs`: jobs, waiting jobs, results of earlier study versions;
 - :mod:`node.store.outbox`: outbox rows (claim, settle, retry parked, due destinations);
-- :mod:`node.store.upkeep`: lease recovery, the sweep's stale work, retention, the status summary.
+- :mod:`node.store.upkeep`: lease recovery, the sweep's stale work, retention, the status summary;
+- :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions.
 
 Opening a store checks the schema revision (:func:`node.store.schema.ensure_schema`).
 """
@@ -27,6 +28,7 @@ from node.store.jobs import JobsPart
 from node.store.outbox import OutboxPart
 from node.store.priors import PriorsPart
 from node.store.records import InstanceRecord
+from node.store.revisions import RevisionsPart
 from node.store.studies import StudiesPart
 from node.store.upkeep import UpkeepPart
 
@@ -38,7 +40,7 @@ def lease_owner(instance_id: str) -> str:
     return f"{instance_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class Store(StudiesPart, PriorsPart, JobsPart, UpkeepPart, OutboxPart):
+class Store(StudiesPart, PriorsPart, JobsPart, UpkeepPart, OutboxPart, RevisionsPart):
     """The node's database, as the operations the roles need."""
 
     def __init__(self, engine: Engine) -> None:

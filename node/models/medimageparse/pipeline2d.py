@@ -62,7 +62,8 @@ def _is_image(ds: pydicom.Dataset) -> bool:
     return "Rows" in ds and "Columns" in ds and int(ds.get("Rows") or 0) > 0 and int(ds.get("Columns") or 0) > 0
 
 
-def _frames_wanted(params: Parse2DParams, paths: list[Path]) -> tuple[list[tuple[Path, int, pydicom.Dataset]], list[str]]:
+def frames_wanted(params: Parse2DParams, paths: list[Path]) -> tuple[list[tuple[Path, int, pydicom.Dataset]], list[str]]:
+    """(file, frame index, header) of every frame ``params.frames`` selects, and notes on what was left out."""
     notes: list[str] = []
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
     headers: dict[str, pydicom.Dataset] = {}
@@ -135,7 +136,7 @@ def _seg_frames(items: list[_Analysed], n_prompts: int) -> tuple[list[pydicom.Da
 def run(ctx: JobContext) -> JobOutput:
     """Convert the selected frames, call the endpoint in batches, and write one SEG per source series."""
     params: Parse2DParams = params_for("medimageparse", ctx.rule.params)
-    wanted, notes = _frames_wanted(params, ctx.instance_paths)
+    wanted, notes = frames_wanted(params, ctx.instance_paths)
     if not wanted:
         return JobOutput(state="skipped", outcome="no image frame to segment" + (f": {'; '.join(notes)}" if notes else ""))
     analysed, problems = _convert(params, wanted)

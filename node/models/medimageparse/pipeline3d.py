@@ -45,7 +45,8 @@ class VolumeTooLargeError(ValueError):
     """The volume's request would exceed the endpoint's body limit (``params.max_request_mb``)."""
 
 
-def _headers(paths: list[Path]) -> tuple[list[tuple[Path, pydicom.Dataset]], list[str]]:
+def read_headers(paths: list[Path]) -> tuple[list[tuple[Path, pydicom.Dataset]], list[str]]:
+    """(path, header) of every readable file, and a note per file that could not be read."""
     headers, problems = [], []
     for path in paths:
         try:
@@ -55,7 +56,7 @@ def _headers(paths: list[Path]) -> tuple[list[tuple[Path, pydicom.Dataset]], lis
     return headers, problems
 
 
-def _volumes_wanted(params: Parse3DParams, headers: list[tuple[Path, pydicom.Dataset]]
+def volumes_wanted(params: Parse3DParams, headers: list[tuple[Path, pydicom.Dataset]]
                     ) -> tuple[list[tuple[str, list[Path]]], list[str]]:
     """(series UID, slice files) of each volume to build, and notes on what was left out."""
     if params.series == "largest-axial":
@@ -71,9 +72,9 @@ def _volumes_wanted(params: Parse3DParams, headers: list[tuple[Path, pydicom.Dat
 def run(ctx: JobContext) -> JobOutput:
     """Build the volume(s), call the endpoint once per prompt, and write one SEG per volume."""
     params: Parse3DParams = params_for("medimageparse3d", ctx.rule.params)
-    headers, notes = _headers(ctx.instance_paths)
+    headers, notes = read_headers(ctx.instance_paths)
     try:
-        wanted, why = _volumes_wanted(params, headers)
+        wanted, why = volumes_wanted(params, headers)
     except VolumeError as exc:
         return JobOutput(state="skipped", outcome=f"no volume to segment: {exc}")
     by_uid = {str(ds.SOPInstanceUID): ds for _, ds in headers}
