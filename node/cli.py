@@ -30,7 +30,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         where = ep.url or f"workspace {ep.workspace} / endpoint {ep.endpoint_name}"
         print(f"  endpoint {name}: {ep.model} at {where} (auth {ep.auth})")
     for name, d in cfg.destinations.items():
-        print(f"  destination {name}: {d.ae_title}@{d.host}:{d.port}")
+        print(f"  destination {name}: " + (f"STOW-RS {d.url}" if d.type == "dicomweb" else f"{d.ae_title}@{d.host}:{d.port}"))
     for r in cfg.rules:
         print(f"  rule {r.name}: {r.match} -> {r.endpoint} -> {r.send_to}")
     if cfg.priors is not None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the test suite needs, idempotently; fast when everything is already there.
 #
-#   - Debian packages: dcmtk (storescu/echoscu/... peers), orthanc (test PACS), dicom3tools (dciodvfy),
+#   - Debian packages: dcmtk (storescu/echoscu/... peers), orthanc (test PACS) and orthanc-dicomweb (its
+#     DICOMweb plugin: the STOW-RS/QIDO-RS/WADO-RS peer), dicom3tools (dciodvfy),
 #     dcm2niix (reference NIfTI geometry)
 #   - the Debian orthanc service is disabled and its own process stopped (scripts/disable_orthanc_service.sh):
 #     tests start their own Orthanc on free ports; no other Orthanc is touched
@@ -13,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(dcmtk orthanc dicom3tools dcm2niix)
+APT_PACKAGES=(dcmtk orthanc orthanc-dicomweb dicom3tools dcm2niix)
 
 step() { printf '[setup] %s\n' "$*"; }
 
