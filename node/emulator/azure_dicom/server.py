@@ -148,12 +148,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, archive.latest() or {}, "application/json")
         if path == "/changefeed":
             return self._changefeed(query)
+        metadata = path.endswith("/metadata")
+        if metadata:
+            path = path[:-len("/metadata")]
         m = re.fullmatch(r"/studies(?:/([0-9.]+))?(?:/series(?:/([0-9.]+))?)?(?:/instances(?:/([0-9.]+))?)?",
                          path)
         if not m:
             return self._json(404, {"error": "not found"}, "application/json")
         study, series, sop = m.groups()
         last = path.rstrip("/").rsplit("/", 1)[-1]
+        if metadata and last not in ("studies", "series", "instances"):
+            found = archive.find(study, series, sop)
+            return self._json(200, [metadata_json(s.header) for s in found]) if found else \
+                self._json(404, {"error": "not found"}, "application/json")
         if last not in ("studies", "series", "instances"):  # the path names a resource: WADO-RS
             return self._retrieve(archive.find(study, series, sop))
         level = {"studies": "study", "series": "series", "instances": "instance"}[last]
