@@ -109,6 +109,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
     s = store.summary(limit=args.limit)
+    from node.store.sources import all_sources
+
+    s["sources"] = all_sources(store.engine)
     if args.json:
         print(json.dumps(s, indent=2, default=str))
         return 0
@@ -135,6 +138,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in s["recent_jobs"]:
             print(f"  #{r['id']} {r['rule_name']} study {r['study_uid']} v{r['study_version']}: {r['state']} "
                   f"(attempts {r['attempts']}) {r['outcome'] or ''}")
+    if s["sources"]:
+        print("\nsources (change feeds):")
+        for r in s["sources"]:
+            health = (f"FAILING ({r['failures']} polls): {r['last_error']}; next poll {_fmt_time(r['next_poll_at'])}"
+                      if r["failures"] else "ok")
+            print(f"  {r['source']}: offset {r['feed_offset']} (sequence {r['last_sequence']}), "
+                  f"{r['ingested']} instances ingested, {health}")
     if s.get("priors"):
         print("\nprior lookups:")
         for r in s["priors"]:

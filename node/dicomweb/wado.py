@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import httpx
 import pydicom
@@ -16,6 +17,7 @@ from node.store.state import InstanceRecord, Store
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'  # as stored, not transcoded
 
 
@@ -38,9 +40,9 @@ def wado_instance(http: httpx.Client, base: str, study: str, series: str, sop: s
     return dicom[0]
 
 
-def spool_bytes(data: bytes, spool: Spool, store: Store, source: str, quiet_seconds: float, *,
-                is_prior: bool) -> tuple[str, Path]:
-    """Write one instance into the spool (fsync, rename, directory fsync) and record it; (study UID, path).
+def spool_bytes(data: bytes, spool: Spool, record: Callable[[list[InstanceRecord]], R], source: str,
+                *, is_prior: bool) -> tuple[InstanceRecord, R]:
+    """Write one instance into the spool (fsync, rename, directory fsync), then ``record`` it; (record, result).
 
     :class:`ValueError` when it is not DICOM or lacks valid study/series/SOP UIDs (nothing is kept then).
     """
@@ -57,11 +59,10 @@ def spool_bytes(data: bytes, spool: Spool, store: Store, source: str, quiet_seco
         raise
     dst = spool.instance_path(study, series, sop)
     move_durably(tmp, dst)
-    store.record_instances([InstanceRecord(
-        sop_instance_uid=sop, study_uid=study, series_uid=series, sop_class_uid=text_of(header, "SOPClassUID"),
-        transfer_syntax_uid=syntax, path=str(dst), size_bytes=dst.stat().st_size, calling_ae=source[:16],
-        is_prior=is_prior)], quiet_seconds)
-    return study, dst
+    rec = InstanceRecord(sop_instance_uid=sop, study_uid=study, series_uid=series,
+                         sop_class_uid=text_of(header, "SOPClassUID"), transfer_syntax_uid=syntax, path=str(dst),
+                         size_bytes=dst.stat().st_size, calling_ae=source[:16], is_prior=is_prior)
+    return rec, record([rec])
 
 
 def retrieve_prior(http: httpx.Client, base: str, ident: pydicom.Dataset, deadline: Deadline, peer: str,
@@ -79,7 +80,7 @@ def retrieve_prior(http: httpx.Client, base: str, ident: pydicom.Dataset, deadli
         log.warning("WADO-RS of a prior instance from %s failed: %s", peer, exc)
         return 0xA701
     try:
-        spool_bytes(data, spool, store, peer, 0.0, is_prior=True)
+        spool_bytes(data, spool, lambda recs: store.record_instances(recs, 0.0), peer, is_prior=True)
     except OSError as exc:
         log.error("cannot store a retrieved prior: %s", exc)
         return 0xA700

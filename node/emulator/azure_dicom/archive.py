@@ -64,6 +64,8 @@ class Archive:
         self.stow_requests = 0
         #: how many times each SOP Instance UID arrived in a STOW-RS request (stored or answered 45070)
         self.stow_counts: Counter[str] = Counter()
+        #: how many times each SOP Instance UID was retrieved by WADO-RS
+        self.wado_counts: Counter[str] = Counter()
 
     def store(self, parts: list[bytes], study_in_path: str | None = None) -> StowResult:
         """Store the parts of one STOW-RS request; per-instance validation as the conformance statement says."""

@@ -187,6 +187,8 @@ class _Handler(BaseHTTPRequestHandler):
         if accept and "application/dicom" not in accept and "*/*" not in accept:
             return self._json(406, {"error": "multipart/related; type=\"application/dicom\" expected"},
                               "application/json")
+        with self.server.lock:
+            self.server.archive.wado_counts.update(s.sop for s in found)
         body, content_type = multipart.encode(s.path.read_bytes() for s in found)
         self._send(200, body, content_type)
 
