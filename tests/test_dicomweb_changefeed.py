@@ -115,3 +115,69 @@ def test_source_config_is_checked() -> None:
         parse_config({"sources": [{"type": "gcp-pubsub", "url": "https://x/v2"}]})
     with pytest.raises(ConfigError, match="url"):
         parse_config({"sources": [{"type": "azure-dicom-changefeed"}]})
+
+
+# --- end to end: dicom-node serve with the emulated Azure DICOM service as source and destination ----------------
+
+def results_by_study(azure: AzureDicomEmulator, own_study_uids: set[str]) -> dict[str, list[str]]:
+    """Modalities of the results (SR, PR) the service holds, per study."""
+    out: dict[str, list[str]] = {}
+    for s in azure.archive.find():
+        modality = str(s.header.get("Modality", ""))
+        if s.study in own_study_uids and modality in ("SR", "PR"):
+            out.setdefault(s.study, []).append(modality)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_change_feed_end_to_end_with_a_kill_while_consuming(tmp_path: Path, data: Path) -> None:
+    """Studies put into the Azure DICOM service get their SR and GSPS back there by STOW-RS, exactly once, even
+    though the node is SIGKILLed while it consumes the change feed."""
+    import pydicom
+
+    from node.emulator.server import EmulatorServer
+    from support.nodekit import db_rows, status_json, wait_until
+    from support.nodeproc import NodeProcess, node_config
+
+    studies = [derive_cxr_study(tmp_path / f"s{i}", data / "cxr" / "cr_pa_mono1_uncompressed.dcm",
+                                data / "cxr" / "dx_lateral_thorax_veterinary.dcm") for i in range(4)]
+    uids = [str(pydicom.dcmread(s[0], stop_before_pixels=True).StudyInstanceUID) for s in studies]
+    with EmulatorServer("127.0.0.1", 0) as model, AzureDicomEmulator(tmp_path / "azure") as azure:
+        cfg = node_config(tmp_path, endpoint_url=model.url, pacs=None,
+                          sources=[{"type": "azure-dicom-changefeed", "name": "azure", "url": azure.url,
+                                    "poll_seconds": 0.3, "batch": 1}])
+        cfg["destinations"]["azure"] = {"type": "dicomweb", "url": azure.url, "backoff_initial_seconds": 0.5,
+                                        "backoff_max_seconds": 2}
+        cfg["rules"][0]["send_to"] = ["azure"]
+        node = NodeProcess(tmp_path, cfg)
+        node.start()
+        try:
+            stow(azure.url, studies[0])
+            wait_until(lambda: len(results_by_study(azure, {uids[0]}).get(uids[0], [])) >= 2, 120,
+                       "the first study's SR and GSPS in the Azure DICOM service")
+            for s in studies[1:]:
+                stow(azure.url, s)
+            wait_until(lambda: db_rows(node, "SELECT ingested FROM source_offsets")[0][0] >= 3, 60,
+                       "the node consuming the change feed")
+            node.kill()
+            node.start()
+            wait_until(lambda: all(len(results_by_study(azure, set(uids)).get(u, [])) >= 2 for u in uids), 180,
+                       "every study's results in the Azure DICOM service")
+            time.sleep(3)  # anything sent twice would arrive now
+            status = status_json(node)
+        finally:
+            node.stop()
+        got = results_by_study(azure, set(uids))
+        assert {u: sorted(got[u]) for u in uids} == {u: ["PR", "SR"] for u in uids}, "one SR and one GSPS each"
+        result_uids = [s.sop for s in azure.archive.find() if s.study in set(uids)
+                       and str(s.header.get("Modality")) in ("SR", "PR")]
+        assert all(azure.archive.stow_counts[u] == 1 for u in result_uids), "each result sent once"
+        jobs = db_rows(node, "SELECT study_uid, COUNT(*) FROM jobs GROUP BY study_uid")
+        assert sorted(jobs) == sorted((u, 1) for u in uids), "each study processed once"
+        source_sops = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for s in studies for f in s}
+        held = {r[0] for r in db_rows(node, "SELECT sop_instance_uid FROM instances")}
+        assert held == source_sops, "every instance of the feed ingested; the node's own results not taken back"
+        (row,) = status["sources"]
+        assert row["failures"] == 0 and row["ingested"] == len(source_sops)
+        assert row["feed_offset"] == len(azure.archive.feed)

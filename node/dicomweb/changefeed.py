@@ -4,7 +4,8 @@ A :class:`ChangeFeedPoller` thread (started by ``serve``) reads ``GET {url}/chan
 ``offset`` counts the entries skipped), and for each entry in order:
 
 * ``Action: delete`` or ``State: deleted`` is ignored (the instance is gone; nothing to fetch);
-* an instance the node already holds is skipped (a repeat after a crash, or an ``update`` of one we have);
+* an instance the node already holds is skipped (a repeat after a crash, or an ``update`` of one we have), and
+  so is one of the node's own results (sent back to the service, it shows in the feed like any instance);
 * otherwise the instance is fetched by WADO-RS and written through the same durable path as a C-STORE (spool
   fsync + rename + directory fsync, recorded with the quiet timer by the :class:`~node.flow.intake.Intake`),
   then its study's check is armed: the same rules decide, and results go where the rules send them.
@@ -113,6 +114,8 @@ class ChangeFeedPoller:
             return 0
         if self.store.instance(sop) is not None:
             return 0  # held already: a repeat after a crash, or an update of an instance we have
+        if sources.is_own_result(self.store.engine, sop):
+            return 0  # this node's own result, sent back to the service it came from: not new work
         try:
             data = wado_instance(self.http, self.base, study, series, sop, self.source.timeout_seconds)
         except QueryError as exc:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from node.store.schema import source_offsets
+from node.store.schema import results, source_offsets
 
 
 def position(engine: Engine, source: str) -> dict[str, Any]:
@@ -51,6 +51,13 @@ def failed(engine: Engine, source: str, failures: int, error: str, next_poll_at:
 def recovered(engine: Engine, source: str) -> None:
     """A poll succeeded again: clear the failure count and error."""
     _upsert(engine, source, failures=0, last_error=None, next_poll_at=None)
+
+
+def is_own_result(engine: Engine, sop_instance_uid: str) -> bool:
+    """Whether the node wrote this instance (a result that came back through the source it was sent to)."""
+    with engine.connect() as conn:
+        return conn.execute(select(results.c.sop_instance_uid)
+                            .where(results.c.sop_instance_uid == sop_instance_uid)).first() is not None
 
 
 def all_sources(engine: Engine) -> list[dict[str, Any]]:
