@@ -219,3 +219,27 @@ def test_a_study_gets_its_results_back_by_stow_rs_to_orthanc(tmp_path: Path, dat
         # here the outbox shows one attempt per result.
         rows = db_rows(node, "SELECT state, attempts, last_status FROM outbox")
         assert sorted(rows) == [("delivered", 1, "http-200")] * 2, rows
+
+
+def test_entra_asks_for_the_azure_dicom_scope_by_default(tmp_path: Path, data: Path) -> None:
+    """auth: entra -> a token for https://dicom.healthcareapis.azure.com/.default, sent as a bearer token."""
+    from types import SimpleNamespace
+
+    from node.dicomweb.auth import authenticator
+
+    class Credential:
+        scopes: list[str] = []
+
+        def get_token(self, scope: str):
+            self.scopes.append(scope)
+            return SimpleNamespace(token="entra-token", expires_on=time.time() + 3600)
+
+    cred = Credential()
+    with AzureDicomEmulator(tmp_path / "azure", token="entra-token") as azure:
+        cfg = parse_config({"destinations": {"a": {"type": "dicomweb", "url": azure.url, "auth": "entra"}}})
+        assert authenticator(cfg.destinations["a"], cred).headers() == {"Authorization": "Bearer entra-token"}
+        assert cred.scopes == ["https://dicom.healthcareapis.azure.com/.default"]
+        other = parse_config({"destinations": {"a": {"type": "dicomweb", "url": azure.url, "auth": "entra",
+                                                     "scope": "api://my-dicom/.default"}}})
+        authenticator(other.destinations["a"], cred).headers()
+        assert cred.scopes[-1] == "api://my-dicom/.default"
