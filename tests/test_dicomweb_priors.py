@@ -87,3 +87,24 @@ def test_priors_from_orthanc_over_qido_and_wado(tmp_path: Path, data: Path) -> N
         fetcher = fetcher_for(tmp_path, pacs.dicomweb_url)
         result = fetcher.fetch(pydicom.dcmread(frontal, stop_before_pixels=True))
         check(fetcher, result, older)
+
+
+def test_a_dicomweb_service_that_accepts_and_never_answers_costs_the_timeout_only(tmp_path: Path, data: Path) -> None:
+    import socket
+    import threading
+
+    (frontal,) = derive_cxr_study(tmp_path / "cur", data / "cxr" / "cr_pa_jpeg_baseline.dcm", None,
+                                  study_date=CURRENT_DATE)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    try:
+        fetcher = fetcher_for(tmp_path, f"http://127.0.0.1:{listener.getsockname()[1]}/v2", timeout_seconds=2)
+        result = fetcher.fetch(pydicom.dcmread(frontal, stop_before_pixels=True))
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
+    assert result.state == "timeout" and "2 s" in result.outcome, result  # priors.timeout_seconds, not 30 s
