@@ -31,7 +31,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         where = ep.url or f"workspace {ep.workspace} / endpoint {ep.endpoint_name}"
         print(f"  endpoint {name}: {ep.model} at {where} (auth {ep.auth})")
     for name, d in cfg.destinations.items():
-        print(f"  destination {name}: {d.ae_title}@{d.host}:{d.port}")
+        print(f"  destination {name}: " + (f"STOW-RS {d.url}" if d.type == "dicomweb" else f"{d.ae_title}@{d.host}:{d.port}"))
     for r in cfg.rules:
         print(f"  rule {r.name}: {r.match} -> {r.endpoint} -> {r.send_to}")
     if cfg.priors is not None:
@@ -110,6 +110,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
     s = store.summary(limit=args.limit)
+    from node.store.sources import all_sources
+
+    s["sources"] = all_sources(store.engine)
     if args.json:
         print(json.dumps(s, indent=2, default=str))
         return 0
@@ -136,6 +139,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in s["recent_jobs"]:
             print(f"  #{r['id']} {r['rule_name']} study {r['study_uid']} v{r['study_version']}: {r['state']} "
                   f"(attempts {r['attempts']}) {r['outcome'] or ''}")
+    if s["sources"]:
+        print("\nsources (change feeds):")
+        for r in s["sources"]:
+            health = (f"FAILING ({r['failures']} polls): {r['last_error']}; next poll {_fmt_time(r['next_poll_at'])}"
+                      if r["failures"] else "ok")
+            print(f"  {r['source']}: offset {r['feed_offset']} (sequence {r['last_sequence']}), "
+                  f"{r['ingested']} instances ingested, {health}")
     if s.get("priors"):
         print("\nprior lookups:")
         for r in s["priors"]:

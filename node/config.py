@@ -25,6 +25,7 @@ from node.config_sections import (  # the sections of the one model below
     QueueSection,
     RetentionSection,
     RuleSection,
+    SourceSection,
     TlsClientSection,
     TlsServerSection,
     _Strict,
@@ -50,6 +51,7 @@ class NodeConfig(_Strict):
     retention: RetentionSection = Field(default_factory=RetentionSection)
     audit: AuditSection = Field(default_factory=AuditSection)
     priors: PriorsSection | None = Field(None, description="Prior chest X-ray lookup; absent: no priors")
+    sources: list[SourceSection] = Field(default_factory=list, description="DICOMweb services polled for studies")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     source_path: Path | None = Field(None, exclude=True, description="Set by load_config; not a key of the file")
 

@@ -174,17 +174,45 @@ class EndpointSection(_Strict):
         return self
 
 
+#: The scope of the Azure DICOM service (Azure Health Data Services) for ``auth: entra``
+AZURE_DICOM_SCOPE = "https://dicom.healthcareapis.azure.com/.default"
+
 #: Kinds of result a destination can receive (what its workstations display); ``sc`` is the burned-in fallback.
 ResultKind = Literal["sr", "gsps", "seg", "sc"]
 DEFAULT_RESULT_KINDS: tuple[str, ...] = ("sr", "gsps", "seg")
 
 
-class DestinationSection(_Strict):
-    """A DICOM peer that receives results by C-STORE (and answers queries, for priors)."""
+class DicomWebAuth(_Strict):
+    """How the node authenticates to a DICOMweb service (a destination or a source)."""
 
-    ae_title: AETitle
-    host: str
-    port: int = Field(ge=1, le=65535)
+    url: str | None = Field(None, description="DICOMweb base URL, e.g. https://<workspace>-<service>.dicom.azurehealthcareapis.com/v2")
+    auth: Literal["none", "basic", "bearer", "entra"] = "none"
+    user: str | None = Field(None, description="User name (auth: basic)")
+    password_env: str | None = Field(None, description="Environment variable holding the password (auth: basic)")
+    token_env: str | None = Field(None, description="Environment variable holding the bearer token (auth: bearer)")
+    scope: str | None = Field(None, description=f"Entra scope (auth: entra); default {AZURE_DICOM_SCOPE}")
+    verify_tls: bool = Field(True, description="Check the service's HTTPS certificate")
+
+    def _check_dicomweb(self) -> None:
+        if self.url is None:
+            raise ValueError("a DICOMweb service needs url, e.g. https://<service>.dicom.azurehealthcareapis.com/v2")
+        if not re.match(r"^https?://", self.url):
+            raise ValueError("url must start with https:// (or http:// for a local peer)")
+        if self.auth == "basic" and not (self.user and self.password_env):
+            raise ValueError("auth: basic needs user and password_env (the variable holding the password)")
+        if self.auth == "bearer" and not self.token_env:
+            raise ValueError("auth: bearer needs token_env, the environment variable that holds the token")
+
+
+class DestinationSection(DicomWebAuth):
+    """A peer that receives results: by C-STORE (``type: dimse``, answers C-FIND/C-MOVE for priors) or by
+    STOW-RS (``type: dicomweb``, answers QIDO-RS/WADO-RS for priors)."""
+
+    type: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: AETitle | None = Field(None, description="The peer's AE title (type: dimse)")
+    host: str | None = Field(None, description="The peer's address (type: dimse)")
+    port: int | None = Field(None, ge=1, le=65535, description="The peer's DICOM port (type: dimse)")
+    instances_per_request: int = Field(16, ge=1, description="Instances per STOW-RS request (type: dicomweb)")
     max_attempts: int = Field(20, ge=1, description="Send attempts before a result is parked as failed")
     max_processing_failure_attempts: int = Field(
         3, ge=1, description="Attempts for 0x0110 and 0xCxxx answers, which may not be transient"
@@ -198,7 +226,37 @@ class DestinationSection(_Strict):
         default_factory=lambda: list(DEFAULT_RESULT_KINDS),
         description="Result kinds this destination receives: sr, gsps, seg, sc (burned-in Secondary Capture)")
 
-    _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+    _ae = field_validator("ae_title")(lambda cls, v: v if v is None else _check_ae_title(v))
+
+    @model_validator(mode="after")
+    def _kind(self) -> "DestinationSection":
+        if self.type == "dimse":
+            if self.ae_title is None or self.host is None or self.port is None:
+                raise ValueError("type: dimse (the default) needs ae_title, host and port")
+        else:
+            self._check_dicomweb()
+        return self
+
+
+class SourceSection(DicomWebAuth):
+    """A DICOMweb service the node pulls studies from: the Azure DICOM service's change feed."""
+
+    type: Literal["azure-dicom-changefeed"] = Field(description="The only kind today: azure-dicom-changefeed")
+    name: str | None = Field(None, description="Names the source in status and logs; default the url")
+    poll_seconds: float = Field(10.0, gt=0, description="Pause between polls when the feed has nothing new")
+    batch: int = Field(100, ge=1, le=200, description="Change-feed entries per request (limit; the service allows 200)")
+    timeout_seconds: float = Field(60.0, gt=0, description="Timeout of one HTTP request to the service")
+    backoff_max_seconds: float = Field(300.0, gt=0, description="Longest pause after failed polls (doubling from poll_seconds)")
+
+    @model_validator(mode="after")
+    def _service(self) -> "SourceSection":
+        self._check_dicomweb()
+        return self
+
+    @property
+    def key(self) -> str:
+        """The source's name in the database (its offset) and in status."""
+        return self.name or str(self.url)
 
 
 MatchValue = str | int | float | list[str | int | float]

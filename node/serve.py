@@ -46,7 +46,9 @@ class Node:
         if released:
             log.warning("resuming: released %d lease(s) left by an earlier run of this node", released)
         self.queue = Queue(cfg)
-        self.scp = StorageSCP(cfg, self.store, self.spool, Intake(cfg, self.store, self.queue))
+        self.intake = Intake(cfg, self.store, self.queue)
+        self.scp = StorageSCP(cfg, self.store, self.spool, self.intake)
+        self.sources: list = []  # change-feed pollers (node.dicomweb.changefeed), started with the SCP
         self.worker: subprocess.Popen | None = None
         self.receivers = ReceiverPool(cfg, cfg.node.receivers)  # children when node.receivers > 1
         self._stop = threading.Event()
@@ -61,6 +63,11 @@ class Node:
         self._start_worker()
         self.receivers.start()  # node.receivers > 1: the others listen before this one, see node.receivers
         self.scp.start()
+        if self.cfg.sources:
+            from node.dicomweb.changefeed import ChangeFeedPoller
+
+            self.sources = [ChangeFeedPoller(self.cfg, src, self.store, self.spool, self.intake).start()
+                            for src in self.cfg.sources]
 
     def request_stop(self, *_args) -> None:
         self._stop.set()
@@ -78,6 +85,8 @@ class Node:
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         log.info("draining: no new associations; waiting for those in progress and for tasks in flight")
+        for poller in self.sources:
+            poller.stop(drain_seconds)
         self.receivers.signal_stop()
         self.scp.stop(drain_seconds)
         self.receivers.wait(drain_seconds)

@@ -2,7 +2,7 @@
 # Install what the test suite needs, idempotently; fast when everything is already there.
 #
 #   - Debian packages: dcmtk (storescu/echoscu/... peers), orthanc (test PACS), dicom3tools (dciodvfy),
-#     dcm2niix (reference NIfTI geometry); for the viewer test: orthanc-dicomweb (DICOMweb plugin), chromium and
+#     dcm2niix (reference NIfTI geometry); for the DICOMweb and viewer tests: orthanc-dicomweb (DICOMweb plugin: the STOW-RS/QIDO-RS/WADO-RS peer), chromium and
 #     chromium-driver (headless browser), pixelmed-apps + default-jre-headless (PixelMed's SR validator),
 #     npm (to fetch OHIF)
 #   - OHIF 3.13.2's prebuilt viewer: `npm pack @ohif/app@3.13.2`, its dist/ unpacked into .cache/ohif/3.13.2/

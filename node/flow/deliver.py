@@ -39,7 +39,12 @@ def sender_for(dest: DestinationSection) -> Sender:
     """How results reach ``dest``: C-STORE (:func:`node.dicom.scu.send_files`), the one kind of destination today.
 
     A new kind (DICOMweb STOW-RS, say) is one module with a :class:`Sender`, chosen here by the destination's type.
+    ``type: dicomweb``: STOW-RS (:func:`node.dicomweb.stow.send_stow`).
     """
+    if dest.type == "dicomweb":
+        from node.dicomweb.stow import send_stow
+
+        return send_stow
     return send_files
 
 
@@ -111,7 +116,8 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
 def _where(row, destination: str, dest: DestinationSection) -> dict:
     """Audit fields of one outbox row: what (UIDs) went where (destination, AE title, address, TLS)."""
     return {"destination": destination, "destination_ae": dest.ae_title, "destination_host": dest.host,
-            "destination_port": dest.port, "tls": dest.tls is not None, "study_uid": row["study_uid"],
+            "destination_port": dest.port, "tls": dest.tls is not None or str(dest.url).startswith("https:"),
+            "destination_url": dest.url, "study_uid": row["study_uid"],
             "sop_instance_uid": row["result_uid"], "sop_class_uid": row["sop_class_uid"]}
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -189,6 +190,20 @@ text_embeddings = Table(
     Column("vector", LargeBinary, nullable=False),
     Column("scaling_factor", Float),
     Column("created_at", Float, nullable=False),
+)
+
+#: The position of each polled source (the Azure DICOM service's change feed) and its health, for status.
+source_offsets = Table(
+    "source_offsets",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    Column("feed_offset", BigInteger, nullable=False, default=0),  # change-feed entries consumed (v2 offset)
+    Column("last_sequence", BigInteger, nullable=False, default=0),  # Sequence of the last entry consumed
+    Column("ingested", Integer, nullable=False, default=0),  # instances fetched and recorded
+    Column("updated_at", Float, nullable=False),
+    Column("failures", Integer, nullable=False, default=0),  # consecutive failed polls
+    Column("last_error", Text),
+    Column("next_poll_at", Float),
 )
 
 

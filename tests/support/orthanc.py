@@ -13,7 +13,8 @@ or drive it by hand, e.g. when the PACS must know the node's port first::
         ...
 
 Each instance writes its own configuration, database and storage under ``workdir`` and logs to
-``workdir/logs``; nothing outside ``workdir`` is touched and no Orthanc plugins are loaded.
+``workdir/logs``; nothing outside ``workdir`` is touched. No plugin is loaded unless ``dicomweb=True``: then
+Debian's DICOMweb plugin (``orthanc-dicomweb``) serves STOW-RS / QIDO-RS / WADO-RS at :attr:`Orthanc.dicomweb_url`.
 
 Network exposure: Debian bookworm's Orthanc 1.10.1 has no bind-address options, so both servers listen on
 0.0.0.0. The REST API still refuses every non-loopback client (``RemoteAccessAllowed: false``: HTTP 401);
@@ -41,6 +42,7 @@ import pytest
 from .ports import HOST, free_port
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 def orthanc_binary() -> str:
@@ -66,12 +68,13 @@ class Orthanc:
 
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC",
                  modalities: dict[str, tuple[str, str, int]] | None = None,
-                 dicom_port: int | None = None, http_port: int | None = None):
+                 dicom_port: int | None = None, http_port: int | None = None, dicomweb: bool = False):
         """``modalities``: name -> (AET, host, port) of the DICOM peers Orthanc knows (C-MOVE destinations).
 
         ``dicom_port``/``http_port``: fixed ports (e.g. a PACS that comes back on the port a node already
-        knows); by default free ones are picked at each start.
+        knows); by default free ones are picked at each start. ``dicomweb``: load the DICOMweb plugin.
         """
+        self.dicomweb = dicomweb
         self.workdir = Path(workdir)
         self.aet = aet
         self.modalities = dict(modalities or {})
@@ -92,7 +95,8 @@ class Orthanc:
             "StorageDirectory": str(self.workdir / "storage"),
             "IndexDirectory": str(self.workdir / "index"),
             "StorageCompression": False,
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if self.dicomweb else [],
+            **({"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}} if self.dicomweb else {}),
             "HttpServerEnabled": True,
             "HttpPort": self.http_port,
             "HttpDescribeErrors": True,
@@ -118,6 +122,9 @@ class Orthanc:
         if self.process is not None:
             raise OrthancError("Orthanc already started")
         binary = orthanc_binary()
+        if self.dicomweb and not Path(DICOMWEB_PLUGIN).exists():
+            pytest.fail("Orthanc's DICOMweb plugin is not installed: run scripts/setup.sh (orthanc-dicomweb)",
+                        pytrace=False)
         self.workdir.mkdir(parents=True, exist_ok=True)
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
@@ -181,6 +188,13 @@ class Orthanc:
                 pass
         process.kill()
         process.wait(timeout=self.STOP_TIMEOUT)
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (``dicomweb=True``), e.g. http://127.0.0.1:PORT/dicom-web."""
+        if not self.dicomweb:
+            raise OrthancError("this Orthanc was started without its DICOMweb plugin (dicomweb=True)")
+        return f"{self.url}/dicom-web"
 
     @property
     def running(self) -> bool:

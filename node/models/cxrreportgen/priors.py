@@ -178,7 +178,13 @@ class PriorFetcher:
                            study_date=prior.date, image_path=frontal, report=report, report_source=source)
 
     def _session(self, deadline: Deadline) -> QRSession:
-        """One association with the priors PACS; C-MOVE to this node's own AE title, or C-GET into the spool."""
+        """One association with the priors PACS; C-MOVE to this node's own AE title, or C-GET into the spool.
+
+        A ``type: dicomweb`` destination: QIDO-RS and WADO-RS instead, behind the same interface."""
+        if self.dest.type == "dicomweb":
+            from node.dicomweb.session import DicomWebSession
+
+            return DicomWebSession(self.priors.query, self.dest, deadline, self.spool, self.store)  # type: ignore[return-value]
         peer = Peer(self.priors.query, self.dest.host, self.dest.port, self.dest.ae_title)
         return QRSession(peer, deadline, ae_title=self.cfg.node.ae_title, method=self.priors.method,
                          move_destination=self.cfg.node.ae_title, on_store=self.store_retrieved,

@@ -1,0 +1,40 @@
+"""source_offsets: the position of each polled DICOMweb source (Azure DICOM service change feed) and its health.
+
+Revision ID: dicomweb
+Revises: 0001_baseline
+Create Date: 2026-11-29
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "dicomweb"
+down_revision: Union[str, Sequence[str], None] = "0001_baseline"
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
+
+
+def upgrade() -> None:
+    """Create the table of source positions."""
+    op.create_table(
+        "source_offsets",
+        sa.Column("source", sa.String(length=200), nullable=False),
+        sa.Column("feed_offset", sa.BigInteger(), nullable=False),
+        sa.Column("last_sequence", sa.BigInteger(), nullable=False),
+        sa.Column("ingested", sa.Integer(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("next_poll_at", sa.Float(), nullable=True),
+        sa.PrimaryKeyConstraint("source"),
+        if_not_exists=True,
+    )
+
+
+def downgrade() -> None:
+    """Drop the table of source positions."""
+    op.drop_table("source_offsets")
