@@ -162,6 +162,8 @@ def test_a_job_past_its_horizon_is_parked_kept_and_retried(tmp_path: Path, image
     row = job_row(store, job)
     assert row["state"] == "parked" and "give_up_after_seconds" in row["outcome"], row
     assert any("ALERT: job" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    audit = (Path(cfg.storage_dir) / "audit.jsonl").read_text()
+    assert '"event":"job-parked"' in audit and '"outcome":8' in audit  # 8: serious failure (DICOM audit)
     summary = store.summary()
     assert [j["id"] for j in summary["parked_jobs"]] == [job]
     with store.engine.begin() as conn:  # decided long ago: retention would purge a finished study
@@ -211,3 +213,37 @@ def test_a_dead_processes_leases_are_released_and_only_its(tmp_path: Path) -> No
     assert store.release_leases_of("t", 41) == 1
     assert job_row(store, dead)["state"] == "pending" and job_row(store, dead)["lease_owner"] is None
     assert job_row(store, alive)["lease_owner"] == "t:4:bbbb"
+
+
+def test_retry_jobs_takes_failed_ones_only_when_asked_and_lets_the_circuit_probe_now(
+        svc: Services, image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script_pipeline(monkeypatch, EndpointError("HTTP 400", status=400, permanent=True), down(retry_after=3600))
+    failed, waiting = new_job(svc.store, "1.2.3", path=image), new_job(svc.store, "1.2.4", path=image)
+    run_module.run_job(svc, failed)
+    run_module.run_job(svc, waiting)
+    assert svc.store.summary()["studies"] == {"failed": 1, "complete": 1}
+    assert svc.store.retry_jobs() == [], "only parked jobs without --failed"
+    assert [r["id"] for r in svc.store.retry_jobs(include_failed=True, rule_name="normal")] == [failed]
+    assert job_row(svc.store, failed)["state"] == "pending"
+    assert svc.store.summary()["studies"] == {"complete": 2}, "the failed study is open again"
+    assert svc.store.circuit_admit("cxr", failed)[0] == "wait"
+    svc.store.circuit_probe_now(["cxr"])
+    assert svc.store.circuit_admit("cxr", failed)[0] == "probe"
+
+
+def test_a_heartbeat_keeps_an_outbox_batch_leased(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    store = Store.open(cfg.database_url)
+    job = new_job(store, "1.2.3")
+    store.claim_job(job, "t:1:a", 60)
+    row = {"sop_instance_uid": "1.2.3.9.1", "study_uid": "1.2.3", "series_uid": "1.2.3.9", "sop_class_uid": "1.2",
+           "kind": "sr", "path": str(tmp_path / "r.dcm")}
+    assert store.finish_job(job, "t:1:a", state="done", outcome="ok", new_results=[row], destinations=["pacs"])
+    lease = 0.4
+    batch = store.claim_outbox("pacs", "t:1:a", lease)
+    token = batch[0]["lease_owner"]
+    with Heartbeat(lambda: store.renew_outbox_lease(token, lease), lease, "send"):
+        time.sleep(lease * 4)
+        assert store.claim_outbox("pacs", "t:2:b", lease) == [], "a renewed batch is never taken over"
+    time.sleep(lease * 1.5)
+    assert len(store.claim_outbox("pacs", "t:2:b", lease)) == 1
