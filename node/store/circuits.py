@@ -38,6 +38,8 @@ class CircuitsPart:
     def circuit_admit(self, endpoint: str, job_id: int) -> tuple[str, dict[str, Any] | None]:
         """May job ``job_id`` call ``endpoint`` now? ``("call", None)`` (closed), ``("probe", row)`` (this job is the
         half-open probe) or ``("wait", row)`` (open, or another job probes)."""
+        if self.circuit(endpoint) is None:  # the common case: a read, not the write lock
+            return "call", None
         t = now()
         with self.engine.begin() as conn:
             row = conn.execute(select(circuits).where(circuits.c.endpoint == endpoint)).mappings().first()
