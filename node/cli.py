@@ -124,6 +124,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\nALERT: results parked (not delivered; `dicom-node retry` sends them again):")
         for r in s["parked"]:
             print(f"  {r['result_uid']} -> {r['destination']}: {r['last_status']} {r['error']}")
+    if s.get("parked_jobs"):
+        print("\nALERT: jobs parked (their endpoint failed past give_up_after_seconds; `dicom-node retry --jobs` "
+              "runs them again):")
+        for r in s["parked_jobs"]:
+            print(f"  #{r['id']} {r['rule_name']} study {r['study_uid']} -> {r['endpoint']}: {r['outcome'] or ''}")
+    if s.get("circuits"):
+        print("\nendpoints unavailable (their jobs wait; one probe at a time):")
+        for r in s["circuits"]:
+            print(f"  {r['endpoint']}: {r['state']} since {_fmt_time(r['opened_at'])}, {r['failures']} failure(s), "
+                  f"next probe {_fmt_time(r['retry_at'])}: {r['reason'] or ''}")
     if s["pending_outbox"]:
         print("\noutbox, waiting to be sent:")
         for r in s["pending_outbox"]:
@@ -159,14 +169,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    """`dicom-node retry --config F`: put parked results back in the outbox and wake their deliveries."""
+    """`dicom-node retry --config F`: put parked results back in the outbox and wake their deliveries;
+    with ``--jobs`` (``--study``, ``--rule``, ``--failed``): run parked (or failed) jobs again."""
     from node.flow.queue import Queue
     from node.store.state import Store
 
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
-    n = store.retry_parked(args.destination)
     queue = Queue(cfg)
+    if args.jobs:
+        rows = store.retry_jobs(study_uid=args.study, rule_name=args.rule, include_failed=args.failed)
+        store.circuit_probe_now({r["endpoint"] for r in rows})  # an operator's retry tries the endpoint now
+        for r in rows:
+            queue.enqueue_job(r["id"])
+        print(f"{len(rows)} job(s) queued again")
+        return 0
+    if args.study or args.rule or args.failed:
+        print("--study, --rule and --failed select jobs: add --jobs", file=sys.stderr)
+        return 2
+    n = store.retry_parked(args.destination)
     for dest in {d for d, _ in store.due_destinations()}:
         queue.enqueue_delivery(dest)
     print(f"{n} parked result(s) queued again")
@@ -225,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20)
     s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("retry", help="send parked results again")
+    s = sub.add_parser("retry", help="send parked results again (--jobs: run parked jobs again)")
     s.add_argument("--config", required=True)
     s.add_argument("--destination", default=None)
+    s.add_argument("--jobs", action="store_true", help="run parked jobs again instead of sending parked results")
+    s.add_argument("--study", default=None, help="with --jobs: only the jobs of this StudyInstanceUID")
+    s.add_argument("--rule", default=None, help="with --jobs: only the jobs of this rule")
+    s.add_argument("--failed", action="store_true", help="with --jobs: also jobs that failed for good")
     s.set_defaults(func=cmd_retry)
 
     s = sub.add_parser("demo", help="emulator + node + a small PACS; sends a sample chest X-ray study")

@@ -141,6 +141,11 @@ class EndpointSection(_Strict):
     max_attempts: int = Field(6, ge=1, description="Calls per job before it fails (retries on 408/429/5xx/network)")
     backoff_initial_seconds: float = Field(1.0, ge=0)
     backoff_max_seconds: float = Field(60.0, ge=0)
+    give_up_after_seconds: float = Field(
+        86400.0, gt=0, description="Park a job whose endpoint still fails this long after its first failure")
+    retry_initial_seconds: float = Field(
+        30.0, ge=0, description="Wait before the first retry of a failed job when the endpoint sends no Retry-After")
+    retry_max_seconds: float = Field(900.0, ge=0, description="... doubling per consecutive failure, capped here")
     box_reference: Literal["center_crop", "full_image"] = Field(
         "center_crop",
         description="Frame of CXRReportGen boxes: the centre square crop of the frontal image (Microsoft's sample) "
@@ -273,6 +278,8 @@ class RuleSection(_Strict):
     endpoint: str
     send_to: list[str] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
+    priority: Literal["normal", "urgent"] = Field(
+        "normal", description="urgent: this rule's jobs go first when an endpoint's backlog drains")
 
     @field_validator("match")
     @classmethod
@@ -304,7 +311,8 @@ class QueueSection(_Strict):
     )
     workers: int = Field(4, ge=1, description="Worker threads of the worker process")
     lease_seconds: float = Field(
-        600.0, gt=0, description="A claimed job or send not finished by then is re-queued by the sweep (every minute)")
+        60.0, gt=0, description="A claimed job or send is renewed every lease_seconds/4 while it runs; one not "
+        "renewed for this long is taken over by the sweep (every minute)")
 
 
 class RetentionSection(_Strict):
@@ -312,6 +320,8 @@ class RetentionSection(_Strict):
     purge_delivered_after_hours: float = Field(
         72.0, ge=0, description="Spool files, results and rows of a study whose results were all delivered"
     )
+    keep_failed_hours: float = Field(
+        168.0, ge=0, description="A study whose job failed for good is kept this long (a parked job: until retried)")
 
 
 class PriorsSection(_Strict):

@@ -59,6 +59,15 @@ class Node:
         self.worker = subprocess.Popen(cmd)
         log.info("worker process %d started", self.worker.pid)
 
+    def _release_leases_of(self, pid: int) -> None:
+        """The worker ``pid`` died: its jobs and sends resume now, not when their leases would have expired."""
+        try:
+            released = self.store.release_leases_of(self.cfg.node.instance_id, pid)
+        except Exception:  # the sweep takes them over when their leases expire
+            log.exception("releasing the leases of worker process %d failed", pid)
+            return
+        log.warning("released %d lease(s) of dead worker process %d", released, pid)
+
     def start(self) -> None:
         self._start_worker()
         self.receivers.start()  # node.receivers > 1: the others listen before this one, see node.receivers
@@ -79,6 +88,7 @@ class Node:
         while not self._stop.wait(1.0):
             if self.worker is not None and self.worker.poll() is not None:
                 log.error("worker process exited with %s; restarting it", self.worker.returncode)
+                self._release_leases_of(self.worker.pid)
                 self._start_worker()
             self.receivers.restart_dead()
         self.stop()

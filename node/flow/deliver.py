@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 from node.ops.audit import audit_log
 from node.config import DestinationSection, NodeConfig
 from node.dicom.scu import OutgoingFile, SendOutcome, send_files
+from node.flow.heartbeat import Heartbeat
 from node.store.state import Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,7 +78,9 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
         report.parked = len(rows)
         return report
     files = [OutgoingFile(key=row["id"], path=Path(row["path"]), sop_class_uid=row["sop_class_uid"]) for row in rows]
-    outcomes = sender_for(dest)(dest, cfg.node.ae_title, files)
+    token, lease = rows[0]["lease_owner"], cfg.queue.lease_seconds
+    with Heartbeat(lambda: store.renew_outbox_lease(token, lease), lease, f"send to {destination}"):
+        outcomes = sender_for(dest)(dest, cfg.node.ae_title, files)
     t = time.time()
     for row in rows:
         out: SendOutcome = outcomes[row["id"]]

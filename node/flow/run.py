@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 import pydicom
 
 from converters.scrub import without_burned_in
+from node.flow import circuit
 from node.flow.decide import mixed_patients_reason, resolve_waiting
+from node.flow.heartbeat import Heartbeat
 from node.flow.services import Services
 from node.invoke.client import EndpointError
 from node.models.base import JobContext
@@ -26,19 +28,25 @@ from node.store.spool import write_durably
 
 log = logging.getLogger(__name__)
 
-JOB_MAX_ATTEMPTS = 3  # whole-job attempts after the HTTP client's own retries are exhausted
-
-
 def run_job(svc: Services, job_id: int) -> None:
     """Run one job under a lease; its results and outbox rows are committed together at the end.
 
     Convert, invoke and write are the model's pipeline (:func:`node.models.registry.pipeline_for`); this function
-    is what every model shares: the lease, the study checks and the egress policy before anything leaves, the
-    retry of a failed endpoint call, the durable result files and the one transaction that finishes the job.
+    is what every model shares: the lease (renewed by a heartbeat while the job runs), the study checks and the
+    egress policy before anything leaves, the endpoint's circuit and the retry of a failed endpoint call
+    (:mod:`node.flow.circuit`), the durable result files and the one transaction that finishes the job.
     """
-    job = svc.store.claim_job(job_id, svc.owner, svc.cfg.queue.lease_seconds)
+    lease = svc.cfg.queue.lease_seconds
+    job = svc.store.claim_job(job_id, svc.owner, lease)
     if job is None:
         return  # done already, or another worker holds it
+    # the lease is short and renewed while this worker is on the job: a slow model call is never taken over
+    with Heartbeat(lambda: svc.store.renew_job_lease(job_id, svc.owner, lease), lease, f"job {job_id}"):
+        _run_claimed(svc, job)
+
+
+def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
+    job_id = job["id"]
     rule = next((r for r in svc.cfg.rules if r.name == job["rule_name"]), None)
     if rule is None or job["endpoint"] not in svc.cfg.endpoints:
         svc.store.finish_job(job_id, svc.owner, state="failed",
@@ -66,22 +74,25 @@ def run_job(svc: Services, job_id: int) -> None:
                      classifications=_labels(svc, job["study_uid"]), store=svc.store,
                      prior_lookup=_prior_lookup(svc),
                      result_kinds=frozenset(k for kinds in _result_kinds(svc, rule.send_to).values() for k in kinds))
+    waiting = circuit.admit(svc, job)
+    if waiting is not None:  # the endpoint is down: wait for it with the rest of its backlog, call nothing
+        _wait_for_endpoint(svc, job, endpoint.give_up_after_seconds, waiting)
+        return
     t0 = time.monotonic()
     try:
         output = pipeline_for(endpoint.model)(ctx)
         if burned_note:
             output.outcome = f"{output.outcome}; {burned_note}"
     except EndpointError as exc:
-        if exc.permanent or job["attempts"] >= JOB_MAX_ATTEMPTS:
+        if exc.permanent:
             svc.store.finish_job(job_id, svc.owner, state="failed", outcome=f"endpoint error: {exc}")
             log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
             _audit_job(svc, job, "job-failed", "serious-failure", reason=f"endpoint error: {exc}")
+            if exc.status is not None:  # the endpoint answered: it is up, whatever it thought of this request
+                circuit.succeeded(svc, job["endpoint"])
             _after_job(svc, job["study_uid"])
         else:
-            delay = 30.0 * job["attempts"]
-            svc.store.release_job(job_id, svc.owner, retry_in=delay, outcome=f"will retry: {exc}")
-            svc.queue.enqueue_job(job_id, delay=delay)
-            log.warning("job %d (study %s) will be retried in %.0f s: %s", job_id, job["study_uid"], delay, exc)
+            _retry_later(svc, job, endpoint.give_up_after_seconds, exc)
         return
     except Exception as exc:
         # Exception messages may quote header values (PHI): the type at ERROR, the traceback at DEBUG only.
@@ -113,6 +124,7 @@ def run_job(svc: Services, job_id: int) -> None:
         return
     log.info("job %d (study %s, rule %s) %s in %.2f s: %s", job_id, job["study_uid"], rule.name, output.state,
              time.monotonic() - t0, output.outcome)
+    circuit.succeeded(svc, job["endpoint"])
     if rows:
         for dest in rule.send_to:
             svc.queue.enqueue_delivery(dest)
@@ -122,6 +134,44 @@ def run_job(svc: Services, job_id: int) -> None:
 def _result_kinds(svc: Services, send_to: list[str]) -> dict[str, list[str]]:
     """Destination -> the result kinds it receives (``destinations.<name>.results``)."""
     return {d: list(svc.cfg.destinations[d].results) for d in send_to if d in svc.cfg.destinations}
+
+
+def _retry_later(svc: Services, job: dict[str, Any], give_up_after: float, exc: EndpointError) -> None:
+    """A transient endpoint failure: open the endpoint's circuit and wait for it, or park past the horizon."""
+    row = circuit.failed(svc, job, exc)
+    t = time.time()
+    give_up_at = job["give_up_at"] if job["give_up_at"] is not None else t + give_up_after
+    if t >= give_up_at:
+        _park(svc, job, f"endpoint {job['endpoint']} still failing {give_up_after:g} s (give_up_after_seconds) "
+                        f"after the job's first failure: {exc}")
+        circuit.schedule_probe(svc, job["endpoint"], row["retry_at"])  # the rest of the backlog still waits on it
+        return
+    when = time.strftime("%H:%M:%S", time.localtime(row["retry_at"]))
+    if svc.store.release_job(job["id"], svc.owner, retry_in=row["retry_at"] - t, give_up_in=give_up_after,
+                             outcome=f"will retry at {when} (endpoint unavailable): {exc}"):
+        log.warning("job %d (study %s) will be retried at %s: %s", job["id"], job["study_uid"], when, exc)
+        circuit.schedule_probe(svc, job["endpoint"], row["retry_at"])
+
+
+def _wait_for_endpoint(svc: Services, job: dict[str, Any], give_up_after: float, row: dict[str, Any]) -> None:
+    """The endpoint's circuit is open: release the job uncounted (the probe's success runs it), or park it."""
+    t = time.time()
+    if job["give_up_at"] is not None and t >= job["give_up_at"]:
+        _park(svc, job, f"endpoint {job['endpoint']} unavailable for longer than give_up_after_seconds "
+                        f"({give_up_after:g} s): {row['reason']}")
+        return
+    svc.store.release_job(job["id"], svc.owner, retry_in=max(0.0, row["retry_at"] - t), give_up_in=give_up_after,
+                          counted=False, outcome=f"waiting for endpoint {job['endpoint']} (unavailable since "
+                          f"{time.strftime('%H:%M:%S', time.localtime(row['opened_at']))}): {row['reason']}")
+
+
+def _park(svc: Services, job: dict[str, Any], why: str) -> None:
+    """Park a job: kept with its study, shown in ``dicom-node status``, run again by ``dicom-node retry --jobs``."""
+    if not svc.store.finish_job(job["id"], svc.owner, state="parked", outcome=why):
+        return
+    log.error("ALERT: job %d (study %s, rule %s) parked: %s; `dicom-node retry --jobs` runs it again",
+              job["id"], job["study_uid"], job["rule_name"], why)
+    _audit_job(svc, job, "job-parked", "serious-failure", reason=why)
 
 
 def _labels(svc: Services, study_uid: str) -> dict[str, dict[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from node.flow import circuit
 from node.flow.decide import resolve_all
 from node.flow.services import Services
 
@@ -25,8 +26,10 @@ def sweep(svc: Services, fresh_start: bool = False) -> None:
         svc.queue.enqueue_job(job_id)
     for dest in stale["destinations"]:
         svc.queue.enqueue_delivery(dest)
+    circuit.due_probes(svc)  # an open circuit whose probe's worker died, or whose scheduled probe was lost
     resolve_all(svc)
-    purged = svc.store.purge_delivered(svc.cfg.retention.purge_delivered_after_hours * 3600.0)
+    purged = svc.store.purge_delivered(svc.cfg.retention.purge_delivered_after_hours * 3600.0,
+                                       svc.cfg.retention.keep_failed_hours * 3600.0)
     if any(stale.values()) or purged:
         log.info("sweep: re-enqueued %d studies, %d jobs, %d destinations; purged %d studies",
                  len(stale["studies"]), len(stale["jobs"]), len(stale["destinations"]), purged)

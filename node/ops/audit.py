@@ -15,6 +15,7 @@ instance-received          an instance was stored durably (acknowledged)  110104
 instance-quarantined       an instance was refused and kept aside         110104 (outcome: minor failure)
 model-request              images/text of a study were sent to a model    110106 Export
 job-failed                 a job failed                                   110106 Export (outcome failure)
+job-parked                 a job's endpoint failed past its give-up time  110106 Export (outcome: serious failure)
 result-sent                a result was delivered to a destination        110104 DICOM Instances Transferred
 result-parked              a result could not be delivered                110104 (outcome: serious failure)
 =========================  =============================================  ==========================
@@ -42,6 +43,7 @@ EVENT_CODES = {
     "instance-quarantined": ("110104", "DICOM Instances Transferred"),
     "model-request": ("110106", "Export"),
     "job-failed": ("110106", "Export"),
+    "job-parked": ("110106", "Export"),
     "result-sent": ("110104", "DICOM Instances Transferred"),
     "result-parked": ("110104", "DICOM Instances Transferred"),
     "results-rejected": ("110104", "DICOM Instances Transferred"),  # an IOCM rejection note queued

@@ -79,13 +79,59 @@ class JobsPart:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
             return dict(row) if row else None
 
-    def release_job(self, job_id: int, owner: str, *, retry_in: float, outcome: str) -> None:
-        """Give a job back for a later attempt (its lease is dropped)."""
+    def release_job(self, job_id: int, owner: str, *, retry_in: float, outcome: str,
+                    give_up_in: float | None = None, counted: bool = True) -> bool:
+        """Give a job back for a later attempt (its lease is dropped); False when the lease was lost.
+
+        ``give_up_in``: starts the job's retry horizon (``give_up_at``) when it has none yet. ``counted`` False: the
+        attempt never called the endpoint (its circuit was open), so it does not count in ``attempts``.
+        """
+        t = now()
+        values: dict[str, Any] = {"state": "pending", "lease_owner": None, "lease_until": None,
+                                  "next_attempt_at": t + retry_in, "outcome": outcome, "updated_at": t}
+        if give_up_in is not None:
+            values["give_up_at"] = func.coalesce(jobs.c.give_up_at, t + give_up_in)
+        if not counted:
+            values["attempts"] = jobs.c.attempts - 1
+        with self.engine.begin() as conn:
+            return conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.lease_owner == owner,
+                                                        jobs.c.state == "running"))
+                                .values(**values)).rowcount == 1
+
+    def renew_job_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease of a running job this owner holds (its heartbeat); False when it is no longer held."""
         t = now()
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.lease_owner == owner))
-                         .values(state="pending", lease_owner=None, lease_until=None,
-                                 next_attempt_at=t + retry_in, outcome=outcome, updated_at=t))
+            return conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.lease_owner == owner,
+                                                        jobs.c.state == "running"))
+                                .values(lease_until=t + lease_seconds)).rowcount == 1
+
+    def retry_jobs(self, *, study_uid: str | None = None, rule_name: str | None = None,
+                   include_failed: bool = False) -> list[dict[str, Any]]:
+        """Put parked jobs (and failed ones with ``include_failed``) back to pending (``dicom-node retry --jobs``).
+
+        A retried job starts afresh: attempts from 0 and a new retry horizon. Its study is open again until the
+        job ends. Returns the retried jobs (id, endpoint, study_uid).
+        """
+        states = ["parked", "failed"] if include_failed else ["parked"]
+        q = select(jobs.c.id, jobs.c.endpoint, jobs.c.study_uid).where(jobs.c.state.in_(states))
+        if study_uid:
+            q = q.where(jobs.c.study_uid == study_uid)
+        if rule_name:
+            q = q.where(jobs.c.rule_name == rule_name)
+        t = now()
+        with self.engine.begin() as conn:
+            rows = [dict(r) for r in conn.execute(q.order_by(jobs.c.created_at, jobs.c.id)).mappings()]
+            ids = [r["id"] for r in rows]
+            if ids:
+                conn.execute(update(jobs).where(jobs.c.id.in_(ids))
+                             .values(state="pending", attempts=0, give_up_at=None, next_attempt_at=t,
+                                     lease_owner=None, lease_until=None, updated_at=t,
+                                     outcome="queued again by dicom-node retry"))
+                conn.execute(update(studies).where(and_(studies.c.study_uid.in_({r["study_uid"] for r in rows}),
+                                                        studies.c.state == "failed"))
+                             .values(state="complete"))
+        return rows
 
     def finish_job(self, job_id: int, owner: str, *, state: str, outcome: str,
                    new_results: Sequence[dict[str, Any]] = (), destinations: Sequence[str] = (),
@@ -131,8 +177,8 @@ class JobsPart:
             return
         open_jobs = conn.execute(select(func.count()).select_from(jobs).where(and_(
             jobs.c.study_uid == study_uid, jobs.c.study_version == row["version"],
-            jobs.c.state.in_(["pending", "running", "waiting"])))).scalar_one()
-        if open_jobs == 0:
+            jobs.c.state.in_(["pending", "running", "waiting", "parked"])))).scalar_one()
+        if open_jobs == 0:  # a parked job keeps its study open: it may be retried
             failed = conn.execute(select(func.count()).select_from(jobs).where(and_(
                 jobs.c.study_uid == study_uid, jobs.c.study_version == row["version"],
                 jobs.c.state == "failed"))).scalar_one()

@@ -41,6 +41,13 @@ class OutboxPart:
                 .where(outbox.c.lease_owner == token)).mappings()
             return [dict(r) for r in rows]
 
+    def renew_outbox_lease(self, lease_token: str, lease_seconds: float) -> int:
+        """Extend the lease of every row of one claimed batch (its heartbeat); returns how many rows it holds."""
+        with self.engine.begin() as conn:
+            return conn.execute(update(outbox).where(and_(outbox.c.lease_owner == lease_token,
+                                                          outbox.c.state == "pending"))
+                                .values(lease_until=now() + lease_seconds)).rowcount
+
     def settle_outbox(self, row_id: int, lease_token: str, *, state: str, status: str | None,
                       error: str | None = None, retry_at: float | None = None) -> None:
         """Record one send attempt: delivered, parked, or pending again at ``retry_at``."""

@@ -71,7 +71,7 @@ jobs = Table(
     Column("rule_name", String(128), nullable=False),
     Column("endpoint", String(128), nullable=False),
     Column("series_uids", Text, nullable=False),  # JSON list of the matching series
-    # pending -> running -> done | failed | skipped
+    # pending -> running -> done | failed | skipped; parked: retried past its endpoint's give_up_after_seconds
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("lease_owner", String(128)),
@@ -81,7 +81,24 @@ jobs = Table(
     Column("updated_at", Float, nullable=False),
     Column("outcome", Text),  # a short human sentence: what happened (never PHI)
     Column("endpoint_seconds", Float),
+    # set at the job's first failed (or circuit-deferred) attempt: past it, the next failure parks the job
+    Column("give_up_at", Float),
     UniqueConstraint("study_uid", "rule_name", "study_version", name="uq_job_study_rule_version"),
+)
+
+# One row per endpoint whose circuit is not closed (node/flow/circuit.py): shared by every worker thread and
+# process through the database, so a restarted worker keeps waiting for the endpoint instead of hammering it.
+circuits = Table(
+    "circuits",
+    metadata,
+    Column("endpoint", String(128), primary_key=True),
+    Column("state", String(16), nullable=False),  # open | half_open (closed = no row)
+    Column("opened_at", Float, nullable=False),
+    Column("retry_at", Float, nullable=False),  # open: when the next probe may go
+    Column("failures", Integer, nullable=False),  # consecutive failed calls (the backoff's exponent)
+    Column("probe_job", Integer),  # half_open: the one job allowed to call the endpoint
+    Column("reason", Text),
+    Column("updated_at", Float, nullable=False),
 )
 
 results = Table(

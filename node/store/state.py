@@ -9,7 +9,8 @@ leases to another worker.
 - :mod:`node.store.studies`: instances, studies, quarantine, decisions (and :class:`InstanceRecord`);
 - :mod:`node.store.priors`: prior lookups, and how instances of an expected prior are recorded;
 - :mod:`node.store.jobs`: jobs, waiting jobs, results of earlier study versions;
-- :mod:`node.store.outbox`: outbox rows (claim, settle, retry parked, due destinations);
+- :mod:`node.store.outbox`: outbox rows (claim, renew, settle, retry parked, due destinations);
+- :mod:`node.store.circuits`: per-endpoint circuits (an endpoint down or throttled), the backlog to drain;
 - :mod:`node.store.upkeep`: lease recovery, the sweep's stale work, retention, the status summary;
 - :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions.
 
@@ -24,6 +25,7 @@ import uuid
 from sqlalchemy.engine import Engine
 
 from node.store import schema as db
+from node.store.circuits import CircuitsPart
 from node.store.jobs import JobsPart
 from node.store.outbox import OutboxPart
 from node.store.priors import PriorsPart
@@ -40,7 +42,7 @@ def lease_owner(instance_id: str) -> str:
     return f"{instance_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class Store(StudiesPart, PriorsPart, JobsPart, UpkeepPart, OutboxPart, RevisionsPart):
+class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxPart, RevisionsPart):
     """The node's database, as the operations the roles need."""
 
     def __init__(self, engine: Engine) -> None:

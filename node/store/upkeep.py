@@ -12,7 +12,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from node.store.outbox import OutboxPart
-from node.store.schema import instances, jobs, now, outbox, priors, quarantine, results, studies
+from node.store.schema import circuits, instances, jobs, now, outbox, priors, quarantine, results, studies
 
 
 class UpkeepPart(OutboxPart):
@@ -20,13 +20,14 @@ class UpkeepPart(OutboxPart):
 
     engine: Engine
 
-    def release_leases_of(self, instance_id: str) -> int:
-        """Drop every lease held by this node instance's earlier processes.
+    def release_leases_of(self, instance_id: str, pid: int | None = None) -> int:
+        """Drop every lease held by this node instance's earlier processes (or by its process ``pid``).
 
         Called by ``serve`` before it starts its workers: nothing of this instance is running then, so a lease
-        still held was left by a process that died (SIGKILL, power loss) and its work resumes at once.
+        still held was left by a process that died (SIGKILL, power loss) and its work resumes at once. With
+        ``pid``: serve's worker process ``pid`` died (lease owners are ``instance:pid:random``).
         """
-        prefix = f"{instance_id}:"
+        prefix = f"{instance_id}:" if pid is None else f"{instance_id}:{pid}:"
         n = 0
         with self.engine.begin() as conn:
             n += conn.execute(update(jobs).where(and_(jobs.c.lease_owner.startswith(prefix),
@@ -49,29 +50,36 @@ class UpkeepPart(OutboxPart):
             quiet = [r[0] for r in conn.execute(select(studies.c.study_uid).where(and_(
                 studies.c.state == "receiving", studies.c.last_received_at + quiet_seconds <= t)))]
             # a pending job updated in the last minute is most likely still in the queue: leave it there
+            # jobs of an endpoint whose circuit is open wait for it (node/flow/circuit.py), not for the sweep, unless
+            # their horizon passed (run_job parks them)
             due_jobs = [r[0] for r in conn.execute(select(jobs.c.id).where(or_(
-                and_(jobs.c.state == "pending", jobs.c.next_attempt_at <= t, jobs.c.updated_at < recent),
+                and_(jobs.c.state == "pending", jobs.c.next_attempt_at <= t, jobs.c.updated_at < recent,
+                     or_(jobs.c.endpoint.not_in(select(circuits.c.endpoint)), jobs.c.give_up_at <= t)),
                 and_(jobs.c.state == "running", jobs.c.lease_until < t))))]
         return {"studies": quiet, "jobs": due_jobs, "destinations": [d for d, _ in self.due_destinations()]}
 
-    def purge_delivered(self, older_than_seconds: float) -> int:
+    def purge_delivered(self, older_than_seconds: float, keep_failed_seconds: float = 0.0) -> int:
         """Delete spool files, result files and rows of finished studies whose results were all delivered.
 
-        A study with a parked or pending outbox row, a job not finished, or one that is receiving again is
-        kept. Quarantined files are never purged here (only by hand).
+        A study with a parked or pending outbox row, a job not finished (pending, running, parked), or one that
+        is receiving again is kept; a failed study is kept at least ``keep_failed_seconds``. Quarantined files are
+        never purged here (only by hand).
         """
         t = now()
         purged = 0
+        failed_older = t - max(older_than_seconds, keep_failed_seconds)
         with self.engine.connect() as conn:
-            candidates = [r[0] for r in conn.execute(select(studies.c.study_uid).where(and_(
-                studies.c.state.in_(["done", "failed"]), studies.c.completed_at < t - older_than_seconds)))]
+            candidates = [r[0] for r in conn.execute(select(studies.c.study_uid).where(or_(
+                and_(studies.c.state == "done", studies.c.completed_at < t - older_than_seconds),
+                and_(studies.c.state == "failed", studies.c.completed_at < failed_older))))]
         for study_uid in candidates:
             with self.engine.begin() as conn:
                 open_rows = conn.execute(select(func.count()).select_from(outbox).join(
                     results, results.c.sop_instance_uid == outbox.c.result_uid).where(and_(
                         results.c.study_uid == study_uid, outbox.c.state != "delivered"))).scalar_one()
                 open_jobs = conn.execute(select(func.count()).select_from(jobs).where(and_(
-                    jobs.c.study_uid == study_uid, jobs.c.state.in_(["pending", "running"])))).scalar_one()
+                    jobs.c.study_uid == study_uid,
+                    jobs.c.state.in_(["pending", "running", "waiting", "parked"])))).scalar_one()
                 state = conn.execute(select(studies.c.state).where(studies.c.study_uid == study_uid)).scalar()
                 if open_rows or open_jobs or state not in ("done", "failed"):
                     continue
@@ -110,6 +118,9 @@ class UpkeepPart(OutboxPart):
                 "parked": [dict(r) for r in conn.execute(
                     select(outbox).where(outbox.c.state == "parked").order_by(outbox.c.id.desc())
                     .limit(limit)).mappings()],
+                "parked_jobs": [dict(r) for r in conn.execute(
+                    select(jobs).where(jobs.c.state == "parked").order_by(jobs.c.id.desc()).limit(limit)).mappings()],
+                "circuits": [dict(r) for r in conn.execute(select(circuits).order_by(circuits.c.endpoint)).mappings()],
                 "pending_outbox": [dict(r) for r in conn.execute(
                     select(outbox).where(outbox.c.state == "pending").order_by(outbox.c.id).limit(limit)).mappings()],
                 "quarantine": [dict(r) for r in conn.execute(
