@@ -1,7 +1,7 @@
 """Jobs survive endpoint outages: ``jobs.give_up_at`` (their retry horizon) and the per-endpoint ``circuits``.
 
-Revision ID: resilience
-Revises: 0001_baseline
+Revision ID: 0003_resilience
+Revises: 0002_dicomweb
 Create Date: 2026-11-29
 """
 
@@ -12,8 +12,8 @@ from typing import Sequence, Union
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "resilience"
-down_revision: Union[str, Sequence[str], None] = "0001_baseline"
+revision: str = "0003_resilience"
+down_revision: Union[str, Sequence[str], None] = "0002_dicomweb"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

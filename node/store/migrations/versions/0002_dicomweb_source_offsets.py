@@ -1,6 +1,6 @@
 """source_offsets: the position of each polled DICOMweb source (Azure DICOM service change feed) and its health.
 
-Revision ID: dicomweb
+Revision ID: 0002_dicomweb
 Revises: 0001_baseline
 Create Date: 2026-11-29
 """
@@ -12,7 +12,7 @@ from typing import Sequence, Union
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "dicomweb"
+revision: str = "0002_dicomweb"
 down_revision: Union[str, Sequence[str], None] = "0001_baseline"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
