@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from .data import REPO
 from .orthanc import Orthanc
 from .ports import free_port
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
-REPO = Path(__file__).resolve().parents[1]
 OHIF_VERSION = "3.13.2"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
