@@ -13,7 +13,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(dcmtk orthanc dicom3tools dcm2niix)
+APT_PACKAGES=(dcmtk orthanc dicom3tools dcm2niix chromium chromium-driver)  # chromium: the status page's browser test
 
 step() { printf '[setup] %s\n' "$*"; }
 

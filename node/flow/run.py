@@ -19,6 +19,7 @@ from node.invoke.client import EndpointError
 from node.models.base import JobContext
 from node.models.cxrreportgen.priors import PriorFetcher
 from node.models.registry import pipeline_for
+from node.ops import metrics
 from node.ops.audit import audit_log
 from node.ops.failpoints import failpoint
 from node.store.embeddings import study_labels
@@ -43,6 +44,7 @@ def run_job(svc: Services, job_id: int) -> None:
     if rule is None or job["endpoint"] not in svc.cfg.endpoints:
         svc.store.finish_job(job_id, svc.owner, state="failed",
                               outcome=f"rule {job['rule_name']!r} or its endpoint is no longer configured")
+        _count(svc, job, "failed")
         return
     endpoint = svc.cfg.endpoints[job["endpoint"]]
     series = set(json.loads(job["series_uids"]))
@@ -50,6 +52,7 @@ def run_job(svc: Services, job_id: int) -> None:
     mixed = mixed_patients_reason(paths)
     if mixed:  # nothing leaves: a study mixing patients is an identification error upstream
         svc.store.finish_job(job_id, svc.owner, state="failed", outcome=mixed)
+        _count(svc, job, "failed")
         log.error("job %d (study %s) failed: %s", job_id, job["study_uid"], mixed)
         _after_job(svc, job["study_uid"])
         return
@@ -57,6 +60,7 @@ def run_job(svc: Services, job_id: int) -> None:
     if not paths:
         refusal = f"not sent: {burned_note}"
         svc.store.finish_job(job_id, svc.owner, state="skipped", outcome=refusal)
+        _count(svc, job, "skipped")
         log.info("job %d (study %s, rule %s) skipped: %s", job_id, job["study_uid"], rule.name, refusal)
         _after_job(svc, job["study_uid"])
         return
@@ -73,12 +77,14 @@ def run_job(svc: Services, job_id: int) -> None:
     except EndpointError as exc:
         if exc.permanent or job["attempts"] >= JOB_MAX_ATTEMPTS:
             svc.store.finish_job(job_id, svc.owner, state="failed", outcome=f"endpoint error: {exc}")
+            _count(svc, job, "failed")
             log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
             _audit_job(svc, job, "job-failed", "serious-failure", reason=f"endpoint error: {exc}")
             _after_job(svc, job["study_uid"])
         else:
             delay = 30.0 * job["attempts"]
             svc.store.release_job(job_id, svc.owner, retry_in=delay, outcome=f"will retry: {exc}")
+            _count(svc, job, "retry")
             svc.queue.enqueue_job(job_id, delay=delay)
             log.warning("job %d (study %s) will be retried in %.0f s: %s", job_id, job["study_uid"], delay, exc)
         return
@@ -88,6 +94,7 @@ def run_job(svc: Services, job_id: int) -> None:
                   type(exc).__name__)
         log.debug("job %d traceback", job_id, exc_info=True)
         svc.store.finish_job(job_id, svc.owner, state="failed", outcome=f"{type(exc).__name__}: {exc}")
+        _count(svc, job, "failed")
         _audit_job(svc, job, "job-failed", "serious-failure", reason=type(exc).__name__)
         _after_job(svc, job["study_uid"])
         return
@@ -109,12 +116,18 @@ def run_job(svc: Services, job_id: int) -> None:
     if not ok:
         log.warning("job %d: lease lost before the results were committed; another worker owns it", job_id)
         return
+    _count(svc, job, output.state)
     log.info("job %d (study %s, rule %s) %s in %.2f s: %s", job_id, job["study_uid"], rule.name, output.state,
              time.monotonic() - t0, output.outcome)
     if rows:
         for dest in rule.send_to:
             svc.queue.enqueue_delivery(dest)
     _after_job(svc, job["study_uid"])
+
+
+def _count(svc: Services, job: dict[str, Any], outcome: str) -> None:
+    endpoint = svc.cfg.endpoints.get(job["endpoint"])
+    metrics.job_finished(endpoint.model if endpoint else "unknown", job["rule_name"], outcome)
 
 
 def _labels(svc: Services, study_uid: str) -> dict[str, dict[str, str]]:
