@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from converters.pixels import to_uint8
 
 MAX_SIDE = 768
+FINDING_CODE = "121071"  # (DCM, "Finding"): the sentence of each finding in the node's TID 1500 SR
 SEG_FRAMES = 3
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 220, 0), (80, 255, 80)]
 
@@ -96,7 +97,9 @@ def sr_findings(sr: pydicom.Dataset) -> list[str]:
 
     def walk(items) -> None:
         for item in items:
-            if item.get("ValueType") == "TEXT" and str(item.TextValue) not in found:
+            concept = item.get("ConceptNameCodeSequence")
+            is_finding = concept is not None and concept[0].CodeValue == FINDING_CODE
+            if item.get("ValueType") == "TEXT" and is_finding and str(item.TextValue) not in found:
                 found.append(str(item.TextValue))
             walk(item.get("ContentSequence", []))
 
