@@ -9,6 +9,7 @@ screenshot stays in the test's folder (``status-page.png``, ``study-page.png``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -45,7 +46,8 @@ class Run:
         self.pacs = MiniPACS(folder=tmp / "pacs").start()
         self.http_port = free_port()
         cfg = node_config(tmp, endpoint_url=self.emulator.url, pacs=("PACS", self.pacs.port),
-                          http={"host": "127.0.0.1", "port": self.http_port, "token_env": "HTTP_SIDE_TEST_TOKEN"})
+                          http={"host": "127.0.0.1", "port": self.http_port, "token_env": "HTTP_SIDE_TEST_TOKEN"},
+                          logging={"format": "json"})
         cfg["node"]["allowed_calling_ae_titles"] = ["STORESCU"]
         os.environ["HTTP_SIDE_TEST_TOKEN"] = TOKEN
         self.node = NodeProcess(tmp, cfg).start()
@@ -137,6 +139,15 @@ def test_write_actions_need_the_token(run: Run) -> None:
     ok = httpx.post(run.base + "/actions/retry", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert ok.status_code == 200 and ok.json() == {"action": "retry", "requeued": 0}
     assert TOKEN not in run.node.logs()
+
+
+def test_json_logs_one_object_per_line(run: Run) -> None:
+    lines = [json.loads(line) for line in run.node.logs().splitlines() if line.strip()]
+    assert {"time", "level", "process", "pid", "logger", "event"} <= set(lines[0])
+    assert len({line["pid"] for line in lines}) >= 3  # serve, the worker, the HTTP side
+    study_uid = str(pydicom.dcmread(run.study[0], stop_before_pixels=True).StudyInstanceUID)
+    assert any(study_uid in line.get("uids", []) for line in lines)
+    assert not any("DEMO^PATIENT" in line["event"] or "DEMO-0001" in line["event"] for line in lines)
 
 
 def test_status_page_in_a_browser(run: Run) -> None:

@@ -13,8 +13,10 @@ import logging
 import re
 from datetime import datetime, timezone
 
-# A DICOM UID in a message: dotted numeric components, at least 4 of them (2.25.x, 1.2.840.x...), not an IP address.
-UID_RE = re.compile(r"(?<![\d.])(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*)){3,}(?![\d.])")
+# A DICOM UID in a message: 3+ dotted numeric components (2.25.x, 1.2.840.x...), not an IP address nor a short
+# version number (at least MIN_UID characters).
+UID_RE = re.compile(r"(?<![\d.])(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*)){2,}(?![\d.])")
+MIN_UID = 9
 
 
 def uids_in(text: str) -> list[str]:
@@ -22,7 +24,7 @@ def uids_in(text: str) -> list[str]:
     seen: dict[str, None] = {}
     for m in UID_RE.finditer(text):
         uid = m.group(0)
-        if uid.count(".") == 3 and all(int(p) < 256 for p in uid.split(".")):
+        if len(uid) < MIN_UID or uid.count(".") == 3 and all(int(p) < 256 for p in uid.split(".")):
             continue  # a dotted quad: an IP address
         seen.setdefault(uid, None)
     return list(seen)

@@ -1,0 +1,103 @@
+"""The HTTP side's app in process (Starlette's test client) and the JSON log format: no node, no peers."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+from starlette.testclient import TestClient
+
+from node.config import parse_config
+from node.http.app import build_app
+from node.http.context import worker_pidfile
+from node.ops.jsonlog import JsonFormatter, uids_in
+from node.ops.logsafety import RedactSecrets
+from node.store.schema import jobs, outbox, results
+from node.store.spool import Spool
+from node.store.state import Store
+
+TOKEN = "unit-test-token-abcdef"
+
+
+@pytest.fixture()
+def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    cfg = parse_config({"node": {"storage_dir": str(tmp_path / "var"), "min_free_disk_mb": 0},
+                        "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 4242}},
+                        "http": {"port": 18099, "token_env": "HTTP_APP_TEST_TOKEN"}}, tmp_path / "n.yaml", tmp_path)
+    Spool(cfg.storage_dir).create()
+    store = Store.open(cfg.database_url)
+    t = time.time()
+    with store.engine.begin() as conn:
+        conn.execute(insert(jobs).values(id=1, job_uid="2.25.1", study_uid="1.2.3.4", study_version=1, rule_name="r",
+                                         endpoint="cxr", series_uids="[]", state="done", attempts=1,
+                                         next_attempt_at=t, created_at=t, updated_at=t))
+        conn.execute(insert(results).values(sop_instance_uid="1.2.3.4.5", job_id=1, study_uid="1.2.3.4",
+                                            series_uid="1.2.3.4.6", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+                                            kind="sr", path=str(tmp_path / "none.dcm"), created_at=t))
+        conn.execute(insert(outbox).values(result_uid="1.2.3.4.5", destination="pacs", state="parked", attempts=20,
+                                           next_attempt_at=t, last_status="0xA700", error="gave up", created_at=t))
+    monkeypatch.delenv("HTTP_APP_TEST_TOKEN", raising=False)
+    return cfg, store
+
+
+def test_health_metrics_and_pages(app_env) -> None:
+    cfg, _ = app_env
+    client = TestClient(build_app(cfg))
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["worker"]["ok"] is False
+    assert ready.json()["checks"]["database"]["ok"] and ready.json()["checks"]["spool"]["ok"]
+    worker_pidfile(cfg.storage_dir).write_text(str(os.getpid()))  # a live process stands in for the worker
+    assert client.get("/readyz").status_code == 200
+    text = client.get("/metrics").text
+    assert 'dicom_node_parked_results{destination="pacs"} 1.0' in text
+    assert 'dicom_node_outbox_depth{destination="pacs"} 0.0' in text
+    page = client.get("/outbox").text
+    assert "1.2.3.4.5" in page and "gave up" in page and "Parked (not delivered) (1)" in page
+    assert client.get("/studies/9.9.9").status_code == 404
+
+
+def test_actions_off_without_a_token_then_retry(app_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, store = app_env
+    client = TestClient(build_app(cfg))
+    assert client.post("/actions/retry").status_code == 403  # no token configured: read-only
+    monkeypatch.setenv("HTTP_APP_TEST_TOKEN", TOKEN)
+    assert client.post("/actions/retry", headers={"Authorization": "Bearer nope-nope-nope"}).status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post("/actions/nothing", headers=auth).status_code == 404
+    assert client.post("/actions/retry", headers=auth, json={"destination": "elsewhere"}).status_code == 400
+    reply = client.post("/actions/retry", headers=auth, json={"destination": "pacs"})
+    assert reply.status_code == 200 and reply.json() == {"action": "retry", "requeued": 1}
+    with store.engine.connect() as conn:
+        assert conn.execute(outbox.select()).mappings().one()["state"] == "pending"
+
+
+def test_json_log_lines_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOME_ENDPOINT_KEY", "s3cr3t-value-123456")
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactSecrets())
+    logger = logging.getLogger("test.jsonlog")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("study %s from 10.1.2.3 sent with Bearer abcdefghijkl and key %s", "1.2.840.113619.2.55.3",
+                       "s3cr3t-value-123456")
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(buf.getvalue().strip())
+    assert line["level"] == "WARNING" and line["logger"] == "test.jsonlog" and line["pid"] == os.getpid()
+    assert line["uids"] == ["1.2.840.113619.2.55.3"]
+    assert "abcdefghijkl" not in line["event"] and "s3cr3t-value-123456" not in line["event"]
+    assert "1.2.840.113619.2.55.3" in line["event"] and line["time"].endswith("+00:00")
+
+
+def test_uids_in_skips_ip_addresses() -> None:
+    assert uids_in("from 192.168.1.20: 2.25.12345 and 1.2.3.4.5 then 2.25.12345") == ["2.25.12345", "1.2.3.4.5"]
