@@ -23,6 +23,7 @@ MODULES: dict[str, bool] = {
     "overhead": True,
     "conversion": True,
     "search": False,
+    "http_cost": True,
 }
 
 
