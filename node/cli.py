@@ -85,6 +85,13 @@ def cmd_http(args: argparse.Namespace) -> int:
     return run_http(cfg, parent_pid=args.parent_pid)
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """`dicom-node healthcheck --config F`: exit 0 when the node is ready (the Dockerfile's HEALTHCHECK)."""
+    from node.http.probe import healthcheck
+
+    return healthcheck(_load(args.config))
+
+
 def cmd_receiver(args: argparse.Namespace) -> int:
     """`dicom-node receiver ...`: one more Storage SCP on the shared port (started by serve when node.receivers > 1)."""
     from node.ops.process import setup_logging
@@ -202,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.add_argument("--parent-pid", type=int, default=None)
     s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("healthcheck", help="exit 0 when the node is ready (/readyz, or a C-ECHO without http)")
+    s.add_argument("--config", required=True)
+    s.set_defaults(func=cmd_healthcheck)
 
     s = sub.add_parser("http", help=argparse.SUPPRESS)  # started by serve when http.port is set
     s.add_argument("--config", required=True)

@@ -101,3 +101,27 @@ def test_json_log_lines_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_uids_in_skips_ip_addresses() -> None:
     assert uids_in("from 192.168.1.20: 2.25.12345 and 1.2.3.4.5 then 2.25.12345") == ["2.25.12345", "1.2.3.4.5"]
+
+
+def test_readme_and_dashboard_name_every_metric(app_env) -> None:
+    """Every metric the node exposes is listed in the README; the dashboard uses no metric that does not exist."""
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from node.ops import metrics  # noqa: F401  (registers the node's counters and histograms)
+
+    cfg, _ = app_env
+    text = TestClient(build_app(cfg)).get("/metrics").text
+    exposed = {f.name for f in text_string_to_metric_families(text)
+               if f.name.startswith("dicom_node_") and not f.name.endswith("_created")}
+    from node.ops.metrics import REGISTERED
+
+    exposed |= REGISTERED
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    missing = sorted(n for n in exposed if f"`{n}`" not in readme and f"`{n}_total`" not in readme)
+    assert not missing, f"metrics not listed in README.md: {missing}"
+    dashboard = (repo / "config" / "grafana-dashboard.json").read_text()
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in re.findall(r"dicom_node_\w+", dashboard)}
+    assert used and not used - exposed, f"the dashboard uses unknown metrics: {sorted(used - exposed)}"

@@ -141,6 +141,15 @@ def test_write_actions_need_the_token(run: Run) -> None:
     assert TOKEN not in run.node.logs()
 
 
+def test_healthcheck_command(run: Run) -> None:
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-m", "node.cli", "healthcheck", "--config", str(run.node.config_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+
+
 def test_json_logs_one_object_per_line(run: Run) -> None:
     lines = [json.loads(line) for line in run.node.logs().splitlines() if line.strip()]
     assert {"time", "level", "process", "pid", "logger", "event"} <= set(lines[0])
