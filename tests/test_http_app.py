@@ -125,3 +125,59 @@ def test_readme_and_dashboard_name_every_metric(app_env) -> None:
     dashboard = (repo / "config" / "grafana-dashboard.json").read_text()
     used = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in re.findall(r"dicom_node_\w+", dashboard)}
     assert used and not used - exposed, f"the dashboard uses unknown metrics: {sorted(used - exposed)}"
+
+
+def test_seg_preview_tints_the_masked_pixels_of_the_source_slices(data: Path) -> None:
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.uid import generate_uid
+
+    from dicom_out.algorithm import AlgorithmInfo
+    from dicom_out.seg import SegmentSpec, build_segmentation
+    from node.http.preview import seg_png
+
+    paths = [data / "ct" / "chest_ct_5mm_64slices" / f"1-{n:02d}.dcm" for n in (30, 31, 32)]
+    sources = [pydicom.dcmread(p) for p in paths]
+    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+    masks = np.zeros((3, rows, cols, 1), dtype=bool)
+    masks[:, 100:200, 150:300, 0] = True  # the same rectangle on every slice
+    seg = build_segmentation(source_images=sources, masks=masks, segments=[SegmentSpec.from_model_category("liver", "liver")],
+                             algorithm=AlgorithmInfo("MedImageParse", "test"), series_instance_uid=generate_uid(),
+                             sop_instance_uid=generate_uid(), series_number=99)
+    by_uid = {str(ds.SOPInstanceUID): str(p) for ds, p in zip(sources, paths)}
+    img = np.asarray(Image.open(io.BytesIO(seg_png(seg, by_uid.get))).convert("RGB")).astype(int)
+    assert img.shape[1] == 3 * cols  # three slices side by side
+    for k in range(3):
+        tile = img[:, k * cols:(k + 1) * cols]
+        inside, outside = tile[120:180, 170:280], tile[300:400, 350:450]
+        assert (inside[..., 0] - inside[..., 1]).mean() > 40  # red over the mask
+        assert np.abs(outside[..., 0] - outside[..., 1]).max() == 0  # grey elsewhere
+
+
+def test_status_page_hides_phi_unless_asked(tmp_path: Path, data: Path) -> None:
+    import pydicom
+
+    from node.store.schema import instances, studies
+
+    ds = pydicom.dcmread(data / "cxr" / "cr_pa_mono1_uncompressed.dcm")
+    ds.PatientName, ds.PatientID, ds.AccessionNumber = "DOE^JANE", "PID-4242", "ACC-777"
+    path = tmp_path / "i.dcm"
+    ds.save_as(path)
+    t = time.time()
+    for show in (False, True):
+        cfg = parse_config({"node": {"storage_dir": str(tmp_path / f"var{show}")},
+                            "http": {"port": 18099, "show_phi": show}}, tmp_path / "n.yaml", tmp_path)
+        store = Store.open(cfg.database_url)
+        with store.engine.begin() as conn:
+            conn.execute(insert(studies).values(study_uid="1.2.3.9", state="receiving", version=0,
+                                                first_received_at=t, last_received_at=t))
+            conn.execute(insert(instances).values(sop_instance_uid="1.2.3.9.1", study_uid="1.2.3.9",
+                                                  series_uid="1.2.3.9.2", sop_class_uid=str(ds.SOPClassUID),
+                                                  transfer_syntax_uid="1.2.840.10008.1.2.1", path=str(path),
+                                                  size_bytes=1, calling_ae="X", received_at=t))
+        client = TestClient(build_app(cfg))
+        pages = client.get("/").text + client.get("/studies/1.2.3.9").text
+        for phi in ("DOE^JANE", "PID-4242", "ACC-777"):
+            assert (phi in pages) is show
+        assert "1.2.3.9" in pages

@@ -63,13 +63,17 @@ def seg_png(seg: pydicom.Dataset, source_path: Callable[[str], str | None]) -> b
     if not nonempty:
         return None
     picks = [nonempty[int(k * (len(nonempty) - 1) / max(1, SEG_FRAMES - 1))] for k in range(min(SEG_FRAMES, len(nonempty)))]
+    shared = seg.get("SharedFunctionalGroupsSequence", [None])[0]
     tiles = []
     for i in dict.fromkeys(picks):
         fg = frames[i]
+        # with one segment, highdicom puts its identification in the shared functional groups
+        ident = fg.get("SegmentIdentificationSequence") or (shared.get("SegmentIdentificationSequence")
+                                                             if shared is not None else None)
         try:
             src = fg.DerivationImageSequence[0].SourceImageSequence[0]
-            segment = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        except (AttributeError, IndexError):
+            segment = int(ident[0].ReferencedSegmentNumber)
+        except (AttributeError, IndexError, TypeError):
             continue
         path = source_path(str(src.ReferencedSOPInstanceUID))
         if path is None:
