@@ -11,10 +11,11 @@ them; a route reaches the database, spool and configuration as ``request.app.sta
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Metric, generate_latest
 from prometheus_client import multiprocess
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -39,12 +40,16 @@ def metrics_registry(ctx: HttpContext) -> CollectorRegistry:
     if metricsdir.enabled():
         multiprocess.MultiProcessCollector(registry)
     else:  # not under serve (a test app): this process's own metrics
-        from prometheus_client import REGISTRY
-
-        for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 - the documented way has no public API
-            registry.register(collector)
+        registry.register(_ThisProcess())
     registry.register(StateCollector(ctx))
     return registry
+
+
+class _ThisProcess(Collector):
+    """prometheus_client's default registry (this process's samples) as one collector of another registry."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -47,8 +48,6 @@ def readiness(ctx: HttpContext) -> dict[str, dict[str, Any]]:
 async def readyz(request: Request) -> JSONResponse:
     """200 when every check passes, 503 otherwise; the body names each check and why."""
     ctx: HttpContext = request.app.state.ctx
-    from starlette.concurrency import run_in_threadpool
-
     checks = await run_in_threadpool(readiness, ctx)
     ready = all(c["ok"] for c in checks.values())
     return JSONResponse({"ready": ready, "checks": checks, "time": time.time()}, status_code=200 if ready else 503)
