@@ -277,7 +277,7 @@ class HttpSection(_Strict):
     """The node's HTTP side: health checks, Prometheus metrics and a read-only status page (node/http)."""
 
     host: str = Field("127.0.0.1", description="Address the HTTP side listens on")
-    port: int | None = Field(8081, ge=0, le=65535, description="null: no HTTP side; 0: any free port")
+    port: int | None = Field(8081, ge=1, le=65535, description="null: no HTTP side")
     token_env: str | None = Field(
         None, description="Environment variable holding the bearer token of write actions; unset: actions are off")
     show_phi: bool = Field(False, description="Show patient names, IDs and accession numbers on the status page")

@@ -216,3 +216,15 @@ def _texts(sr: pydicom.Dataset) -> list[str]:
 
     walk(sr.ContentSequence)
     return out
+
+
+def test_http_side_restarted_when_it_dies(run: Run) -> None:
+    """serve supervises the HTTP side like the worker: SIGKILL it, and the page answers again."""
+    children = Path(f"/proc/{run.node.proc.pid}/task/{run.node.proc.pid}/children").read_text().split()
+    http_pid = next(int(p) for p in children
+                    if b"\0http\0" in Path(f"/proc/{p}/cmdline").read_bytes())
+    os.kill(http_pid, signal.SIGKILL)
+    wait_until(lambda: _get(run.base + "/healthz") is None, 30, "the HTTP side to go away")
+    wait_until(lambda: _get(run.base + "/healthz") == 200, 60, "serve to restart the HTTP side")
+    m = scrape(run.base)
+    assert total(m, "dicom_node_jobs_total", outcome="done") == 1  # its own restart loses no count either
