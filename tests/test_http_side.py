@@ -21,7 +21,7 @@ import pydicom
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.dcmtk import echoscu
+from support.dcmtk import echoscu, storescu
 from support.nodekit import send, wait_until
 from support.nodeproc import NodeProcess, node_config
 from support.pacs import MiniPACS
@@ -88,6 +88,11 @@ def run(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[Run]:
     r = Run(tmp_path_factory.mktemp("http-side"), data)
     try:
         send(r.node, r.study)  # one storescu association per file
+        bad = pydicom.dcmread(r.study[0])
+        del bad.StudyInstanceUID  # quarantined: answered 0xC000, counted under invalid-uid
+        bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        bad.save_as(r.tmp / "no-study-uid.dcm")
+        storescu("127.0.0.1", r.node.port, [r.tmp / "no-study-uid.dcm"])
         refused = echoscu("127.0.0.1", r.node.port, "AINODE", calling_ae="INTRUDER")
         assert refused.returncode != 0, "an AE title outside the allow-list must be refused"
         wait_until(lambda: len(r.pacs.stored) >= 2, 120, "SR and GSPS at the PACS")
@@ -101,13 +106,16 @@ def test_metrics_count_what_was_sent(run: Run) -> None:
     m = scrape(run.base)
     sent_bytes = sum(p.stat().st_size for p in run.study)
     answered = [e for e in run.emulator.requests if e["status"] is not None]
-    assert total(m, "dicom_node_associations_total", calling_ae="STORESCU", result="accepted") == len(run.study)
+    assert total(m, "dicom_node_associations_total", calling_ae="STORESCU", result="accepted") == len(run.study) + 1
     assert total(m, "dicom_node_associations_total", calling_ae="(not allowed)", result="rejected") == 1
     assert total(m, "dicom_node_instances_received_total", calling_ae="STORESCU") == len(run.study)
     # the spool file is what pynetdicom wrote: the same data set, its own file meta (a few bytes more or less)
     assert abs(total(m, "dicom_node_received_bytes_total", calling_ae="STORESCU") - sent_bytes) < 0.05 * sent_bytes
     assert total(m, "dicom_node_instances_received_total", sop_class="Computed Radiography Image Storage") == 1
     assert total(m, "dicom_node_cstore_responses_total", status="0x0000") == len(run.study)
+    assert total(m, "dicom_node_cstore_responses_total", status="0xC000") == 1
+    assert total(m, "dicom_node_quarantined_total", reason="invalid-uid") == 1
+    assert total(m, "dicom_node_quarantined_total") == 1
     assert total(m, "dicom_node_studies_completed_total") == 1
     assert total(m, "dicom_node_jobs_total", model="cxrreportgen", rule="chest-xray-findings", outcome="done") == 1
     assert total(m, "dicom_node_endpoint_responses_total", endpoint="cxr", code="200") == len(answered) >= 1
