@@ -21,6 +21,9 @@ def metrics_dir(storage_dir: Path) -> Path:
 
 def prepare(storage_dir: Path) -> Path:
     """Empty ``<storage_dir>/metrics`` (a new run starts its counters at zero) and point this process at it."""
+    # The node runs with umask 077 (node/ops/hardening.py); set it now, before any process of the node imports
+    # prometheus_client: a label-less counter creates its sample file at import, before a child hardens itself.
+    os.umask(0o077)
     folder = metrics_dir(storage_dir)
     if folder.exists():
         shutil.rmtree(folder)
