@@ -16,6 +16,7 @@ from node.http import preview, queries
 from node.http.context import HttpContext
 
 TEMPLATES = Environment(loader=PackageLoader("node.http", "templates"), autoescape=select_autoescape(["html"]))
+TEMPLATES.filters["clock"] = queries.clock
 
 
 def _render(name: str, **values) -> HTMLResponse:

@@ -79,7 +79,7 @@ def study_detail(store: Store, study_uid: str) -> dict[str, Any] | None:
     timeline: list[tuple[float, str]] = []
     for series_uid, sop_class, n, first, last in series:
         timeline.append((first, f"received {n} instance(s) of series {series_uid} "
-                                f"({pydicom.uid.UID(sop_class).name or sop_class}), last at {_clock(last)}"))
+                                f"({pydicom.uid.UID(sop_class).name or sop_class}), last at {clock(last)}"))
     if study["completed_at"]:
         timeline.append((study["completed_at"], f"study complete (quiet timer), version {study['version']}"))
     for j in job_rows:
@@ -95,7 +95,7 @@ def study_detail(store: Store, study_uid: str) -> dict[str, Any] | None:
                                f"{s['last_status'] or '-'}, {s['attempts']} attempt(s) {s['error'] or ''}"))
     timeline.sort(key=lambda e: e[0])
     return {"study": dict(study), "series": series, "jobs": job_rows, "results": result_rows, "sends": send_rows,
-            "timeline": [(_clock(t), what) for t, what in timeline]}
+            "timeline": [(clock(t), what) for t, what in timeline]}
 
 
 def outbox_rows(store: Store, limit: int = 200) -> dict[str, list[dict[str, Any]]]:
@@ -129,7 +129,7 @@ def endpoint_health(store: Store, endpoints: list[str], window_seconds: float = 
             healthy = not (last is not None and last[0] == "failed")
             out.append({"name": name, "states": by_state, "healthy": healthy, "mean_seconds": mean,
                         "last": None if last is None else {"state": last[0], "outcome": last[1],
-                                                           "at": _clock(last[2])}})
+                                                           "at": clock(last[2])}})
     return out
 
 
@@ -144,7 +144,8 @@ def instance_path(store: Store, sop_uid: str) -> str | None:
         return conn.execute(select(instances.c.path).where(instances.c.sop_instance_uid == sop_uid)).scalar()
 
 
-def _clock(t: float | None) -> str:
+def clock(t: float | None) -> str:
+    """A POSIX time as local 'YYYY-MM-DD HH:MM:SS' ('-' for none)."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
