@@ -49,8 +49,12 @@ RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home 
 VOLUME ["/data"]
 WORKDIR /data
 USER dicomnode
-# 11112: DICOM; 2762: DICOM TLS when node.tls is configured (port: 2762)
-EXPOSE 11112 2762
+# 11112: DICOM; 2762: DICOM TLS when node.tls is configured (port: 2762); 8081: the HTTP side (http.port;
+# set http.host: 0.0.0.0 to publish it)
+EXPOSE 11112 2762 8081
+# /readyz of the HTTP side when http.port is set (database, spool floor, queue, worker), else a C-ECHO
+HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
+    CMD ["/opt/dicom-node/bin/dicom-node", "healthcheck", "--config", "/etc/dicom-node/config.yaml"]
 
 ENTRYPOINT ["/opt/dicom-node/bin/dicom-node"]
 CMD ["serve", "--config", "/etc/dicom-node/config.yaml"]

@@ -24,6 +24,7 @@ MODULES: dict[str, bool] = {
     "conversion": True,
     "search": False,
     "dicomweb": True,
+    "http_cost": True,
 }
 
 

@@ -55,10 +55,13 @@ def _check_tls(cfg: NodeConfig) -> list[str]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`dicom-node serve --config F`: the SCP, receivers and worker until SIGTERM/SIGINT."""
-    from node.serve import serve
+    from node.ops import metricsdir
 
     cfg = _load(args.config)
     _check_tls(cfg)  # certificate, key and CA files load before anything listens
+    metricsdir.prepare(cfg.storage_dir)  # before prometheus_client is imported here or in any child
+    from node.serve import serve
+
     return serve(cfg)
 
 
@@ -68,9 +71,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from node.flow.worker import run_worker
 
     cfg = _load(args.config)
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.logging.format)
     run_worker(cfg, parent_pid=args.parent_pid)
     return 0
+
+
+def cmd_http(args: argparse.Namespace) -> int:
+    """`dicom-node http --config F`: the HTTP side alone (started by serve when http.port is set)."""
+    from node.ops.process import setup_logging
+    from node.http.server import run_http
+
+    cfg = _load(args.config)
+    setup_logging(cfg.log_level, cfg.logging.format)
+    return run_http(cfg, parent_pid=args.parent_pid)
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """`dicom-node healthcheck --config F`: exit 0 when the node is ready (the Dockerfile's HEALTHCHECK)."""
+    from node.http.probe import healthcheck
+
+    return healthcheck(_load(args.config))
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
@@ -79,7 +99,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     from node.serve import run_receiver
 
     cfg = _load(args.config)
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.logging.format)
     return run_receiver(cfg, args.index, args.parent_pid, args.rearm_timers, args.ready_fd)
 
 
@@ -221,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.add_argument("--parent-pid", type=int, default=None)
     s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("healthcheck", help="exit 0 when the node is ready (/readyz, or a C-ECHO without http)")
+    s.add_argument("--config", required=True)
+    s.set_defaults(func=cmd_healthcheck)
+
+    s = sub.add_parser("http", help=argparse.SUPPRESS)  # started by serve when http.port is set
+    s.add_argument("--config", required=True)
+    s.add_argument("--parent-pid", type=int, default=None)
+    s.set_defaults(func=cmd_http)
 
     s = sub.add_parser("receiver", help=argparse.SUPPRESS)  # node.receivers > 1: started by serve only
     s.add_argument("--config", required=True)

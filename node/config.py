@@ -19,6 +19,8 @@ from node.config_sections import (  # the sections of the one model below
     DatabaseSection,
     DestinationSection,
     EndpointSection,
+    HttpSection,
+    LoggingSection,
     MatchValue,
     NodeSection,
     PriorsSection,
@@ -53,6 +55,8 @@ class NodeConfig(_Strict):
     priors: PriorsSection | None = Field(None, description="Prior chest X-ray lookup; absent: no priors")
     sources: list[SourceSection] = Field(default_factory=list, description="DICOMweb services polled for studies")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    http: HttpSection = Field(default_factory=lambda: HttpSection(port=None))
     source_path: Path | None = Field(None, exclude=True, description="Set by load_config; not a key of the file")
 
     @model_validator(mode="after")

@@ -347,3 +347,21 @@ class PriorsSection(_Strict):
             if tag_for_keyword(key) is None:
                 raise ValueError(f"{key!r} is not a DICOM keyword (e.g. ImageComments, StudyComments)")
         return values
+
+
+class HttpSection(_Strict):
+    """The node's HTTP side: health checks, Prometheus metrics and a read-only status page (node/http)."""
+
+    host: str = Field("127.0.0.1", description="Address the HTTP side listens on")
+    port: int | None = Field(8081, ge=1, le=65535, description="null: no HTTP side")
+    token_env: str | None = Field(
+        None, description="Environment variable holding the bearer token of write actions; unset: actions are off")
+    show_phi: bool = Field(False, description="Show patient names, IDs and accession numbers on the status page")
+    disk_floor_mb: int | None = Field(
+        None, ge=0, description="/readyz fails below this free space on the spool; default node.min_free_disk_mb")
+
+
+class LoggingSection(_Strict):
+    """How log lines are written (the level stays the top-level ``log_level``)."""
+
+    format: Literal["text", "json"] = Field("text", description="json: one JSON object per line, for collectors")

@@ -23,7 +23,9 @@ from node.dicom.receivers import ReceiverPool
 from node.dicom.scp import StorageSCP
 from node.flow.intake import Intake
 from node.flow.queue import Queue
+from node.http.context import worker_pidfile
 from node.ops.hardening import harden_process
+from node.ops.metricsdir import mark_dead
 from node.ops.process import die_with_parent, setup_logging
 from node.store.spool import Spool
 from node.store.state import Store
@@ -50,13 +52,17 @@ class Node:
         self.scp = StorageSCP(cfg, self.store, self.spool, self.intake)
         self.sources: list = []  # change-feed pollers (node.dicomweb.changefeed), started with the SCP
         self.worker: subprocess.Popen | None = None
+        self.http: subprocess.Popen | None = None  # the HTTP side (node/http), when http.port is set
         self.receivers = ReceiverPool(cfg, cfg.node.receivers)  # children when node.receivers > 1
         self._stop = threading.Event()
 
     def _start_worker(self) -> None:
         cmd = [sys.executable, "-m", "node.cli", "worker", "--config", str(self.cfg.source_path),
                "--parent-pid", str(os.getpid())]
+        if self.worker is not None:
+            mark_dead(self.worker.pid)
         self.worker = subprocess.Popen(cmd)
+        worker_pidfile(self.cfg.storage_dir).write_text(str(self.worker.pid))  # /readyz: is the worker alive?
         log.info("worker process %d started", self.worker.pid)
 
     def _release_leases_of(self, pid: int) -> None:
@@ -68,8 +74,16 @@ class Node:
             return
         log.warning("released %d lease(s) of dead worker process %d", released, pid)
 
+    def _start_http(self) -> None:
+        if self.cfg.http.port is None:
+            return
+        cmd = [sys.executable, "-m", "node.cli", "http", "--config", str(self.cfg.source_path),
+               "--parent-pid", str(os.getpid())]
+        self.http = subprocess.Popen(cmd)
+
     def start(self) -> None:
         self._start_worker()
+        self._start_http()
         self.receivers.start()  # node.receivers > 1: the others listen before this one, see node.receivers
         self.scp.start()
         if self.cfg.sources:
@@ -90,6 +104,9 @@ class Node:
                 log.error("worker process exited with %s; restarting it", self.worker.returncode)
                 self._release_leases_of(self.worker.pid)
                 self._start_worker()
+            if self.http is not None and self.http.poll() is not None:
+                log.error("HTTP side exited with %s; restarting it", self.http.returncode)
+                self._start_http()
             self.receivers.restart_dead()
         self.stop()
 
@@ -107,13 +124,20 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.worker.kill()
                 self.worker.wait()
+        if self.http is not None and self.http.poll() is None:
+            self.http.terminate()
+            try:
+                self.http.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.http.kill()
+                self.http.wait()
         self.store.engine.dispose()
         log.info("stopped")
 
 
 def serve(cfg: NodeConfig) -> int:
     """`dicom-node serve`: start every role of the node and run until SIGTERM/SIGINT; returns 0."""
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.logging.format)
     node = Node(cfg)
     node.start()
     node.run_until_stopped()

@@ -18,6 +18,7 @@ from typing import Any
 
 from pynetdicom import evt
 
+from node.ops import metrics
 from node.ops.audit import AuditLog
 from node.config import NodeConfig
 
@@ -86,6 +87,8 @@ class ScpSecurity:
         if why is None:
             return
         log.warning("association from %s (%s) refused: %s", calling_ae, host, why)
+        # an AE title outside the allow-list is not a label: anyone could mint unbounded series with it
+        metrics.association(calling_ae if calling_ae in self.allowed_aes else "(not allowed)", accepted=False)
         self.audit.record("association-rejected", "serious-failure", calling_ae=calling_ae, peer_host=host,
                           peer_port=assoc.requestor.port, reason=why, **_tls_info(assoc))
         assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, DIAG_CALLING_AE_NOT_RECOGNISED)
@@ -95,6 +98,7 @@ class ScpSecurity:
     def on_accepted(self, event: evt.Event) -> None:
         with self._lock:
             self._counts[id(event.assoc)] = 0
+        metrics.association(str(event.assoc.requestor.ae_title).strip(), accepted=True)
         self.audit.record("association-start", **_peer(event.assoc), **_tls_info(event.assoc))
 
     def on_ended(self, event: evt.Event) -> None:

@@ -19,6 +19,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
+from node.ops import metrics
 from node.ops.audit import audit_log
 from node.store.commit import GroupCommitter
 from node.config import NodeConfig
@@ -90,6 +91,11 @@ class StorageSCP:
     # Handlers ------------------------------------------------------------------------------------------
     def handle_store(self, event: evt.Event) -> int:
         """EVT_C_STORE: make the received file durable, then acknowledge it."""
+        status = self._store(event)
+        metrics.cstore_status(status)
+        return status
+
+    def _store(self, event: evt.Event) -> int:
         tmp = Path(event.dataset_path)
         calling_ae = event.assoc.requestor.ae_title.strip()
         if write_failed(tmp):
@@ -112,16 +118,16 @@ class StorageSCP:
             # pydicom's messages may quote element values (a birth date, a name): they go to the quarantine
             # record on disk only; the log gets the exception type.
             return self._quarantine(tmp, f"cannot parse the data set: {type(exc).__name__}: {exc}", None, calling_ae,
-                                    log_reason=f"cannot parse the data set ({type(exc).__name__})")
+                                    log_reason=f"cannot parse the data set ({type(exc).__name__})", code="unparseable")
         command_uid = str(event.request.AffectedSOPInstanceUID)
         for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
                           ("SOPInstanceUID", sop_uid)):
             if not is_valid_uid(uid):
-                return self._quarantine(tmp, f"{name} is missing or not a valid UID", command_uid, calling_ae)
+                return self._quarantine(tmp, f"{name} is missing or not a valid UID", command_uid, calling_ae, code="invalid-uid")
         if sop_uid != command_uid:
             return self._quarantine(
                 tmp, "SOPInstanceUID in the data set differs from the C-STORE request's AffectedSOPInstanceUID",
-                command_uid, calling_ae, status=STATUS_MISMATCH)
+                command_uid, calling_ae, status=STATUS_MISMATCH, code="uid-mismatch")
         dst = self.spool.instance_path(study_uid, series_uid, sop_uid)
         replaces = dst.exists()  # a resend of an instance already acknowledged
         try:
@@ -142,12 +148,14 @@ class StorageSCP:
         for study, due_at in due:
             self.intake.arm(study, due_at)
         self.received += 1
+        metrics.instance_stored(calling_ae, sop_class, size)
         self.security.instance_received(event, study_uid, series_uid, sop_uid, sop_class)
         log.debug("stored %s (study %s) from %s", sop_uid, study_uid, calling_ae)
         return STATUS_SUCCESS
 
     def _quarantine(self, tmp: Path, reason: str, sop_uid: str | None, calling_ae: str,
-                    status: int = STATUS_CANNOT_UNDERSTAND, log_reason: str | None = None) -> int:
+                    status: int = STATUS_CANNOT_UNDERSTAND, log_reason: str | None = None,
+                    code: str = "unparseable") -> int:
         try:
             kept = self.spool.quarantine(tmp, reason)
             self.store.record_quarantine(str(kept), reason, sop_uid, calling_ae)
@@ -156,6 +164,7 @@ class StorageSCP:
             return STATUS_OUT_OF_RESOURCES
         log.warning("quarantined instance %s from %s: %s", sop_uid or "(no UID)", calling_ae, log_reason or reason)
         self.security.instance_quarantined(calling_ae, sop_uid, status)
+        metrics.quarantined(code)
         return status
 
     def handle_association(self, event: evt.Event) -> None:

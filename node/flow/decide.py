@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pydicom
 from pydicom.multival import MultiValue
 
+from node.ops import metrics
 from node.config import CLASSIFIED_KEY, MatchValue, NodeConfig, RuleSection
 from node.flow.services import Services
 from node.store.embeddings import study_labels
@@ -266,6 +267,7 @@ def check_study(svc: Services, study_uid: str) -> None:
                                                          for p in plans], waiting=waiting)
     log.info("study %s complete (version %d, %d instances): %d job(s) %s", study_uid, version, len(headers),
              len(job_ids), [p.rule.name for p in plans])
+    metrics.study_completed()
     for job_id in job_ids:
         svc.queue.enqueue_job(job_id)
     if waiting:

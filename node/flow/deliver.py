@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
+from sqlalchemy import select
+
+from node.ops import metrics
 from node.ops.audit import audit_log
 from node.config import DestinationSection, NodeConfig
 from node.dicom.scu import OutgoingFile, SendOutcome, send_files
 from node.flow.heartbeat import Heartbeat
+from node.store.schema import studies
 from node.store.state import Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,6 +92,7 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
         too_old = t - float(row["created_at"]) > dest.give_up_after_seconds
         if out.verdict == "delivered":
             store.settle_outbox(row["id"], row["lease_owner"], state="delivered", status=out.status, error=None)
+            metrics.sent(destination, out.status, "delivered", _since_last_instance(store, row["study_uid"], t))
             report.delivered += 1
             log.info("delivered result %s to %s (%s)", row["result_uid"], destination, out.status)
             audit_log(cfg).record("result-sent", **_where(row, destination, dest), status=out.status)
@@ -102,6 +107,7 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
                 why = (f"{out.reason}; not delivered within give_up_after_seconds "
                        f"({dest.give_up_after_seconds:g} s, {attempts} attempts)")
             store.settle_outbox(row["id"], row["lease_owner"], state="parked", status=out.status, error=why)
+            metrics.sent(destination, out.status, "parked", None)
             report.parked += 1
             log.error("ALERT: result %s parked for %s: %s (%s)", row["result_uid"], destination, why, out.status)
             audit_log(cfg).record("result-parked", "serious-failure", **_where(row, destination, dest),
@@ -109,11 +115,19 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
             continue
         store.settle_outbox(row["id"], row["lease_owner"], state="pending", status=out.status, error=out.reason,
                             retry_at=t + backoff_seconds(attempts, dest))
+        metrics.sent(destination, out.status, "retry", None)
         report.retrying += 1
         log.warning("result %s to %s will be retried: %s (%s, attempt %d)", row["result_uid"], destination,
                     out.reason, out.status, attempts)
     report.more_due = len(rows) >= batch
     return report
+
+
+def _since_last_instance(store: Store, study_uid: str, t: float) -> float | None:
+    """Seconds from the study's last received instance to ``t`` (for the delivery-time histogram)."""
+    with store.engine.connect() as conn:
+        last = conn.execute(select(studies.c.last_received_at).where(studies.c.study_uid == study_uid)).scalar()
+    return None if last is None else t - float(last)
 
 
 def _where(row, destination: str, dest: DestinationSection) -> dict:

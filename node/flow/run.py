@@ -21,6 +21,7 @@ from node.invoke.client import EndpointError
 from node.models.base import JobContext
 from node.models.cxrreportgen.priors import PriorFetcher
 from node.models.registry import pipeline_for
+from node.ops import metrics
 from node.ops.audit import audit_log
 from node.ops.failpoints import failpoint
 from node.store.embeddings import study_labels
@@ -51,6 +52,7 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
     if rule is None or job["endpoint"] not in svc.cfg.endpoints:
         svc.store.finish_job(job_id, svc.owner, state="failed",
                               outcome=f"rule {job['rule_name']!r} or its endpoint is no longer configured")
+        _count(svc, job, "failed")
         return
     endpoint = svc.cfg.endpoints[job["endpoint"]]
     series = set(json.loads(job["series_uids"]))
@@ -58,6 +60,7 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
     mixed = mixed_patients_reason(paths)
     if mixed:  # nothing leaves: a study mixing patients is an identification error upstream
         svc.store.finish_job(job_id, svc.owner, state="failed", outcome=mixed)
+        _count(svc, job, "failed")
         log.error("job %d (study %s) failed: %s", job_id, job["study_uid"], mixed)
         _after_job(svc, job["study_uid"])
         return
@@ -65,6 +68,7 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
     if not paths:
         refusal = f"not sent: {burned_note}"
         svc.store.finish_job(job_id, svc.owner, state="skipped", outcome=refusal)
+        _count(svc, job, "skipped")
         log.info("job %d (study %s, rule %s) skipped: %s", job_id, job["study_uid"], rule.name, refusal)
         _after_job(svc, job["study_uid"])
         return
@@ -86,12 +90,14 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
     except EndpointError as exc:
         if exc.permanent:
             svc.store.finish_job(job_id, svc.owner, state="failed", outcome=f"endpoint error: {exc}")
+            _count(svc, job, "failed")
             log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
             _audit_job(svc, job, "job-failed", "serious-failure", reason=f"endpoint error: {exc}")
             if exc.status is not None:  # the endpoint answered: it is up, whatever it thought of this request
                 circuit.succeeded(svc, job["endpoint"])
             _after_job(svc, job["study_uid"])
         else:
+            _count(svc, job, "retry")
             _retry_later(svc, job, endpoint.give_up_after_seconds, exc)
         return
     except Exception as exc:
@@ -100,6 +106,7 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
                   type(exc).__name__)
         log.debug("job %d traceback", job_id, exc_info=True)
         svc.store.finish_job(job_id, svc.owner, state="failed", outcome=f"{type(exc).__name__}: {exc}")
+        _count(svc, job, "failed")
         _audit_job(svc, job, "job-failed", "serious-failure", reason=type(exc).__name__)
         _after_job(svc, job["study_uid"])
         return
@@ -122,6 +129,7 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
     if not ok:
         log.warning("job %d: lease lost before the results were committed; another worker owns it", job_id)
         return
+    _count(svc, job, output.state)
     log.info("job %d (study %s, rule %s) %s in %.2f s: %s", job_id, job["study_uid"], rule.name, output.state,
              time.monotonic() - t0, output.outcome)
     circuit.succeeded(svc, job["endpoint"])
@@ -172,6 +180,12 @@ def _park(svc: Services, job: dict[str, Any], why: str) -> None:
     log.error("ALERT: job %d (study %s, rule %s) parked: %s; `dicom-node retry --jobs` runs it again",
               job["id"], job["study_uid"], job["rule_name"], why)
     _audit_job(svc, job, "job-parked", "serious-failure", reason=why)
+
+
+def _count(svc: Services, job: dict[str, Any], outcome: str) -> None:
+    """Count a job outcome (or a retry) in the metrics, by model and rule."""
+    endpoint = svc.cfg.endpoints.get(job["endpoint"])
+    metrics.job_finished(endpoint.model if endpoint else "unknown", job["rule_name"], outcome)
 
 
 def _labels(svc: Services, study_uid: str) -> dict[str, dict[str, str]]:

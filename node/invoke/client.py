@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_any
 
+from node.ops import metrics
 from node.config import ConfigError, EndpointSection
 from node.invoke.auth import AuthError, Authenticator
 
@@ -251,12 +252,14 @@ class EndpointClient:
                                 request_id=request_id, attempts=attempt, endpoint=self.name) from exc
         except httpx.TimeoutException as exc:
             elapsed = time.perf_counter() - started
+            metrics.endpoint_call(self.name, "timeout", elapsed)
             log.warning("endpoint %s request %s attempt %d: %s after %.3f s", self.name, request_id, attempt,
                         type(exc).__name__, elapsed)
             raise _Transient(f"{type(exc).__name__} after {elapsed:.1f} s") from exc
         except httpx.TransportError as exc:
             elapsed = time.perf_counter() - started
             text = str(exc) or type(exc).__name__
+            metrics.endpoint_call(self.name, "network-error", elapsed)
             if "CERTIFICATE_VERIFY_FAILED" in text:
                 raise EndpointError(f"endpoint {self.name}: TLS certificate verification failed for {url}: {text}",
                                     permanent=True, request_id=request_id, attempts=attempt,
@@ -269,6 +272,7 @@ class EndpointClient:
         elapsed = time.perf_counter() - started
         status = response.status_code
         server_rid = response.headers.get("x-request-id")
+        metrics.endpoint_call(self.name, status, elapsed)
         log.info("endpoint %s request %s attempt %d: HTTP %d in %.3f s (server request %s)", self.name, request_id,
                  attempt, status, elapsed, server_rid or "-")
 
@@ -325,6 +329,7 @@ class EndpointClient:
 
     def _before_sleep(self, request_id: str):
         def before_sleep(state: RetryCallState) -> None:
+            metrics.endpoint_retry(self.name)
             exc = state.outcome.exception() if state.outcome is not None else None
             sleep = state.next_action.sleep if state.next_action is not None else 0.0
             log.warning("endpoint %s request %s attempt %d failed (%s); retrying in %.2f s", self.name, request_id,

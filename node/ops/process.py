@@ -7,13 +7,17 @@ import logging
 import signal
 import sys
 
+from node.ops.jsonlog import JsonFormatter
 from node.ops.logsafety import install_redaction
 
 
-def setup_logging(level: str) -> None:
-    """One format for every role; chatty libraries stay at WARNING unless DEBUG is asked for."""
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """One format for every role (``fmt``: text, or json lines); chatty libraries stay at WARNING unless DEBUG."""
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
+    if fmt == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     install_redaction()  # secrets that slip into a record are masked (node/ops/logsafety.py)
     if level != "DEBUG":
         for name in ("pynetdicom", "huey", "httpx", "httpcore", "azure", "urllib3", "highdicom"):

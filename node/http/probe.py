@@ -1,0 +1,41 @@
+"""``dicom-node healthcheck``: the container's HEALTHCHECK (exit 0 healthy, 1 not), from inside the container.
+
+With the HTTP side on, the node is healthy when ``/readyz`` answers 200 (database writable, spool above the
+floor, queue reachable, worker alive). Without it, when the Storage SCP answers a C-ECHO.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from node.config import NodeConfig
+
+
+def healthcheck(cfg: NodeConfig, timeout: float = 10.0) -> int:
+    """0 when the node is ready, 1 otherwise (the reason on stderr)."""
+    if cfg.http.port is not None:
+        import httpx
+
+        host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
+        try:
+            reply = httpx.get(f"http://{host}:{cfg.http.port}/readyz", timeout=timeout)
+        except httpx.HTTPError as exc:
+            print(f"HTTP side not answering: {type(exc).__name__}", file=sys.stderr)
+            return 1
+        if reply.status_code != 200:
+            print(f"not ready: {reply.text}", file=sys.stderr)
+            return 1
+        return 0
+    from pynetdicom import AE
+
+    ae = AE(ae_title="HEALTHCHECK")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = ae.network_timeout = timeout
+    host = "127.0.0.1" if cfg.node.host in ("0.0.0.0", "::") else cfg.node.host
+    assoc = ae.associate(host, cfg.node.port, ae_title=cfg.node.ae_title)
+    if not assoc.is_established:
+        print("the Storage SCP refused or did not answer an association", file=sys.stderr)
+        return 1
+    status = assoc.send_c_echo()
+    assoc.release()
+    return 0 if status and status.Status == 0 else 1
