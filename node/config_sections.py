@@ -359,6 +359,8 @@ class HttpSection(_Strict):
     show_phi: bool = Field(False, description="Show patient names, IDs and accession numbers on the status page")
     disk_floor_mb: int | None = Field(
         None, ge=0, description="/readyz fails below this free space on the spool; default node.min_free_disk_mb")
+    stow_max_request_mb: float = Field(
+        1024.0, gt=0, description="STOW-RS in (POST /dicomweb/studies): the largest request body accepted (413 above)")
 
 
 class LoggingSection(_Strict):

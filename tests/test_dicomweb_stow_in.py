@@ -97,44 +97,48 @@ def test_token_media_type_and_size_are_checked(tmp_path: Path, data: Path) -> No
 
 
 @pytest.mark.slow
-def test_a_study_stowed_into_the_node_reaches_a_dimse_destination(tmp_path: Path, data: Path) -> None:
-    """STOW-RS (a uvicorn app with the routes, sharing the node's database, spool and queue) -> quiet timer ->
-    rules -> emulator -> SR and GSPS by C-STORE to a real Orthanc."""
-    import threading
-
+def test_a_study_stowed_into_the_node_reaches_a_dimse_destination(tmp_path: Path, data: Path, monkeypatch) -> None:
+    """STOW-RS to ``dicom-node serve``'s own HTTP side -> quiet timer -> rules -> emulator -> SR and GSPS by
+    C-STORE to a real Orthanc; without the token the same request is refused and nothing is kept."""
     import httpx
-    import uvicorn
 
-    from node.config import load_config
     from node.emulator.server import EmulatorServer
-    from node.flow.queue import Queue
-    from support.nodekit import db_rows, wait_until
+    from support.nodekit import db_rows
     from support.nodeproc import NodeProcess, node_config
     from support.orthanc import Orthanc
     from support.ports import free_port
 
     study = derive_cxr_study(tmp_path / "s", data / "cxr" / "cr_pa_mono1_uncompressed.dcm",
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
+    monkeypatch.setenv("NODE_HTTP_TOKEN", TOKEN)
+    http_port = free_port()
+    url = f"http://127.0.0.1:{http_port}/dicomweb/studies"
+    body, content_type = multipart.encode(f.read_bytes() for f in study)
     with EmulatorServer("127.0.0.1", 0) as model, Orthanc(tmp_path / "orthanc") as pacs:
-        node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=model.url, pacs=(pacs.aet, pacs.dicom_port)))
+        node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=model.url, pacs=(pacs.aet, pacs.dicom_port),
+                                                 http={"host": "127.0.0.1", "port": http_port,
+                                                       "token_env": "NODE_HTTP_TOKEN"}))
         node.start()
-        cfg = load_config(node.config_path)
-        app, _, _ = app_for(tmp_path, queue=Queue(cfg), cfg=cfg)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
         try:
-            wait_until(lambda: server.started, 30, "the STOW-RS app listening")
-            body, content_type = multipart.encode(f.read_bytes() for f in study)
-            rsp = httpx.post(f"http://127.0.0.1:{port}/dicomweb/studies", content=body, timeout=60, trust_env=False,
+            deadline = time.monotonic() + 60
+            while True:  # the HTTP side is its own process: wait until it answers
+                try:
+                    if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2, trust_env=False).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, node.logs()
+                time.sleep(0.2)
+            refused = httpx.post(url, content=body, timeout=60, trust_env=False,
+                                 headers={"Content-Type": content_type})
+            assert refused.status_code == 401
+            assert db_rows(node, "SELECT COUNT(*) FROM instances") == [(0,)]
+            rsp = httpx.post(url, content=body, timeout=60, trust_env=False,
                              headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"})
             assert rsp.status_code == 200, rsp.text
             got = pacs.wait_for_instances(2, timeout=120)
             time.sleep(2)  # a second send would arrive now
         finally:
-            server.should_exit = True
-            thread.join(30)
             node.stop()
         assert sorted(ds.Modality for ds in got) == ["PR", "SR"], node.logs()
         assert {str(ds.StudyInstanceUID) for ds in got} == {str(pydicom.dcmread(study[0]).StudyInstanceUID)}

@@ -1,12 +1,13 @@
 """Write actions (``POST /actions/<name>``): each one a plain function, behind the bearer token.
 
 Without ``http.token_env`` (or with its variable unset) every action answers 403: the HTTP side is read-only.
-Adding an action is one function ``(ctx, params) -> dict`` and one line in :data:`ACTIONS`, for example::
+Adding an action is one function ``(ctx, params) -> dict`` and one line in :data:`ACTIONS`. The actions:
 
-    def retract(ctx: HttpContext, params: dict) -> dict:
-        return {"retracted": retract_study(ctx.cfg, ctx.store, params["study_uid"])}
-
-    ACTIONS["retract"] = retract
+- ``retry`` ``{"destination": name?}``: parked results back in the outbox (``dicom-node retry``);
+- ``retract`` ``{"study": uid, "reason": quality|safety|incorrect-worklist, "rule": name?}``: an IOCM rejection
+  note to every destination that got the node's results of the study (``dicom-node retract``);
+- ``rerun`` ``{"study": uid, "rule": name?}``: the study's jobs again, new results naming the ones they replace
+  (``dicom-node rerun``).
 """
 
 from __future__ import annotations
@@ -40,10 +41,36 @@ def retry(ctx: HttpContext, params: dict[str, Any]) -> dict[str, Any]:
     return {"requeued": n}
 
 
-ACTIONS: dict[str, Action] = {"retry": retry}
+def retract_action(ctx: HttpContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Reject the node's results of ``params["study"]`` at every destination that got them (IOCM KOS)."""
+    from node.flow.queue import Queue
+    from node.flow.retract import RetractError, retract
+
+    try:
+        report = retract(ctx.cfg, ctx.store, Queue(ctx.cfg), str(params["study"]), rule=params.get("rule"),
+                         reason=str(params["reason"]))
+    except RetractError as exc:
+        raise ValueError(str(exc)) from None
+    return report.as_dict()
 
 
-def _authorised(request: Request, token: str | None) -> bool:
+def rerun_action(ctx: HttpContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Run the jobs of ``params["study"]`` again; their new results name the ones they replace."""
+    from node.flow.queue import Queue
+    from node.flow.retract import RetractError, rerun
+
+    try:
+        report = rerun(ctx.cfg, ctx.store, Queue(ctx.cfg), str(params["study"]), rule=params.get("rule"))
+    except RetractError as exc:
+        raise ValueError(str(exc)) from None
+    return report.as_dict()
+
+
+ACTIONS: dict[str, Action] = {"retry": retry, "retract": retract_action, "rerun": rerun_action}
+
+
+def authorised(request: Request, token: str | None) -> bool:
+    """Does ``request`` carry ``Authorization: Bearer <token>`` (constant-time compare; never without a token)?"""
     given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
     return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
@@ -57,7 +84,7 @@ async def run_action(request: Request) -> JSONResponse:
     if token is None:
         return JSONResponse({"error": "write actions are off (no http.token_env configured or its variable is unset)"},
                             status_code=403)
-    if not _authorised(request, token):
+    if not authorised(request, token):
         return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
     action = ACTIONS.get(name)

@@ -2,7 +2,8 @@
 
 Routes: ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text; every process's samples summed,
 plus the state read at scrape time), ``GET /`` (status page), ``GET /studies/{uid}``, ``GET /outbox``,
-``GET /previews/{sop_uid}.png``, ``POST /actions/{name}`` (bearer token; see :mod:`node.http.actions`).
+``GET /previews/{sop_uid}.png``, ``POST /actions/{name}`` (bearer token; see :mod:`node.http.actions`),
+``POST /dicomweb/studies[/{study}]`` (STOW-RS in, the same bearer token; :mod:`node.dicomweb.stow_in`).
 
 Adding routes (DICOMweb, say): pass them to ``build_app(cfg, extra_routes=[Mount("/dicomweb", routes=[...])])``,
 or append to ``ROUTE_PROVIDERS`` a function ``(ctx) -> list[BaseRoute]`` so that every app ``serve`` builds gets
@@ -24,7 +25,10 @@ from starlette.routing import BaseRoute, Route
 
 from node.config import NodeConfig
 from node.http import pages
-from node.http.actions import run_action
+from node.dicomweb.stow_in import stow_routes
+from node.flow.intake import Intake
+from node.flow.queue import Queue
+from node.http.actions import authorised, run_action
 from node.http.collector import StateCollector
 from node.http.context import HttpContext
 from node.http.health import healthz, readyz
@@ -59,6 +63,14 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
+def stow_in_routes(ctx: HttpContext) -> list[BaseRoute]:
+    """STOW-RS in: the same durable intake as C-STORE (quiet timers armed from this process), behind the token."""
+    intake = Intake(ctx.cfg, ctx.store, Queue(ctx.cfg))
+    return list(stow_routes(ctx.cfg, ctx.store, ctx.spool, intake,
+                            authorize=lambda request: authorised(request, ctx.token),
+                            max_request_bytes=int(ctx.cfg.http.stow_max_request_mb * 1024 * 1024)))
+
+
 def build_app(cfg: NodeConfig, *, ctx: HttpContext | None = None,
               extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The HTTP side's application for ``cfg`` (opens the database and spool unless ``ctx`` is given)."""
@@ -69,6 +81,7 @@ def build_app(cfg: NodeConfig, *, ctx: HttpContext | None = None,
         Route("/metrics", metrics_endpoint),
         Route("/actions/{name}", run_action, methods=["POST"]),
         *pages.routes(),
+        *stow_in_routes(ctx),
         *extra_routes,
     ]
     for provider in ROUTE_PROVIDERS:
