@@ -107,7 +107,7 @@ def open_series_until(driver: WebDriver, modality: str, description: str, css: s
 def expected_findings(frontal: Path) -> list[tuple[str, int]]:
     """(sentence, number of boxes) per finding: what the emulator answers for this frontal (the model's output)."""
     from converters.model_image import to_model_image
-    from node.emulator.cxr import emulate_findings
+    from node.models.cxrreportgen.emulator import emulate_findings
 
     return [(text, len(boxes or [])) for text, boxes in emulate_findings(to_model_image(pydicom.dcmread(frontal)).png)]
 
