@@ -189,6 +189,13 @@ class DestinationSection(_Strict):
     give_up_after_seconds: float = Field(86400.0, gt=0, description="Park a result not delivered after this long")
     timeout_seconds: float = Field(30.0, gt=0, description="ACSE/DIMSE/network timeout of an association")
     tls: TlsClientSection | None = None
+    storage_commitment: bool = Field(
+        False, description="Ask the PACS to commit each result (N-ACTION); delivered only once it reports committed")
+    commitment_timeout_seconds: float = Field(
+        600.0, gt=0, description="Ask again when no commitment report came back within this time")
+    verify_by: Literal["c-find", "none"] = Field(
+        "none", description="Before resending a result whose C-STORE answer was never seen, ask the PACS by "
+        "C-FIND whether it holds it (none: resend; at-least-once unless storage_commitment)")
 
     _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
 

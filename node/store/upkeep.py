@@ -69,7 +69,8 @@ class UpkeepPart(OutboxPart):
             with self.engine.begin() as conn:
                 open_rows = conn.execute(select(func.count()).select_from(outbox).join(
                     results, results.c.sop_instance_uid == outbox.c.result_uid).where(and_(
-                        results.c.study_uid == study_uid, outbox.c.state != "delivered"))).scalar_one()
+                        results.c.study_uid == study_uid,
+                        outbox.c.state.notin_(["delivered", "committed"])))).scalar_one()
                 open_jobs = conn.execute(select(func.count()).select_from(jobs).where(and_(
                     jobs.c.study_uid == study_uid, jobs.c.state.in_(["pending", "running"])))).scalar_one()
                 state = conn.execute(select(studies.c.state).where(studies.c.study_uid == study_uid)).scalar()
