@@ -236,6 +236,17 @@ class DatabaseSection(_Strict):
     """Where the node keeps its state (SQLite by default, or PostgreSQL)."""
     url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/node.db")
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    unsafe_fast_sqlite: bool = Field(
+        False, description="Allow sqlite_synchronous below FULL: a power cut may then lose acknowledged instances")
+
+    @model_validator(mode="after")
+    def _durable(self) -> "DatabaseSection":
+        if self.sqlite_synchronous == "NORMAL" and not self.unsafe_fast_sqlite:
+            raise ValueError(
+                "sqlite_synchronous: NORMAL breaks the promise that an instance is fsynced and committed before "
+                "its C-STORE success (a power cut can lose the last commits); allowed: FULL or EXTRA, or set "
+                "unsafe_fast_sqlite: true to accept that loss")
+        return self
 
 
 class QueueSection(_Strict):
