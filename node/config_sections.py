@@ -134,6 +134,8 @@ class EndpointSection(_Strict):
     url: str | None = Field(None, description="The scoring URI, e.g. https://<endpoint>.<region>.inference.ml.azure.com/score")
     auth: Literal["key", "entra", "none"] = "key"
     key_env: str | None = Field(None, description="Environment variable holding the endpoint key (auth: key)")
+    key_file: Path | None = Field(
+        None, description="File holding the endpoint key (a mounted secret), re-read when it changes (auth: key)")
     deployment: str | None = Field(None, description="Sent as azureml-model-deployment when set")
     timeout_seconds: float = Field(180.0, gt=0, description="Read timeout of one call")
     connect_timeout_seconds: float = Field(10.0, gt=0)
@@ -169,8 +171,10 @@ class EndpointSection(_Strict):
             )
         if self.url is not None and not re.match(r"^https?://", self.url):
             raise ValueError("url must start with https:// (or http:// for a local emulator)")
-        if self.auth == "key" and self.url is not None and not self.key_env:
-            raise ValueError("auth: key needs key_env, the environment variable that holds the key")
+        if self.auth == "key" and self.url is not None and not (self.key_env or self.key_file):
+            raise ValueError("auth: key needs key_env, the environment variable that holds the key, or key_file")
+        if self.key_env and self.key_file:
+            raise ValueError("give key_env or key_file, not both")
         return self
 
 
