@@ -133,6 +133,7 @@ def test_sigkill_during_the_return_cstore_delivers_exactly_once(tmp_path: Path, 
         cfg["destinations"]["pacs"]["verify_by"] = "c-find"
         cfg["queue"] = {"lease_seconds": 2}  # the killed run's claim expires soon
         node = NodeProcess(tmp_path, cfg)
+        pacs.set_modality("ainode", "AINODE", "127.0.0.1", node.port)  # Orthanc answers C-FIND of known AEs only
         node.start()
         try:
             send(node, study)
