@@ -11,7 +11,9 @@ send may have reached the PACS unseen, and must not send a result twice where th
 * killed while Orthanc's C-STORE reply is held (it stored the SR, the node never saw the answer): with
   ``verify_by: c-find`` the restart finds it there and does not send it again; without verification the node
   sends it a second time (at-least-once with the same UID: that is what the README promises there);
-* killed while waiting for the commitment report (failpoint ``commitment_requested``): no second C-STORE.
+* killed while waiting for the commitment report (failpoint ``commitment_requested``): no second C-STORE;
+* killed with rows claimed, nothing sent, no verification configured: counted at dcmtk ``storescp +uf`` (one
+  file per C-STORE), one each.
 """
 
 from __future__ import annotations
@@ -164,4 +166,32 @@ def test_kill_while_waiting_for_the_commitment_report_sends_nothing_twice(
                 counts = orthanc.cstore_counts()
             finally:
                 node.stop()
+    assert len(counts) == 2 and set(counts.values()) == {1}, counts
+
+
+def test_kill_before_the_cstore_without_verification_sends_each_result_once(
+        tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows claimed, nothing sent, node killed: counted at dcmtk storescp (+uf: one file per C-STORE)."""
+    from node.emulator.server import EmulatorServer
+    from support.dcmtk import CountingStorescp
+
+    study = _study(tmp_path, data)
+    with EmulatorServer("127.0.0.1", 0) as emulator, CountingStorescp(tmp_path / "received") as peer:
+        cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(peer.ae_title, peer.port))
+        cfg["queue"] = {"lease_seconds": 2}
+        node = NodeProcess(tmp_path, cfg)
+        monkeypatch.setenv("DICOM_NODE_FAILPOINTS", "delivering=60")
+        node.start()
+        try:
+            send(node, study)
+            wait_until(lambda: "failpoint delivering reached" in node.logs(), 90, "the rows to be claimed")
+            node.kill()
+            assert peer.counts() == {}
+            monkeypatch.delenv("DICOM_NODE_FAILPOINTS")
+            node.start()
+            wait_until(lambda: _outbox(node) == {"delivered": 2}, 120, "both results delivered")
+            time.sleep(2)
+            counts = peer.counts()
+        finally:
+            node.stop()
     assert len(counts) == 2 and set(counts.values()) == {1}, counts
