@@ -85,3 +85,27 @@ def test_retention_keeps_a_file_a_resend_rewrote_after_the_row_was_committed(tmp
         assert spooled.read_bytes() == b"resend", "the resend's file survives the purge"
         assert not (tmp_path / "r0.dcm").exists(), "the result file is purged"
         os.unlink(spooled)
+
+
+def test_with_storage_commitment_a_stored_result_is_only_acknowledged_until_the_pacs_reports(
+        tmp_path: Path, data: Path, caplog) -> None:
+    """The mini PACS stores but offers no Storage Commitment: the row stays acknowledged and is asked about again."""
+    from node.flow.deliver import recommit_overdue
+
+    with MiniPACS([]) as pacs:
+        store, cfg, uids = make_outbox(tmp_path, data, pacs.port, storage_commitment=True,
+                                       commitment_timeout_seconds=3)
+        report = deliver_due(store, cfg, "pacs", "w:1:a")
+        assert (report.delivered, report.awaiting_commitment) == (0, 1)
+        row = outbox_rows(store)[0]
+        assert row["state"] == "acknowledged" and row["commit_txn"] and row["delivered_at"] is None
+        assert "Storage Commitment request to pacs failed" in caplog.text
+        assert recommit_overdue(store, cfg, "pacs") == 0, "not overdue yet"
+        time.sleep(3.1)
+        assert recommit_overdue(store, cfg, "pacs") == 1
+        again = outbox_rows(store)[0]
+        assert again["state"] == "acknowledged" and again["commit_txn"] != row["commit_txn"]
+        assert store.record_commitment(again["commit_txn"], uids, []) == (1, 0)
+        assert outbox_rows(store)[0]["state"] == "committed"
+        assert pacs.stored == uids, "one C-STORE: asking about commitment never resends"
+        assert deliver_due(store, cfg, "pacs", "w:1:a").delivered == 0

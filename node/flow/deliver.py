@@ -200,7 +200,13 @@ def recommit_overdue(store: Store, cfg: NodeConfig, destination: str) -> int:
     if rows:
         txn = generate_uid()
         store.set_commit_txn([r["id"] for r in rows], txn)
-        log.warning("no Storage Commitment report from %s for %d result(s): asking again", destination, len(rows))
+        asked = max(int(r["attempts"]) for r in rows)
+        if asked >= 4:  # stored (acknowledged) but never committed: the PACS may not know how to reach the node
+            log.error("ALERT: %s has not reported Storage Commitment for %d result(s) after %d requests; is this "
+                      "node's AE declared on the PACS? asking again", destination, len(rows), asked)
+        else:
+            log.warning("no Storage Commitment report from %s for %d result(s): asking again", destination,
+                        len(rows))
         _ask_commitment(store, cfg, dest, destination, rows, txn)
     return len(rows)
 
