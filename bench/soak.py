@@ -211,6 +211,14 @@ def soak(studies: int, *, senders: int, kills: int, endpoint_down: float, pacs_d
             stored = {r[0] for r in db_rows(node, "SELECT sop_instance_uid FROM instances")}
             counts = pacs.cstore_counts()
             by_study = _results_by_study(pacs)
+            cxr_uids = [study_uid_of(files[0]) for kind, files in built if kind == "cxr"]
+            short = [u for u in cxr_uids if by_study.get(u, 0) < RESULTS_PER_CXR]
+            # what the node knows of a study whose results did not all arrive (to diagnose, no PHI: UIDs, states)
+            missing_detail = {u: {"study": db_rows(node, "SELECT state, version FROM studies WHERE study_uid = ?", u),
+                                  "instances": db_rows(node, "SELECT count(*) FROM instances WHERE study_uid = ?",
+                                                       u)[0][0],
+                                  "jobs": db_rows(node, "SELECT state, outcome FROM jobs WHERE study_uid = ?", u)}
+                              for u in short}
         finally:
             node.stop()
             pacs.stop(graceful=False)
@@ -228,7 +236,7 @@ def soak(studies: int, *, senders: int, kills: int, endpoint_down: float, pacs_d
         "results": {"expected": expected, "delivered": delivered, "missing": expected - delivered,
                     "cstores_max": max(counts.values(), default=0),
                     "duplicated": sum(1 for v in counts.values() if v > 1)},
-        "chaos": chaos.log, "longest_outage_seconds": {k: round(v, 1) for k, v in chaos.longest.items()},
+        "missing_detail": missing_detail, "chaos": chaos.log, "longest_outage_seconds": {k: round(v, 1) for k, v in chaos.longest.items()},
         "seconds": round(time.monotonic() - t_start, 1), "work": str(work),
     }
     if not keep:
