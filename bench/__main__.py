@@ -1,6 +1,7 @@
 """``python -m bench all [--quick] [--out DIR]``: every registered benchmark, one table, JSON and a PNG chart.
 
-``python -m bench ingest conversion`` runs only the named modules. A module is ``bench.<name>`` exposing
+``python -m bench ingest conversion`` runs only the named modules. ``python -m bench soak --studies N`` is the
+unattended-month soak (bench/soak.py): chaos, then counts of what was lost or duplicated. A module is ``bench.<name>`` exposing
 ``run(quick: bool) -> list[dict]`` (rows: group, name, value, unit, reference, ref_value, ratio, note).
 Optional modules (written elsewhere) are reported as missing when they are not there.
 """
@@ -72,6 +73,11 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # not a table benchmark: its own options and a pass/fail exit status
+        from bench.soak import main as soak_main
+
+        return soak_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("modules", nargs="*", default=["all"], help="'all' or module names: " + ", ".join(MODULES))

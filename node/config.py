@@ -149,7 +149,8 @@ def _resolve_security_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
     dests = {name: d.model_copy(update={"tls": fix(d.tls, "ca_file", "cert_file", "key_file")})
              for name, d in cfg.destinations.items()}
     audit = fix(cfg.audit, "path")
-    return cfg.model_copy(update={"node": node, "destinations": dests, "audit": audit})
+    endpoints = {name: fix(e, "key_file") for name, e in cfg.endpoints.items()}
+    return cfg.model_copy(update={"node": node, "destinations": dests, "audit": audit, "endpoints": endpoints})
 
 
 def parse_config(data: Any, source: Path | str = "<memory>", base_dir: Path | None = None) -> NodeConfig:

@@ -134,6 +134,8 @@ class EndpointSection(_Strict):
     url: str | None = Field(None, description="The scoring URI, e.g. https://<endpoint>.<region>.inference.ml.azure.com/score")
     auth: Literal["key", "entra", "none"] = "key"
     key_env: str | None = Field(None, description="Environment variable holding the endpoint key (auth: key)")
+    key_file: Path | None = Field(
+        None, description="File holding the endpoint key (a mounted secret), re-read when it changes (auth: key)")
     deployment: str | None = Field(None, description="Sent as azureml-model-deployment when set")
     timeout_seconds: float = Field(180.0, gt=0, description="Read timeout of one call")
     connect_timeout_seconds: float = Field(10.0, gt=0)
@@ -174,8 +176,10 @@ class EndpointSection(_Strict):
             )
         if self.url is not None and not re.match(r"^https?://", self.url):
             raise ValueError("url must start with https:// (or http:// for a local emulator)")
-        if self.auth == "key" and self.url is not None and not self.key_env:
-            raise ValueError("auth: key needs key_env, the environment variable that holds the key")
+        if self.auth == "key" and self.url is not None and not (self.key_env or self.key_file):
+            raise ValueError("auth: key needs key_env, the environment variable that holds the key, or key_file")
+        if self.key_env and self.key_file:
+            raise ValueError("give key_env or key_file, not both")
         return self
 
 
@@ -230,6 +234,13 @@ class DestinationSection(DicomWebAuth):
     results: list[ResultKind] = Field(
         default_factory=lambda: list(DEFAULT_RESULT_KINDS),
         description="Result kinds this destination receives: sr, gsps, seg, sc (burned-in Secondary Capture)")
+    storage_commitment: bool = Field(
+        False, description="Ask the PACS to commit each result (N-ACTION); delivered only once it reports committed")
+    commitment_timeout_seconds: float = Field(
+        600.0, gt=0, description="Ask again when no commitment report came back within this time")
+    verify_by: Literal["c-find", "none"] = Field(
+        "none", description="Before resending a result whose C-STORE answer was never seen, ask the PACS by "
+        "C-FIND whether it holds it (none: resend; at-least-once unless storage_commitment)")
 
     _ae = field_validator("ae_title")(lambda cls, v: v if v is None else _check_ae_title(v))
 
@@ -302,6 +313,17 @@ class DatabaseSection(_Strict):
     """Where the node keeps its state (SQLite by default, or PostgreSQL)."""
     url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/node.db")
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    unsafe_fast_sqlite: bool = Field(
+        False, description="Allow sqlite_synchronous below FULL: a power cut may then lose acknowledged instances")
+
+    @model_validator(mode="after")
+    def _durable(self) -> "DatabaseSection":
+        if self.sqlite_synchronous == "NORMAL" and not self.unsafe_fast_sqlite:
+            raise ValueError(
+                "sqlite_synchronous: NORMAL breaks the promise that an instance is fsynced and committed before "
+                "its C-STORE success (a power cut can lose the last commits); allowed: FULL or EXTRA, or set "
+                "unsafe_fast_sqlite: true to accept that loss")
+        return self
 
 
 class QueueSection(_Strict):

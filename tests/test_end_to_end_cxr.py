@@ -63,7 +63,7 @@ def test_chest_xray_study_to_orthanc(tmp_path: Path, data: Path) -> None:
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
     frontal = pydicom.dcmread(study[0], stop_before_pixels=True)
     lateral = pydicom.dcmread(study[1], stop_before_pixels=True)
-    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc") as pacs:
+    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
         node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port)))
         node.start()
         try:
@@ -123,7 +123,7 @@ def test_sigkill_after_ack_before_results_delivers_exactly_once(tmp_path: Path, 
 
     study = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
-    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc") as pacs:
+    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
         node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=emulator.url,
                                                  pacs=(pacs.aet, pacs.dicom_port)))
         emulator.script_faults([{"stall_seconds": 20}])  # the first call hangs: the node dies during it
@@ -140,6 +140,8 @@ def test_sigkill_after_ack_before_results_delivers_exactly_once(tmp_path: Path, 
             got = pacs.wait_for_instances(2, timeout=120)
             time.sleep(3)  # anything sent twice would show up by now
             uids = pacs.sop_instance_uids()
+            cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
+            assert sorted(cstores.values()) == [1] * len(set(uids)), cstores
         finally:
             node.stop()
         assert sorted(uids) == sorted({ds.SOPInstanceUID for ds in got}), uids
@@ -166,11 +168,13 @@ def test_sigkill_with_results_in_the_outbox_delivers_exactly_once(tmp_path: Path
                 time.sleep(0.2)
             assert "will be retried" in node.logs(), node.logs()
             node.kill()
-            with Orthanc(tmp_path / "orthanc", dicom_port=pacs_port) as pacs:
+            with Orthanc(tmp_path / "orthanc", dicom_port=pacs_port, count_cstores=True) as pacs:
                 node.start()
                 got = pacs.wait_for_instances(2, timeout=120)
                 time.sleep(3)
                 uids = pacs.sop_instance_uids()
+                cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
+                assert sorted(cstores.values()) == [1] * len(set(uids)), cstores
         finally:
             node.stop()
         assert len(uids) == 2 and sorted(uids) == sorted(ds.SOPInstanceUID for ds in got)
@@ -182,7 +186,7 @@ def test_late_instance_reopens_study_and_new_sr_points_to_the_old_one(tmp_path: 
 
     study = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
-    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc") as pacs:
+    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
         node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=emulator.url,
                                                  pacs=(pacs.aet, pacs.dicom_port)))
         node.start()
@@ -193,6 +197,8 @@ def test_late_instance_reopens_study_and_new_sr_points_to_the_old_one(tmp_path: 
             got = pacs.wait_for_instances(4, timeout=120)
             time.sleep(2)
             uids = pacs.sop_instance_uids()
+            cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
+            assert sorted(cstores.values()) == [1] * len(set(uids)), cstores
             status = node.status()
         finally:
             node.stop()

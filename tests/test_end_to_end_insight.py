@@ -65,7 +65,7 @@ def test_view_classification_routes_a_study_without_viewposition(tmp_path: Path,
     assert winners[frontal.SOPInstanceUID][0] in FRONTAL and winners[lateral.SOPInstanceUID][0] == LABELS[2]
     unused = next(label for label in FRONTAL if label != winners[frontal.SOPInstanceUID][0])
 
-    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc") as pacs:
+    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
         cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port))
         cfg["endpoints"]["insight"] = {"model": "medimageinsight", "url": emulator.model_url("medimageinsight"),
                                        "auth": "none", "timeout_seconds": 30, "max_attempts": 3,
@@ -88,6 +88,8 @@ def test_view_classification_routes_a_study_without_viewposition(tmp_path: Path,
             time.sleep(2)  # nothing more may come
             status = node.status()
             uids = pacs.sop_instance_uids()
+            cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
+            assert sorted(cstores.values()) == [1] * len(set(uids)), cstores
             by_uid = similar(node, "--sop-instance-uid", frontal.SOPInstanceUID, "--k", "2")
             by_file = similar(node, "--image", str(study[1]), "--k", "2")
         finally:

@@ -36,7 +36,7 @@ def test_ct_3d_and_2d_and_rgb_2d_segmentations_reach_orthanc(tmp_path: Path, dat
     us = tmp_path / "us" / "us_rgb_rle.dcm"
     us.parent.mkdir()
     shutil.copy(data / "other/us_rgb_rle.dcm", us)
-    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc") as pacs:
+    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
         base = emulator.url.rstrip("/").rsplit("/score", 1)[0]
         cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port), quiet=1.5)
         cfg["endpoints"] = {
@@ -63,6 +63,8 @@ def test_ct_3d_and_2d_and_rgb_2d_segmentations_reach_orthanc(tmp_path: Path, dat
             t_stored = time.monotonic()
             time.sleep(2)
             uids = pacs.sop_instance_uids()
+            cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
+            assert sorted(cstores.values()) == [1] * len(set(uids)), cstores
         finally:
             node.stop()
         assert len(uids) == 3, f"expected 3 SEGs, got {len(uids)}:\n{node.logs()[-3000:]}"

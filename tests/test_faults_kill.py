@@ -5,7 +5,9 @@
 * during conversion (failpoint ``converted``) and after the result files are written but before the job is
   committed (failpoint ``results_written``): the restart re-runs the job and the results reach Orthanc once;
 * during the return C-STORE: Orthanc stored the SR but its reply is held by a stalling proxy, so the node
-  never saw it; after the restart the node sends again with the same SOP Instance UIDs: one copy each.
+  never saw it; after the restart the node asks Orthanc (``verify_by: c-find``) and does not send it again.
+
+Every once-only claim counts the C-STOREs Orthanc received (``count_cstores``), not the copies it kept.
 
 The SIGKILL during the endpoint call, and with results waiting in the outbox, are in test_end_to_end_cxr.py.
 """
@@ -91,7 +93,7 @@ def test_sigkill_during_the_job_delivers_exactly_once(tmp_path: Path, data: Path
 
     study = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
-    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc") as pacs:
+    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
         node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=emulator.url,
                                                  pacs=(pacs.aet, pacs.dicom_port)))
         monkeypatch.setenv("DICOM_NODE_FAILPOINTS", f"{point}=60")
@@ -107,6 +109,8 @@ def test_sigkill_during_the_job_delivers_exactly_once(tmp_path: Path, data: Path
             got = pacs.wait_for_instances(2, timeout=120)
             time.sleep(3)  # a second copy would show up by now
             uids = pacs.sop_instance_uids()
+            cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
+            assert sorted(cstores.values()) == [1] * len(set(uids)), cstores
             status = status_json(node)
         finally:
             node.stop()
@@ -122,9 +126,14 @@ def test_sigkill_during_the_return_cstore_delivers_exactly_once(tmp_path: Path, 
     from node.emulator.server import EmulatorServer
 
     study = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm", None)
-    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc") as pacs, \
+    with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs, \
             StallingProxy(pacs.dicom_port) as proxy:
-        node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, proxy.port)))
+        cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, proxy.port))
+        # without a way to ask the PACS the node would resend (at-least-once): see test_exactly_once.py
+        cfg["destinations"]["pacs"]["verify_by"] = "c-find"
+        cfg["queue"] = {"lease_seconds": 2}  # the killed run's claim expires soon
+        node = NodeProcess(tmp_path, cfg)
+        pacs.set_modality("ainode", "AINODE", "127.0.0.1", node.port)  # Orthanc answers C-FIND of known AEs only
         node.start()
         try:
             send(node, study)
@@ -138,6 +147,8 @@ def test_sigkill_during_the_return_cstore_delivers_exactly_once(tmp_path: Path, 
             wait_until(lambda: status_json(node)["outbox"] == {"delivered": 2}, 60, "both outbox rows delivered")
             time.sleep(2)
             uids = pacs.sop_instance_uids()
+            cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
+            assert sorted(cstores.values()) == [1] * len(set(uids)), cstores
         finally:
             node.stop()
     assert len(uids) == 2 and len(set(uids)) == 2, uids

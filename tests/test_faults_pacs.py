@@ -32,7 +32,7 @@ def _study(tmp_path: Path, data: Path) -> list[Path]:
 def test_pacs_down_then_back_delivers_from_the_outbox(tmp_path: Path, data: Path) -> None:
     from node.emulator.server import EmulatorServer
 
-    pacs = Orthanc(tmp_path / "orthanc", dicom_port=free_port())
+    pacs = Orthanc(tmp_path / "orthanc", dicom_port=free_port(), count_cstores=True)
     pacs.start()
     try:
         with EmulatorServer("127.0.0.1", 0) as emulator:
@@ -52,6 +52,8 @@ def test_pacs_down_then_back_delivers_from_the_outbox(tmp_path: Path, data: Path
                 wait_until(lambda: status_json(node)["outbox"] == {"delivered": 2}, 30, "both rows delivered")
                 time.sleep(1)
                 uids = pacs.sop_instance_uids()
+                cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
+                assert sorted(cstores.values()) == [1] * len(set(uids)), cstores
             finally:
                 node.stop()
     finally:
@@ -66,7 +68,7 @@ def test_pacs_down_too_long_parks_with_the_reason_and_retry_sends_again(tmp_path
                                                                          limit: dict) -> None:
     from node.emulator.server import EmulatorServer
 
-    pacs = Orthanc(tmp_path / "orthanc", dicom_port=free_port())  # not started: the PACS is down
+    pacs = Orthanc(tmp_path / "orthanc", dicom_port=free_port(), count_cstores=True)  # not started: the PACS is down
     with EmulatorServer("127.0.0.1", 0) as emulator:
         cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port))
         cfg["destinations"]["pacs"].update(limit, backoff_initial_seconds=0.3, backoff_max_seconds=0.6)
@@ -94,6 +96,8 @@ def test_pacs_down_too_long_parks_with_the_reason_and_retry_sends_again(tmp_path
             pacs.wait_for_instances(2, timeout=60)
             wait_until(lambda: status_json(node)["outbox"] == {"delivered": 2}, 30, "both rows delivered")
             uids = pacs.sop_instance_uids()
+            cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
+            assert sorted(cstores.values()) == [1] * len(set(uids)), cstores
         finally:
             node.stop()
             pacs.stop(graceful=False)

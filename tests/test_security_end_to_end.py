@@ -63,7 +63,7 @@ def test_full_run_logs_no_phi_or_key_and_audits_everything(tmp_path: Path, data:
     ds.BurnedInAnnotation = "YES"  # must not be sent: the rule does not say allow_burned_in
     ds.save_as(burned[0], enforce_file_format=True)
     monkeypatch.setenv("SEC_TEST_ENDPOINT_KEY", KEY)  # the node process inherits it
-    with EmulatorServer("127.0.0.1", 0, key=KEY) as emulator, Orthanc(tmp_path / "orthanc") as pacs:
+    with EmulatorServer("127.0.0.1", 0, key=KEY) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
         emulator.script_faults([{"status": 500}])
         cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port))
         cfg["endpoints"]["cxr"].update({"auth": "key", "key_env": "SEC_TEST_ENDPOINT_KEY"})
@@ -88,10 +88,12 @@ def test_full_run_logs_no_phi_or_key_and_audits_everything(tmp_path: Path, data:
                 time.sleep(0.5)
             status = node.status()
             time.sleep(1)
+            cstores = pacs.cstore_counts()  # counted at the PACS: Orthanc drops a second copy silently
         finally:
             node.stop()
         assert node.proc.returncode == 0
         assert {ds.Modality for ds in got} == {"SR", "PR"}
+        assert sorted(cstores.values()) == [1, 1], cstores
         assert [r["status"] for r in emulator.requests] == [500, 200], "one retried failure, then the answer"
         assert "BurnedInAnnotation=YES" in status and "skipped" in status, status
 

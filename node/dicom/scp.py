@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.ops import metrics
 from node.ops.audit import audit_log
+from node.dicom.commitment import CommitmentReport, add_report_context, report_handler
 from node.store.commit import GroupCommitter
 from node.config import NodeConfig
 from node.dicom.pynetdicom_patches import (NodeAssociationServer, SharedPortAssociationServer, configure_pynetdicom,
@@ -86,7 +87,13 @@ class StorageSCP:
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        add_report_context(ae)  # Storage Commitment reports of destinations come back here
         return ae
+
+    def _commitment_report(self, report: CommitmentReport) -> None:
+        done, again = self.store.record_commitment(report.transaction_uid, report.committed, report.failed)
+        log.info("storage commitment %s: %d result(s) committed, %d to send again", report.transaction_uid,
+                 done, again)
 
     # Handlers ------------------------------------------------------------------------------------------
     def handle_store(self, event: evt.Event) -> int:
@@ -177,6 +184,7 @@ class StorageSCP:
         configure_pynetdicom()
         tempfile.tempdir = str(self.spool.tmp)  # chunked receive files on the spool's filesystem
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association),
+                    (evt.EVT_N_EVENT_REPORT, report_handler(self._commitment_report)),
                     *self.security.handlers()]
         node = self.cfg.node
         server_class = SharedPortAssociationServer if node.receivers > 1 else NodeAssociationServer

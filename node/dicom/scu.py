@@ -42,6 +42,8 @@ class SendOutcome:
     verdict: Verdict
     status: str  # e.g. "0x0000", "rejected-permanent", "network"
     reason: str
+    # The C-STORE request may have reached the PACS though no answer came: ask before sending it again.
+    unseen: bool = False
 
 
 def classify_status(status: int) -> SendOutcome:
@@ -115,10 +117,11 @@ def send_files(dest: DestinationSection, calling_ae: str, files: Sequence[Outgoi
             try:
                 rsp = assoc.send_c_store(ds)
             except (OSError, RuntimeError, ValueError) as exc:
-                outcomes[f.key] = SendOutcome("retry", "network", f"C-STORE failed: {exc}")
+                outcomes[f.key] = SendOutcome("retry", "network", f"C-STORE failed: {exc}", unseen=True)
                 continue
             if rsp is None or "Status" not in rsp:
-                outcomes[f.key] = SendOutcome("retry", "network", "no C-STORE response (timeout or abort)")
+                outcomes[f.key] = SendOutcome("retry", "network", "no C-STORE response (timeout or abort)",
+                                              unseen=True)
             else:
                 outcomes[f.key] = classify_status(int(rsp.Status))
     finally:

@@ -3,6 +3,12 @@
 A ``deliver(destination)`` task leases that destination's due rows, sends them over one association and
 settles each row: delivered, pending again after a jittered backoff, or parked with the reason (an alert in
 the log and in ``dicom-node status``; ``dicom-node retry`` puts parked rows back).
+
+A row whose previous C-STORE may have reached the PACS unseen (the node died mid-send, or no answer came) is
+not simply sent again: with ``storage_commitment`` the PACS is asked to commit it (committed: delivered, no
+resend; failed: sent again); with ``verify_by: c-find`` it is looked up; with neither it is resent
+(at-least-once, same SOP Instance UID). With ``storage_commitment`` a stored result is ``acknowledged`` until
+the PACS reports it ``committed``.
 """
 
 from __future__ import annotations
@@ -14,14 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
+import pydicom
 from sqlalchemy import select
+from pydicom.uid import generate_uid
 
-from node.ops import metrics
 from node.ops.audit import audit_log
 from node.config import DestinationSection, NodeConfig
+from node.dicom.commitment import request_commitment
 from node.dicom.scu import OutgoingFile, SendOutcome, send_files
 from node.flow.heartbeat import Heartbeat
+from node.ops import metrics
 from node.store.schema import studies
+from node.dicom.verify import InstanceRef, VerifyError, held_instances
+from node.ops.failpoints import failpoint
 from node.store.state import Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +74,8 @@ def backoff_seconds(attempts: int, dest: DestinationSection) -> float:
 class DeliveryReport:
     """What one delivery pass did for a destination."""
     delivered: int = 0
+    verified: int = 0  # unseen sends found at the PACS, not sent again
+    awaiting_commitment: int = 0
     retrying: int = 0
     parked: int = 0
     more_due: bool = False
@@ -81,19 +94,34 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
                                 error=f"destination {destination!r} is no longer in the configuration")
         report.parked = len(rows)
         return report
-    files = [OutgoingFile(key=row["id"], path=Path(row["path"]), sop_class_uid=row["sop_class_uid"]) for row in rows]
+    t = time.time()
     token, lease = rows[0]["lease_owner"], cfg.queue.lease_seconds
     with Heartbeat(lambda: store.renew_outbox_lease(token, lease), lease, f"send to {destination}"):
-        outcomes = sender_for(dest)(dest, cfg.node.ae_title, files)
-    t = time.time()
-    for row in rows:
+        send_rows, ask_rows = _verify_unseen(store, cfg, dest, destination, rows, report)
+        failpoint("delivering")
+        files = [OutgoingFile(key=row["id"], path=Path(row["path"]), sop_class_uid=row["sop_class_uid"])
+                 for row in send_rows]
+        outcomes = sender_for(dest)(dest, cfg.node.ae_title, files) if files else {}
+    txn = generate_uid() if dest.storage_commitment else None
+    commit_due = t + dest.commitment_timeout_seconds
+    for row in ask_rows:  # stored or not? the commitment report answers
+        store.settle_outbox(row["id"], row["lease_owner"], state="verifying", status=row["last_status"],
+                            error=None, commit_txn=txn, commit_due_at=commit_due)
+    to_commit = list(ask_rows)
+    for row in send_rows:
         out: SendOutcome = outcomes[row["id"]]
         attempts = int(row["attempts"])
         too_old = t - float(row["created_at"]) > dest.give_up_after_seconds
         if out.verdict == "delivered":
-            store.settle_outbox(row["id"], row["lease_owner"], state="delivered", status=out.status, error=None)
+            if txn is not None:
+                store.settle_outbox(row["id"], row["lease_owner"], state="acknowledged", status=out.status,
+                                    error=None, commit_txn=txn, commit_due_at=commit_due)
+                to_commit.append(row)
+                report.awaiting_commitment += 1
+            else:
+                store.settle_outbox(row["id"], row["lease_owner"], state="delivered", status=out.status, error=None)
+                report.delivered += 1
             metrics.sent(destination, out.status, "delivered", _since_last_instance(store, row["study_uid"], t))
-            report.delivered += 1
             log.info("delivered result %s to %s (%s)", row["result_uid"], destination, out.status)
             audit_log(cfg).record("result-sent", **_where(row, destination, dest), status=out.status)
             continue
@@ -114,13 +142,87 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
                                   status=out.status, reason=why)
             continue
         store.settle_outbox(row["id"], row["lease_owner"], state="pending", status=out.status, error=out.reason,
-                            retry_at=t + backoff_seconds(attempts, dest))
+                            retry_at=t + backoff_seconds(attempts, dest), in_flight=out.unseen)
         metrics.sent(destination, out.status, "retry", None)
         report.retrying += 1
         log.warning("result %s to %s will be retried: %s (%s, attempt %d)", row["result_uid"], destination,
                     out.reason, out.status, attempts)
+    if txn is not None and to_commit:
+        _ask_commitment(store, cfg, dest, destination, to_commit, txn)
     report.more_due = len(rows) >= batch
     return report
+
+
+def _verify_unseen(store: Store, cfg: NodeConfig, dest: DestinationSection, destination: str,
+                   rows: list[dict], report: DeliveryReport) -> tuple[list[dict], list[dict]]:
+    """Split claimed rows into (send now, ask by Storage Commitment); settle those a C-FIND finds stored."""
+    unseen = [r for r in rows if r.get("verify_first")]
+    if not unseen:
+        return rows, []
+    if dest.storage_commitment:
+        log.info("%d result(s) to %s may have been stored unseen: asking for Storage Commitment first",
+                 len(unseen), destination)
+        ids = {r["id"] for r in unseen}
+        return [r for r in rows if r["id"] not in ids], unseen
+    if dest.verify_by != "c-find":
+        return rows, []  # at-least-once: the same SOP Instance UIDs again
+    try:
+        held = held_instances(dest, cfg.node.ae_title, [_ref(r) for r in unseen])
+    except (VerifyError, OSError, ValueError) as exc:
+        t = time.time()
+        for r in unseen:  # never resend what might be there: ask again later
+            store.settle_outbox(r["id"], r["lease_owner"], state="pending", status="verify", in_flight=True,
+                                error=f"cannot verify an unseen send before resending it: {exc}",
+                                retry_at=t + backoff_seconds(int(r["attempts"]), dest))
+            report.retrying += 1
+        ids = {r["id"] for r in unseen}
+        return [r for r in rows if r["id"] not in ids], []
+    for r in unseen:
+        if r["result_uid"] in held:
+            store.settle_outbox(r["id"], r["lease_owner"], state="delivered", status="verified", error=None)
+            report.verified += 1
+            log.info("result %s is already at %s (C-FIND): not sent again", r["result_uid"], destination)
+    return [r for r in rows if r["result_uid"] not in held or not r.get("verify_first")], []
+
+
+def _ref(row: dict) -> InstanceRef:
+    header = pydicom.dcmread(row["path"], stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    return InstanceRef(str(row["study_uid"]), str(header.SeriesInstanceUID), str(row["result_uid"]))
+
+
+def _ask_commitment(store: Store, cfg: NodeConfig, dest: DestinationSection, destination: str,
+                    rows: list[dict], txn: str) -> None:
+    """Send the Storage Commitment request for ``rows`` (their transaction UID is already stored)."""
+    refs = [(str(r["sop_class_uid"]), str(r["result_uid"])) for r in rows]
+    why = request_commitment(dest, cfg.node.ae_title, txn, refs,
+                             on_report=lambda rep: store.record_commitment(rep.transaction_uid, rep.committed,
+                                                                          rep.failed))
+    if why is None:
+        log.info("asked %s to commit %d result(s) (transaction %s)", destination, len(rows), txn)
+        failpoint("commitment_requested")
+    else:
+        log.warning("Storage Commitment request to %s failed (%s); asking again in %g s", destination, why,
+                    dest.commitment_timeout_seconds)
+
+
+def recommit_overdue(store: Store, cfg: NodeConfig, destination: str) -> int:
+    """Ask again for the commitment of rows whose report is overdue (a new transaction); returns how many."""
+    dest = cfg.destinations.get(destination)
+    if dest is None or not dest.storage_commitment:
+        return 0
+    rows = store.claim_overdue_commitments(destination, time.time() + dest.commitment_timeout_seconds)
+    if rows:
+        txn = generate_uid()
+        store.set_commit_txn([r["id"] for r in rows], txn)
+        asked = max(int(r["attempts"]) for r in rows)
+        if asked >= 4:  # stored (acknowledged) but never committed: the PACS may not know how to reach the node
+            log.error("ALERT: %s has not reported Storage Commitment for %d result(s) after %d requests; is this "
+                      "node's AE declared on the PACS? asking again", destination, len(rows), asked)
+        else:
+            log.warning("no Storage Commitment report from %s for %d result(s): asking again", destination,
+                        len(rows))
+        _ask_commitment(store, cfg, dest, destination, rows, txn)
+    return len(rows)
 
 
 def _since_last_instance(store: Store, study_uid: str, t: float) -> float | None:
@@ -140,6 +242,7 @@ def _where(row, destination: str, dest: DestinationSection) -> dict:
 
 def deliver(svc: "Services", destination: str) -> None:
     """The ``deliver`` task: send what is due for ``destination``; schedule the next attempt of what must wait."""
+    recommit_overdue(svc.store, svc.cfg, destination)
     report = deliver_due(svc.store, svc.cfg, destination, svc.owner)
     if report.more_due:
         svc.queue.enqueue_delivery(destination)

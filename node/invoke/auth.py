@@ -2,7 +2,8 @@
 
 An endpoint accepts ``Authorization: Bearer <secret>`` where the secret is one of
 
-* an endpoint key (``auth: key``), read from the environment variable named by ``key_env``;
+* an endpoint key (``auth: key``), read from the environment variable named by ``key_env`` or from the file
+  ``key_file`` (a mounted secret, re-read when it changes);
 * an Entra ID access token for the scope ``https://ml.azure.com/.default`` (``auth: entra``), from
   azure-identity's :class:`DefaultAzureCredential` or any injected ``TokenCredential``;
 * nothing (``auth: none``, the local emulator).
@@ -20,6 +21,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from node.config import ConfigError, EndpointSection
@@ -63,11 +65,48 @@ class NoAuth:
         return "NoAuth()"
 
 
-class KeyAuth:
-    """A fixed endpoint key, or a function returning it (read at every call, so a rotated env var is seen)."""
+class KeyFile:
+    """An endpoint key kept in a file (a mounted Kubernetes or Docker secret), re-read whenever the file changes.
 
-    def __init__(self, key: str | Callable[[], str]) -> None:
+    The file's identity (inode, size, mtime) is checked at each call, which follows a secret rotated by an
+    atomic symlink swap or by rewriting the file; :meth:`invalidate` forces a re-read (after a 401).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int, int] | None = None
+        self._key = ""
+
+    def read(self) -> str:
+        """The key, stripped of surrounding whitespace; AuthError when the file cannot be read or is empty."""
+        try:
+            st = os.stat(self.path)
+            seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+            with self._lock:
+                if seen != self._seen:
+                    self._key = self.path.read_text(encoding="utf-8").strip()
+                    self._seen = seen
+                    log.info("endpoint key read from %s", self.path)
+                key = self._key
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AuthError(f"cannot read the endpoint key file {self.path}: {type(exc).__name__}",
+                            permanent=False) from exc
+        if not key:
+            raise AuthError(f"the endpoint key file {self.path} is empty", permanent=False)
+        return key
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._seen = None
+
+
+class KeyAuth:
+    """A fixed endpoint key, or a function returning it (read at every call, so a rotated key is seen)."""
+
+    def __init__(self, key: str | Callable[[], str], reload: Callable[[], None] | None = None) -> None:
         self._key = key
+        self._reload = reload
 
     def headers(self) -> dict[str, str]:
         key = self._key() if callable(self._key) else self._key
@@ -76,7 +115,8 @@ class KeyAuth:
         return {"Authorization": f"Bearer {key}"}
 
     def invalidate(self) -> None:
-        pass
+        if self._reload is not None:
+            self._reload()
 
     def __repr__(self) -> str:  # never show the key
         return "KeyAuth(<redacted>)"

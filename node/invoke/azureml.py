@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.config import ConfigError, EndpointSection
-from node.invoke.auth import AuthError, Authenticator, KeyAuth, NoAuth, TokenCache, endpoint_key, entra_auth
+from node.invoke.auth import AuthError, Authenticator, KeyAuth, KeyFile, NoAuth, TokenCache, endpoint_key, entra_auth
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,9 @@ def resolve(name: str, cfg: EndpointSection, *, credential: Any | None = None,
     if cfg.auth == "entra":
         return url, entra_auth(credential)
     # auth: key
+    if cfg.key_file:
+        key_file = KeyFile(cfg.key_file)
+        return url, KeyAuth(key_file.read, reload=key_file.invalidate)
     if cfg.key_env:
         endpoint_key(cfg)  # fail now, with the config's message, when the variable is missing
 

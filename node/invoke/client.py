@@ -8,6 +8,7 @@ or raises :class:`EndpointError`:
   ``backoff_max_seconds``, at least ``Retry-After`` / ``retry-after-ms`` when the endpoint sends one, at most
   ``max_attempts`` attempts): connection errors, timeouts, a connection closed without an answer, 408, 424 (model
   container failed), 429 and every 5xx;
+* 401: the credential is reloaded (a rotated key file, a fresh token) and the call made once more;
 * not retried (``permanent=True``): other 4xx, redirects, a 2xx whose body is not JSON, missing credentials;
 * retries exhausted: ``permanent=False`` naming the last status, so the job can be tried again later.
 
@@ -351,10 +352,22 @@ class EndpointClient:
 
         attempts = 0
 
+        reloaded = False
+
         def one_attempt() -> EndpointReply:
-            nonlocal attempts
+            nonlocal attempts, reloaded
             attempts += 1
-            return self._attempt(url, auth, http, body, rid, attempts)
+            try:
+                return self._attempt(url, auth, http, body, rid, attempts)
+            except EndpointError as exc:
+                if exc.status != 401 or reloaded:
+                    raise
+                # a rotated key (new file content) or an expired token: reload the credential once, then a
+                # second 401 is permanent
+                reloaded = True
+                log.warning("endpoint %s request %s: HTTP 401; reloading the credential and trying once more",
+                            self.name, rid)
+                return self._attempt(url, auth, http, body, rid, attempts)
 
         retrying = Retrying(
             retry=retry_if_exception_type(_Transient),

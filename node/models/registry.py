@@ -57,7 +57,8 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("cxrreportgen", contract="node.models.cxrreportgen.contract",
-              pipeline="node.models.cxrreportgen.pipeline:run", emulator="node.models.cxrreportgen.emulator:HANDLER"),
+              pipeline="node.models.cxrreportgen.pipeline:run", emulator="node.models.cxrreportgen.emulator:HANDLER",
+              params="node.models.cxrreportgen.params:CXRParams"),
     ModelSpec("medimageinsight", contract="node.models.medimageinsight.contract",
               pipeline="node.models.medimageinsight.pipeline:run",
               emulator="node.models.medimageinsight.emulator:HANDLER",

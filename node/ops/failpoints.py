@@ -5,7 +5,9 @@ sleep that many seconds when it passes NAME, so that a test can SIGKILL it at ex
 variable (production) a failpoint costs one dictionary look-up. The names:
 
 * ``converted``: the job's images are converted, the endpoint not yet called;
-* ``results_written``: the result files are on disk, the job and its outbox rows not yet committed.
+* ``results_written``: the result files are on disk, the job and its outbox rows not yet committed;
+* ``delivering``: outbox rows are claimed (marked in flight), no C-STORE sent yet;
+* ``commitment_requested``: the PACS accepted a Storage Commitment request, its report not yet seen.
 """
 
 from __future__ import annotations

@@ -120,7 +120,8 @@ outbox = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("result_uid", String(64), ForeignKey("results.sop_instance_uid"), nullable=False),
     Column("destination", String(128), nullable=False),
-    # pending -> delivered | parked
+    # pending -> delivered | parked; with Storage Commitment: pending -> acknowledged -> committed, and a send
+    # that may have reached the PACS unseen is asked about first: pending (in_flight) -> verifying -> committed
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False),
@@ -130,9 +131,14 @@ outbox = Table(
     Column("error", Text),
     Column("created_at", Float, nullable=False),
     Column("delivered_at", Float),
+    # A C-STORE was (or may have been) put on the wire and its answer not seen: ask the PACS before resending.
+    Column("in_flight", Boolean, nullable=False, default=False, server_default="0"),
+    Column("commit_txn", String(64)),  # Transaction UID of the Storage Commitment request awaiting its report
+    Column("commit_requested_at", Float),
     UniqueConstraint("result_uid", "destination", name="uq_outbox_result_destination"),
 )
 Index("ix_outbox_due", outbox.c.destination, outbox.c.state, outbox.c.next_attempt_at)
+Index("ix_outbox_commit_txn", outbox.c.commit_txn)
 
 quarantine = Table(
     "quarantine",

@@ -5,6 +5,7 @@ Part of :class:`node.store.state.Store`. The sweep's stale work is here too: it 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -13,6 +14,8 @@ from sqlalchemy.engine import Engine
 
 from node.store.outbox import OutboxPart
 from node.store.schema import circuits, instances, jobs, now, outbox, priors, quarantine, results, studies
+
+log = logging.getLogger(__name__)
 
 
 class UpkeepPart(OutboxPart):
@@ -76,26 +79,28 @@ class UpkeepPart(OutboxPart):
             with self.engine.begin() as conn:
                 open_rows = conn.execute(select(func.count()).select_from(outbox).join(
                     results, results.c.sop_instance_uid == outbox.c.result_uid).where(and_(
-                        results.c.study_uid == study_uid, outbox.c.state != "delivered"))).scalar_one()
+                        results.c.study_uid == study_uid,
+                        outbox.c.state.notin_(["delivered", "committed"])))).scalar_one()
                 open_jobs = conn.execute(select(func.count()).select_from(jobs).where(and_(
                     jobs.c.study_uid == study_uid,
                     jobs.c.state.in_(["pending", "running", "waiting", "parked"])))).scalar_one()
                 state = conn.execute(select(studies.c.state).where(studies.c.study_uid == study_uid)).scalar()
                 if open_rows or open_jobs or state not in ("done", "failed"):
                     continue
-                files = [r[0] for r in conn.execute(select(instances.c.path).where(instances.c.study_uid == study_uid))]
-                files += [r[0] for r in conn.execute(select(results.c.path).where(results.c.study_uid == study_uid))]
+                # (path, the newest file time that is still the purged copy): a resend of the same SOP Instance
+                # UID rewrites the same path after the row was committed, so a newer file is the resend's own
+                files = [(r[0], float(r[1])) for r in conn.execute(
+                    select(instances.c.path, instances.c.received_at).where(instances.c.study_uid == study_uid))]
+                files += [(r[0], None) for r in conn.execute(
+                    select(results.c.path).where(results.c.study_uid == study_uid))]
                 result_uids = select(results.c.sop_instance_uid).where(results.c.study_uid == study_uid)
                 conn.execute(delete(outbox).where(outbox.c.result_uid.in_(result_uids)))
                 conn.execute(delete(results).where(results.c.study_uid == study_uid))
                 conn.execute(delete(jobs).where(jobs.c.study_uid == study_uid))
                 conn.execute(delete(instances).where(instances.c.study_uid == study_uid))
                 conn.execute(delete(studies).where(studies.c.study_uid == study_uid))
-            for f in files:  # after the commit: a crash here leaves orphan files, never rows without files
-                try:
-                    os.unlink(f)
-                except FileNotFoundError:
-                    pass
+            for f, committed_at in files:  # after the commit: a crash here leaves orphans, never rows without files
+                _unlink_unless_newer(f, committed_at)
             purged += 1
         with self.engine.begin() as conn:  # lookup records age out with the studies they were made for
             conn.execute(delete(priors).where(priors.c.started_at < t - older_than_seconds))
@@ -128,3 +133,19 @@ class UpkeepPart(OutboxPart):
                 "priors": [dict(r) for r in conn.execute(
                     select(priors).order_by(priors.c.id.desc()).limit(limit)).mappings()],
             }
+
+
+def _unlink_unless_newer(path: str, committed_at: float | None) -> None:
+    """Delete a purged file, but not one written after its row was committed (a resend racing the purge).
+
+    The receiver writes an instance's file before it commits the row, at the same path for the same SOP
+    Instance UID; a file modified after the purged row's commit belongs to a resend whose row may still come
+    (kept; if that resend never commits it, it is an orphan file, never a row without a file).
+    """
+    try:
+        if committed_at is not None and os.stat(path).st_mtime > committed_at:
+            log.info("retention: kept %s, received again while its study was purged", os.path.basename(path))
+            return
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,3 +140,43 @@ class TlsStorescp:
 
     def received(self) -> list[Path]:
         return [p for p in self.folder.iterdir() if p.is_file()]
+
+
+class CountingStorescp:
+    """dcmtk's storescp writing one file per C-STORE (``+uf``: unique names, so a resend is a second file).
+
+    Orthanc keeps one copy per SOP Instance UID; this peer keeps every C-STORE, so :meth:`counts` (SOP Instance
+    UID -> C-STOREs received) sees a duplicate send.
+    """
+
+    def __init__(self, folder: Path, *, ae_title: str = "COUNTPACS") -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.cmd = [require_tool("storescp"), "-aet", ae_title, "+uf", "-od", str(folder), str(self.port)]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "CountingStorescp":
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("storescp did not start")
+
+    def __exit__(self, *exc) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def counts(self) -> "Counter[str]":
+        """SOP Instance UID -> how many C-STOREs of it were received (one file each)."""
+        import pydicom
+
+        return Counter(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                       for p in self.folder.iterdir() if p.is_file())

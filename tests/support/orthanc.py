@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 import shutil
 import signal
 import subprocess
@@ -68,13 +69,18 @@ class Orthanc:
 
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC",
                  modalities: dict[str, tuple[str, str, int]] | None = None,
-                 dicom_port: int | None = None, http_port: int | None = None, dicomweb: bool = False):
+                 dicom_port: int | None = None, http_port: int | None = None, dicomweb: bool = False,
+                 count_cstores: bool = False):
         """``modalities``: name -> (AET, host, port) of the DICOM peers Orthanc knows (C-MOVE destinations).
 
         ``dicom_port``/``http_port``: fixed ports (e.g. a PACS that comes back on the port a node already
         knows); by default free ones are picked at each start. ``dicomweb``: load the DICOMweb plugin.
+        ``count_cstores``: a Lua ``ReceivedInstanceFilter`` logs the SOP Instance UID of every C-STORE received,
+        duplicates included (Orthanc keeps one copy per UID, so counting what it holds cannot see a resend):
+        :meth:`cstore_counts`.
         """
         self.dicomweb = dicomweb
+        self.count_cstores = count_cstores
         self.workdir = Path(workdir)
         self.aet = aet
         self.modalities = dict(modalities or {})
@@ -115,7 +121,29 @@ class Orthanc:
             "StableAge": 1,
             "SaveJobs": False,
             "JobsHistorySize": 100,
+            **({"LuaScripts": [str(self._write_counter_script())]} if self.count_cstores else {}),
         }
+
+    @property
+    def cstore_log(self) -> Path:
+        return self.workdir / "cstores.txt"
+
+    def _write_counter_script(self) -> Path:
+        script = self.workdir / "count_cstores.lua"
+        script.write_text(
+            "function ReceivedInstanceFilter(dicom, origin, info)\n"
+            f"  local f = io.open({json.dumps(str(self.cstore_log))}, 'a')\n"
+            "  f:write(dicom.SOPInstanceUID .. '\\n')\n"
+            "  f:close()\n"
+            "  return true\n"
+            "end\n")
+        return script
+
+    def cstore_counts(self) -> Counter[str]:
+        """SOP Instance UID -> how many C-STOREs of it Orthanc received (needs ``count_cstores=True``)."""
+        if not self.cstore_log.exists():
+            return Counter()
+        return Counter(line for line in self.cstore_log.read_text().splitlines() if line)
 
     def start(self) -> Orthanc:
         """Pick free ports, write the configuration, start Orthanc and wait until ``/system`` answers."""

@@ -14,6 +14,8 @@ from dicom_out.sr import GroundedFinding, build_findings_sr
 from node.ops.failpoints import failpoint
 from node.models.cxrreportgen.contract import build_request, denormalize_box, parse_response
 from node.models.cxrreportgen.priors import prior_inputs
+from node.models.cxrreportgen.params import CXRParams
+from node.models.registry import params_for
 
 from node.models.base import JobContext, JobOutput
 from node.models.sc_fallback import cxr_sc, wants_sc
@@ -40,14 +42,15 @@ def run(ctx: JobContext) -> JobOutput:
     try:
         # zero-shot view labels of the study (a MedImageInsight rule's label set, "view" by default) are used
         # for images whose header gives no view
-        classified = ctx.classifications.get(ctx.rule.params.get("view_label_set", "view"))
-        inputs = build_cxr_inputs(ctx.instance_paths, max_side=ctx.rule.params.get("max_side"),
-                                  classified=classified)
+        params: CXRParams = params_for("cxrreportgen", ctx.rule.params)
+        classified = ctx.classifications.get(params.view_label_set)
+        inputs = build_cxr_inputs(ctx.instance_paths, max_side=params.max_side, classified=classified)
     except NoFrontalView as exc:
         return JobOutput(state="skipped", outcome=f"no frontal chest image: {exc}")
     failpoint("converted")
     sent = [pydicom.dcmread(p, stop_before_pixels=True) for p in (inputs.frontal_path, inputs.lateral_path) if p]
-    prior = prior_inputs(ctx.prior_lookup, inputs.frontal_path, max_side=ctx.rule.params.get("max_side"))
+    prior = prior_inputs(ctx.prior_lookup, inputs.frontal_path, max_side=params.max_side,
+                         allow_burned_in=params.allow_burned_in)
     payload = build_request(
         frontal_png=inputs.frontal.png,
         lateral_png=inputs.lateral.png if inputs.lateral else None,

@@ -43,6 +43,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
+from converters.scrub import without_burned_in
 from converters.sr_text import is_text_sr, report_text
 from dicom_out.algorithm import NODE_MANUFACTURER, NODE_MODEL_NAME
 
@@ -354,8 +355,12 @@ class PriorInputs:
 
 
 def prior_inputs(lookup: Callable[[Dataset], PriorResult] | None, frontal_path: Path,
-                 max_side: int | None = None) -> PriorInputs:
-    """Look up the prior of the study of ``frontal_path`` and convert it for the model; never raises."""
+                 max_side: int | None = None, allow_burned_in: bool = False) -> PriorInputs:
+    """Look up the prior of the study of ``frontal_path`` and convert it for the model; never raises.
+
+    The prior goes through the same burned-in policy as the study's own images: marked
+    BurnedInAnnotation=YES, it is not sent unless the rule says ``allow_burned_in`` (the job goes on without it).
+    """
     if lookup is None:
         return PriorInputs()
     from converters.model_image import to_model_image
@@ -365,6 +370,11 @@ def prior_inputs(lookup: Callable[[Dataset], PriorResult] | None, frontal_path: 
     note = f"; {result.outcome} ({result.seconds:.2f} s)"
     if result.state != "found" or result.image_path is None:
         return PriorInputs(note=note)
+    allowed, burned_note = without_burned_in([Path(result.image_path)], {"allow_burned_in": allow_burned_in})
+    if not allowed:
+        log.warning("prior image of study %s not sent: %s", result.study_uid, burned_note)
+        return PriorInputs(note="; no prior sent: the prior image is marked BurnedInAnnotation=YES "
+                                "(allow_burned_in is not set)")
     try:
         ds = pydicom.dcmread(result.image_path)
         png = to_model_image(ds, max_side=max_side).png
