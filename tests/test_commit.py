@@ -102,3 +102,32 @@ def test_a_failing_timer_callback_does_not_stop_the_others() -> None:
     wheel.call_later(0.0, lambda: 1 / 0)
     wheel.call_later(0.02, fired.set)
     assert fired.wait(5)
+
+
+def test_a_study_closed_by_a_decider_that_died_is_decided_again(tmp_path) -> None:
+    """A kill between closing a quiet study and creating its jobs left it 'complete' with no job, for good (found
+    by the soak: 1 study in 534 never got its job). Older than ``redecide_after``, it is decided again, once."""
+    from sqlalchemy import update
+
+    from node.store.records import InstanceRecord
+    from node.store.schema import studies
+    from node.store.state import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
+    rec = InstanceRecord(sop_instance_uid="1.2.3.1", study_uid="1.2.3", series_uid="1.2.3.9", sop_class_uid="1.2",
+                         transfer_syntax_uid="1.2.840.10008.1.2.1", path=str(tmp_path / "x.dcm"), size_bytes=1,
+                         calling_ae="MOD")
+    store.record_instances([rec], quiet_seconds=0.0)
+    assert store.begin_decision("1.2.3", 0.0) == ("complete", 1)
+    # ... and the decider dies here: no create_jobs
+    assert store.begin_decision("1.2.3", 0.0, redecide_after=60) == ("skip", 0)  # a live decider is not raced
+    assert "1.2.3" not in store.stale_work(0.0, redecide_after=60)["studies"]
+    with store.engine.begin() as conn:  # a minute later
+        conn.execute(update(studies).where(studies.c.study_uid == "1.2.3")
+                     .values(completed_at=studies.c.completed_at - 61))
+    assert "1.2.3" in store.stale_work(0.0, redecide_after=60)["studies"]
+    assert store.begin_decision("1.2.3", 0.0, redecide_after=60) == ("complete", 1)  # the same version again
+    ids = store.create_jobs("1.2.3", 1, [("rule", "ep", ["1.2.3.9"])])
+    assert len(ids) == 1
+    assert store.begin_decision("1.2.3", 0.0, redecide_after=60) == ("skip", 0)  # decided: once
+    assert "1.2.3" not in store.stale_work(0.0, redecide_after=60)["studies"]

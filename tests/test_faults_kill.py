@@ -2,6 +2,8 @@
 
 * during a C-STORE association: every instance the sender saw acknowledged is in the database and the spool,
   readable; what was not acknowledged is sent again by the sender and stored once;
+* after the study is closed but before its jobs exist (failpoint ``decided``): the restarted worker decides it
+  again (a closed study older than a lease with no job lost its decider), and its results reach Orthanc once;
 * during conversion (failpoint ``converted``) and after the result files are written but before the job is
   committed (failpoint ``results_written``): the restart re-runs the job and the results reach Orthanc once;
 * during the return C-STORE: Orthanc stored the SR but its reply is held by a stalling proxy, so the node
@@ -86,7 +88,7 @@ def test_sigkill_during_cstore_association_keeps_every_acknowledged_instance(tmp
           f"{len(files)} after the resend, no duplicate")
 
 
-@pytest.mark.parametrize("point", ["converted", "results_written"])
+@pytest.mark.parametrize("point", ["decided", "converted", "results_written"])
 def test_sigkill_during_the_job_delivers_exactly_once(tmp_path: Path, data: Path, point: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from node.emulator.server import EmulatorServer
@@ -94,8 +96,11 @@ def test_sigkill_during_the_job_delivers_exactly_once(tmp_path: Path, data: Path
     study = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
     with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
+        # "decided": the study is closed, its jobs not created; a closed study older than a lease with no job is
+        # decided again by the restarted worker's sweep (a short lease keeps the test short)
+        extra = {"queue": {"lease_seconds": 3}} if point == "decided" else {}
         node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=emulator.url,
-                                                 pacs=(pacs.aet, pacs.dicom_port)))
+                                                 pacs=(pacs.aet, pacs.dicom_port), **extra))
         monkeypatch.setenv("DICOM_NODE_FAILPOINTS", f"{point}=60")
         node.start()
         try:
@@ -104,6 +109,8 @@ def test_sigkill_during_the_job_delivers_exactly_once(tmp_path: Path, data: Path
             calls_before = len(emulator.requests)
             node.kill()
             assert pacs.sop_instance_uids() == []
+            if point == "decided":
+                time.sleep(3.5)  # older than the lease: the decider is surely dead
             monkeypatch.delenv("DICOM_NODE_FAILPOINTS")
             node.start()
             got = pacs.wait_for_instances(2, timeout=120)
@@ -117,7 +124,7 @@ def test_sigkill_during_the_job_delivers_exactly_once(tmp_path: Path, data: Path
     assert len(uids) == 2 and len(set(uids)) == 2, uids
     assert {ds.Modality for ds in got} == {"SR", "PR"}
     assert status["outbox"] == {"delivered": 2}, status["outbox"]
-    assert calls_before == (0 if point == "converted" else 1)
+    assert calls_before == (1 if point == "results_written" else 0)
     # the job ran again after the restart: exactly one more endpoint call
     assert len(emulator.requests) == calls_before + 1
 

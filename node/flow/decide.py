@@ -41,6 +41,7 @@ from pydicom.multival import MultiValue
 from node.ops import metrics
 from node.config import CLASSIFIED_KEY, MatchValue, NodeConfig, RuleSection
 from node.flow.services import Services
+from node.ops.failpoints import failpoint
 from node.store.embeddings import study_labels
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ def check_study(svc: Services, study_uid: str) -> None:
     if decision != "complete":
         return
     version = int(value)
+    failpoint("decided")
     headers = read_headers(svc, study_uid)
     plans = plan_study(svc.cfg.rules, headers)
     waiting = waiting_plans(svc.cfg, headers)  # rules with `classified:` wait for the study's labels

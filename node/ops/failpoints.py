@@ -4,6 +4,7 @@
 sleep that many seconds when it passes NAME, so that a test can SIGKILL it at exactly that moment. Without the
 variable (production) a failpoint costs one dictionary look-up. The names:
 
+* ``decided``: a quiet study is closed (a new version), its jobs not yet created;
 * ``converted``: the job's images are converted, the endpoint not yet called;
 * ``results_written``: the result files are on disk, the job and its outbox rows not yet committed;
 * ``delivering``: outbox rows are claimed (marked in flight), no C-STORE sent yet;

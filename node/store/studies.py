@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from node.store.priors import PriorsPart
 from node.store.records import InstanceRecord
-from node.store.schema import instances, now, quarantine, studies
+from node.store.schema import instances, jobs, now, quarantine, studies
+
+#: Default: a study closed this long ago whose version still has no job lost its decider (killed between closing
+#: the study and creating its jobs): it is decided again. Longer than any decision takes, so a live decider is
+#: never raced (the node passes ``queue.lease_seconds``).
+REDECIDE_AFTER_SECONDS = 60.0
 
 
 class StudiesPart(PriorsPart):
@@ -105,11 +110,21 @@ class StudiesPart(PriorsPart):
                 instances.c.sop_instance_uid == sop_instance_uid)).mappings().first()
             return dict(row) if row else None
 
-    def begin_decision(self, study_uid: str, quiet_seconds: float) -> tuple[str, float | int]:
-        """Close a quiet study: returns ("complete", version), ("wait", due_at) or ("skip", 0)."""
+    def begin_decision(self, study_uid: str, quiet_seconds: float,
+                       redecide_after: float = REDECIDE_AFTER_SECONDS) -> tuple[str, float | int]:
+        """Close a quiet study: returns ("complete", version), ("wait", due_at) or ("skip", 0).
+
+        A study closed more than ``redecide_after`` seconds ago whose version has no job (the process deciding
+        it died between closing it and creating its jobs) is ("complete", its version) again; job creation is
+        idempotent per (study, rule, version).
+        """
         t = now()
         with self.engine.begin() as conn:
             row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
+            if (row is not None and row["state"] == "complete" and row["completed_at"] is not None
+                    and row["completed_at"] < t - redecide_after
+                    and not _has_jobs(conn, study_uid, row["version"])):
+                return ("complete", row["version"])  # its decider died before creating the jobs: decide again
             if row is None or row["state"] != "receiving":
                 if row is not None and row["check_due_at"] is not None:
                     conn.execute(update(studies).where(studies.c.study_uid == study_uid).values(check_due_at=None))
@@ -135,3 +150,9 @@ class StudiesPart(PriorsPart):
             return [(r[0], r[1] + quiet_seconds) for r in conn.execute(
                 select(studies.c.study_uid, studies.c.last_received_at).where(and_(
                     studies.c.state == "receiving", studies.c.last_received_at + quiet_seconds > t)))]
+
+
+def _has_jobs(conn: Any, study_uid: str, version: int) -> bool:
+    """Does version ``version`` of the study have any job (pending, waiting, running or finished)?"""
+    return conn.execute(select(exists().where(and_(jobs.c.study_uid == study_uid,
+                                                   jobs.c.study_version == version)))).scalar()

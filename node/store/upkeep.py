@@ -9,10 +9,11 @@ import logging
 import os
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from node.store.outbox import OutboxPart
+from node.store.studies import REDECIDE_AFTER_SECONDS
 from node.store.schema import circuits, instances, jobs, now, outbox, priors, quarantine, results, studies
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class UpkeepPart(OutboxPart):
                               .values(lease_owner=None, lease_until=None)).rowcount
         return n
 
-    def stale_work(self, quiet_seconds: float, *, fresh_start: bool = False) -> dict[str, list]:
+    def stale_work(self, quiet_seconds: float, *, fresh_start: bool = False,
+                   redecide_after: float = REDECIDE_AFTER_SECONDS) -> dict[str, list]:
         """What a sweep must (re-)enqueue: quiet studies, due jobs with no live lease, due destinations.
 
         ``fresh_start``: the worker process just started, so no pending job can be waiting in its queue from a
@@ -52,6 +54,11 @@ class UpkeepPart(OutboxPart):
         with self.engine.connect() as conn:
             quiet = [r[0] for r in conn.execute(select(studies.c.study_uid).where(and_(
                 studies.c.state == "receiving", studies.c.last_received_at + quiet_seconds <= t)))]
+            # closed, but the decider died before creating the jobs (begin_decision decides them again)
+            quiet += [r[0] for r in conn.execute(select(studies.c.study_uid).where(and_(
+                studies.c.state == "complete", studies.c.completed_at < t - redecide_after,
+                ~exists().where(and_(jobs.c.study_uid == studies.c.study_uid,
+                                     jobs.c.study_version == studies.c.version)))))]
             # a pending job updated in the last minute is most likely still in the queue: leave it there
             # jobs of an endpoint whose circuit is open wait for it (node/flow/circuit.py), not for the sweep, unless
             # their horizon passed (run_job parks them)
