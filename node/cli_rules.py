@@ -133,10 +133,14 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``--reason`` of ``retract`` (the keys of :data:`dicom_out.kos.REJECTION_TITLES`, checked by a test). Spelled out
+#: here so that building the parser imports nothing: ``serve`` must set up the metrics folder before any module
+#: that records metrics (prometheus_client) is imported.
+REASON_CHOICES = ("incorrect-worklist", "quality", "safety")
+
+
 def add_parsers(sub: Any) -> None:
     """Register `rules test`, `retract` and `rerun` on the `dicom-node` sub-parsers."""
-    from node.flow.retract import REASONS
-
     rules = sub.add_parser("rules", help="try the routing rules on DICOM files (nothing is sent)")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     s = rules_sub.add_parser("test", help="which rules match which series, the jobs and images they would get")
@@ -149,7 +153,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--config", required=True)
     s.add_argument("--study", required=True, help="Study Instance UID")
     s.add_argument("--rule", default=None, help="only the results of this rule")
-    s.add_argument("--reason", required=True, choices=sorted(REASONS))
+    s.add_argument("--reason", required=True, choices=REASON_CHOICES)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_retract)
 

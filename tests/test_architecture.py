@@ -147,3 +147,19 @@ def test_the_registry_names_every_part_of_every_model() -> None:
         assert schema is None or issubclass(schema, BaseModel), name
         # a configuration may name the model
         parse_config({"endpoints": {"e": {"model": name, "url": "http://127.0.0.1:1/score", "auth": "none"}}})
+
+
+def test_the_command_line_imports_no_metrics_before_serve_sets_them_up() -> None:
+    """prometheus_client picks its multiprocess mode when imported: `dicom-node serve` must prepare the metrics folder
+    first, so parsing the command line may not import it (the SCP's counters were silently lost when it did)."""
+    import subprocess
+    import sys
+
+    from dicom_out.kos import REJECTION_TITLES
+    from node.cli_rules import REASON_CHOICES
+
+    assert sorted(REASON_CHOICES) == sorted(REJECTION_TITLES)
+    code = ("import sys; from node import cli; cli.build_parser(); "
+            "print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
