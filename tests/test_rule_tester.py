@@ -161,7 +161,8 @@ def test_rules_test_shows_the_chest_views_chosen(tmp_path: Path, data: Path) -> 
     assert job["selection"]["lateral"] == str(study[1])
     assert "ViewPosition=PA" in job["selection"]["frontal_why"]
     assert "LL" in job["selection"]["lateral_why"]
-    assert job["params"] == {}
+    # the rule gives no params: the CXRReportGen defaults documented in config/example.yaml
+    assert job["params"] == {"allow_burned_in": False, "max_side": None, "view_label_set": "view"}
 
 
 def test_rules_test_names_a_missing_path(tmp_path: Path) -> None:
