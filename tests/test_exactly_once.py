@@ -173,10 +173,10 @@ def test_kill_before_the_cstore_without_verification_sends_each_result_once(
         tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows claimed, nothing sent, node killed: counted at dcmtk storescp (+uf: one file per C-STORE)."""
     from node.emulator.server import EmulatorServer
-    from support.dcmtk import CountingStorescp
+    from support.dcmtk import Storescp
 
     study = _study(tmp_path, data)
-    with EmulatorServer("127.0.0.1", 0) as emulator, CountingStorescp(tmp_path / "received") as peer:
+    with EmulatorServer("127.0.0.1", 0) as emulator, Storescp(tmp_path / "received") as peer:
         cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(peer.ae_title, peer.port))
         cfg["queue"] = {"lease_seconds": 2}
         node = NodeProcess(tmp_path, cfg)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,47 +18,14 @@ from typing import Iterator
 
 import pytest
 
+from support.dcmtk import Storescp
 from support.nodekit import db_rows, send, status_json, study_uid_of, wait_until
 from support.nodeproc import NodeProcess, node_config
-from support.ports import free_port
 from support.studies import derive_cxr_study
-from support.tools import require_tool
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 RESULTS_PER_STUDY = 2  # SR + GSPS
-
-
-class Storescp:
-    """dcmtk's storescp on loopback: one file per C-STORE in ``folder`` (``+uf``); stopped by the test."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc = subprocess.Popen([require_tool("storescp"), "-aet", "PACS", "+uf", "-od", str(folder),
-                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL)
-        wait_until(lambda: _listening(self.port), 20, "storescp to listen")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stores(self) -> int:
-        return sum(1 for p in self.folder.iterdir() if p.is_file())
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 class Env:
@@ -108,9 +74,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[Env]:
 def pacs(env: Env, tmp_path: Path) -> Iterator[Storescp]:
     env.emulator.reset()
     env.emulator.configure(delay_seconds=0.0)
-    scp = Storescp(tmp_path / "pacs")
-    yield scp
-    scp.stop()
+    with Storescp(tmp_path / "pacs") as scp:
+        yield scp
 
 
 def job_of(node: NodeProcess, study_uid: str) -> dict | None:
@@ -119,9 +84,9 @@ def job_of(node: NodeProcess, study_uid: str) -> dict | None:
 
 
 def settle_and_count(pacs: Storescp, want: int) -> int:
-    wait_until(lambda: pacs.stores() >= want, 90, f"{want} C-STOREs at the PACS")
+    wait_until(lambda: len(pacs.received()) >= want, 90, f"{want} C-STOREs at the PACS")
     time.sleep(2)  # anything sent twice would arrive now
-    return pacs.stores()
+    return len(pacs.received())
 
 
 def test_a_retry_after_longer_than_the_calls_own_retries_is_waited_out_and_delivered_once(
@@ -164,7 +129,7 @@ def test_past_give_up_after_seconds_the_job_is_parked_kept_and_retry_jobs_delive
         time.sleep(1)
         assert status_json(node)["studies"] == {"complete": 1}, "kept while parked"
         assert db_rows(node, "SELECT count(*) FROM instances")[0][0] == 1
-        assert pacs.stores() == 0
+        assert len(pacs.received()) == 0
         env.emulator.reset()  # the endpoint is back
         out = subprocess.run([sys.executable, "-m", "node.cli", "retry", "--jobs", "--study", study, "--config",
                               str(node.config_path)], capture_output=True, text=True, timeout=60)

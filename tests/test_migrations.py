@@ -11,9 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
-import socket
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,8 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from pydicom.dataset import FileMetaDataset
 from sqlalchemy import inspect, text
 
-from support.tools import require_tool
-from support.ports import free_port
+from support.dcmtk import Storescp
 from node.store.migrate import BASELINE, SchemaError, alembic_config, current_revision, ensure_schema, head_revision
 from node.store.schema import make_engine, metadata
 from node.store.state import Store
@@ -187,42 +184,6 @@ def test_the_migrations_render_for_postgresql(tmp_path: Path) -> None:
     ddl = cfg.output_buffer.getvalue()
     assert "CREATE TABLE IF NOT EXISTS outbox" in ddl and "BYTEA" in ddl and "SERIAL" in ddl
     assert f"INSERT INTO alembic_version (version_num) VALUES ('{BASELINE}')" in ddl
-
-
-class Storescp:
-    """dcmtk's storescp on loopback: one file per C-STORE in ``folder`` (``+uf``); stopped by the test."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "Storescp":
-        self.proc = subprocess.Popen([require_tool("storescp"), "-aet", "PACS", "+uf", "-od", str(self.folder),
-                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError("storescp did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def received(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
 
 
 @pytest.mark.slow

@@ -110,54 +110,23 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedP
     return result
 
 
-class TlsStorescp:
-    """dcmtk's storescp with +tls on loopback, requiring a client certificate from ``ca``."""
-
-    def __init__(self, folder: Path, pki: Pki) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.cmd = [require_tool("storescp"), "-aet", "TLSPACS", "-od", str(folder), "+tls", str(pki.server.key),
-                    str(pki.server.cert), "+cf", str(pki.ca.cert), "-rc", str(self.port)]
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "TlsStorescp":
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("storescp +tls did not start")
-
-    def __exit__(self, *exc) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-    def received(self) -> list[Path]:
-        return [p for p in self.folder.iterdir() if p.is_file()]
-
-
-class CountingStorescp:
-    """dcmtk's storescp writing one file per C-STORE (``+uf``: unique names, so a resend is a second file).
+class Storescp:
+    """dcmtk's storescp on loopback, one file per C-STORE in ``folder`` (``+uf``: unique names, so a resend is a
+    second file); started by ``with`` and stopped by the test.
 
     Orthanc keeps one copy per SOP Instance UID; this peer keeps every C-STORE, so :meth:`counts` (SOP Instance
     UID -> C-STOREs received) sees a duplicate send.
     """
 
-    def __init__(self, folder: Path, *, ae_title: str = "COUNTPACS") -> None:
+    def __init__(self, folder: Path, *, ae_title: str = "PACS", extra: Sequence[str] = ()) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
         self.port = free_port()
-        self.cmd = [require_tool("storescp"), "-aet", ae_title, "+uf", "-od", str(folder), str(self.port)]
+        self.cmd = [require_tool("storescp"), "-aet", ae_title, "+uf", "-od", str(folder), *extra, str(self.port)]
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "CountingStorescp":
+    def __enter__(self) -> "Storescp":
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
@@ -167,16 +136,32 @@ class CountingStorescp:
                 return self
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError("storescp did not start")
+        self.__exit__()
+        raise RuntimeError(f"storescp did not start: {' '.join(self.cmd)}")
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def received(self) -> list[Path]:
+        """The files received, one per C-STORE."""
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
 
     def counts(self) -> "Counter[str]":
         """SOP Instance UID -> how many C-STOREs of it were received (one file each)."""
         import pydicom
 
-        return Counter(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-                       for p in self.folder.iterdir() if p.is_file())
+        return Counter(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.received())
+
+
+class TlsStorescp(Storescp):
+    """dcmtk's storescp with +tls on loopback, requiring a client certificate signed by the test CA."""
+
+    def __init__(self, folder: Path, pki: Pki) -> None:
+        super().__init__(folder, ae_title="TLSPACS", extra=["+tls", str(pki.server.key), str(pki.server.cert),
+                                                           "+cf", str(pki.ca.cert)])
