@@ -3,7 +3,7 @@
 * during a C-STORE association: every instance the sender saw acknowledged is in the database and the spool,
   readable; what was not acknowledged is sent again by the sender and stored once;
 * after the study is closed but before its jobs exist (failpoint ``decided``): the restarted worker decides it
-  again (a closed study older than a lease with no job lost its decider), and its results reach Orthanc once;
+  again (a closed study with no job lost its decider), and its results reach Orthanc once;
 * during conversion (failpoint ``converted``) and after the result files are written but before the job is
   committed (failpoint ``results_written``): the restart re-runs the job and the results reach Orthanc once;
 * during the return C-STORE: Orthanc stored the SR but its reply is held by a stalling proxy, so the node
@@ -96,11 +96,10 @@ def test_sigkill_during_the_job_delivers_exactly_once(tmp_path: Path, data: Path
     study = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
     with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
-        # "decided": the study is closed, its jobs not created; a closed study older than a lease with no job is
-        # decided again by the restarted worker's sweep (a short lease keeps the test short)
-        extra = {"queue": {"lease_seconds": 3}} if point == "decided" else {}
+        # "decided": the study is closed, its jobs not created; a closed study with no job is decided again by the
+        # restarted worker's sweep
         node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=emulator.url,
-                                                 pacs=(pacs.aet, pacs.dicom_port), **extra))
+                                                 pacs=(pacs.aet, pacs.dicom_port)))
         monkeypatch.setenv("DICOM_NODE_FAILPOINTS", f"{point}=60")
         node.start()
         try:
@@ -109,8 +108,6 @@ def test_sigkill_during_the_job_delivers_exactly_once(tmp_path: Path, data: Path
             calls_before = len(emulator.requests)
             node.kill()
             assert pacs.sop_instance_uids() == []
-            if point == "decided":
-                time.sleep(3.5)  # older than the lease: the decider is surely dead
             monkeypatch.delenv("DICOM_NODE_FAILPOINTS")
             node.start()
             got = pacs.wait_for_instances(2, timeout=120)

@@ -77,8 +77,6 @@ class Intake:
     def __init__(self, cfg: NodeConfig, store: "Store", queue: "Queue | None") -> None:
         """``queue`` None: instances are recorded but no check is armed (a receiver without a worker)."""
         self.quiet_seconds = cfg.node.study_complete_after_seconds
-        # a study closed this long ago with no job lost its decider (killed mid-decision): decide it again
-        self.redecide_after = cfg.queue.lease_seconds
         self.store = store
         self.queue = queue
         self._timers: TimerWheel | None = None
@@ -111,8 +109,8 @@ class Intake:
     def begin_decision(self, study_uid: str) -> tuple[str, float | int]:
         """``("complete", version)`` when the study is quiet and this caller decides it; ``("wait", due time)``
         when it is still receiving; anything else: nothing to do (see ``Store.begin_decision``)."""
-        return self.store.begin_decision(study_uid, self.quiet_seconds, self.redecide_after)
+        return self.store.begin_decision(study_uid, self.quiet_seconds)
 
     def stale_work(self, *, fresh_start: bool = False) -> dict[str, list]:
         """Studies, jobs and destinations a crash or a lost task left behind (see ``Store.stale_work``)."""
-        return self.store.stale_work(self.quiet_seconds, fresh_start=fresh_start, redecide_after=self.redecide_after)
+        return self.store.stale_work(self.quiet_seconds, fresh_start=fresh_start)

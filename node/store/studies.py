@@ -16,10 +16,10 @@ from node.store.priors import PriorsPart
 from node.store.records import InstanceRecord
 from node.store.schema import instances, jobs, now, quarantine, studies
 
-#: Default: a study closed this long ago whose version still has no job lost its decider (killed between closing
-#: the study and creating its jobs): it is decided again. Longer than any decision takes, so a live decider is
-#: never raced (the node passes ``queue.lease_seconds``).
-REDECIDE_AFTER_SECONDS = 60.0
+#: A study closed this long ago whose version still has no job lost its decider (killed between closing the study
+#: and creating its jobs): it is decided again. A decision takes milliseconds; deciding twice is harmless anyway
+#: (job creation is idempotent per study, rule and version, under a unique constraint), the wait only saves work.
+REDECIDE_AFTER_SECONDS = 2.0
 
 
 class StudiesPart(PriorsPart):
