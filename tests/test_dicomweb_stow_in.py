@@ -114,7 +114,7 @@ def test_a_study_stowed_into_the_node_reaches_a_dimse_destination(tmp_path: Path
     http_port = free_port()
     url = f"http://127.0.0.1:{http_port}/dicomweb/studies"
     body, content_type = multipart.encode(f.read_bytes() for f in study)
-    with EmulatorServer("127.0.0.1", 0) as model, Orthanc(tmp_path / "orthanc") as pacs:
+    with EmulatorServer("127.0.0.1", 0) as model, Orthanc(tmp_path / "orthanc", count_cstores=True) as pacs:
         node = NodeProcess(tmp_path, node_config(tmp_path, endpoint_url=model.url, pacs=(pacs.aet, pacs.dicom_port),
                                                  http={"host": "127.0.0.1", "port": http_port,
                                                        "token_env": "NODE_HTTP_TOKEN"}))
@@ -138,8 +138,10 @@ def test_a_study_stowed_into_the_node_reaches_a_dimse_destination(tmp_path: Path
             assert rsp.status_code == 200, rsp.text
             got = pacs.wait_for_instances(2, timeout=120)
             time.sleep(2)  # a second send would arrive now
+            cstores = pacs.cstore_counts()  # Orthanc drops a 2nd copy silently: count C-STOREs
         finally:
             node.stop()
+        assert sorted(cstores.values()) == [1, 1], cstores
         assert sorted(ds.Modality for ds in got) == ["PR", "SR"], node.logs()
         assert {str(ds.StudyInstanceUID) for ds in got} == {str(pydicom.dcmread(study[0]).StudyInstanceUID)}
         assert sorted(db_rows(node, "SELECT state, attempts FROM outbox")) == [("delivered", 1)] * 2
