@@ -24,11 +24,12 @@ from .redis_server import RedisServer
 class Cluster:
     """``size`` nodes sharing PostgreSQL, Redis and ``tmp/shared``; :attr:`balancer` is the one DICOM address.
 
-    ``node_env``: extra environment per node index (e.g. failpoints for the node a test will kill).
+    ``start_nodes``: start only the first n nodes (:meth:`start_node` starts the others, e.g. with failpoints).
     """
 
     def __init__(self, tmp: Path, *, size: int, endpoint_url: str, pacs: tuple[str, int] | None,
-                 quiet: float = 2.0, lease_seconds: float = 4.0, http: bool = True, **extra: Any) -> None:
+                 quiet: float = 2.0, lease_seconds: float = 4.0, http: bool = True, start_nodes: int | None = None,
+                 **extra: Any) -> None:
         self.tmp = Path(tmp)
         self.shared = self.tmp / "shared"
         self.pg = PostgresServer()
@@ -36,6 +37,7 @@ class Cluster:
         self.balancer: HAProxy | None = None
         self.database_url = ""
         self.size = size
+        self.start_nodes = start_nodes  # how many nodes ``with`` starts (all by default)
         self.nodes: list[NodeProcess] = []
         self._settings = dict(endpoint_url=endpoint_url, pacs=pacs, quiet=quiet, lease_seconds=lease_seconds,
                               http=http, extra=extra)
@@ -52,14 +54,14 @@ class Cluster:
             cfg["http"] = {"host": HOST, "port": free_port()}
         return NodeProcess(folder, cfg)
 
-    def start(self, started: int | None = None) -> "Cluster":
-        """Start PostgreSQL, Redis, the first ``started`` nodes (all by default, one after the other: the first
+    def start(self) -> "Cluster":
+        """Start PostgreSQL, Redis, the first ``start_nodes`` nodes (all by default, one after the other: the first
         creates the schema) and HAProxy over every node's port (a node not started yet is simply down)."""
         self.pg.start()
         self.database_url = self.pg.create_database()
         self.redis.start()
         self.nodes = [self._node(i) for i in range(self.size)]
-        for node in self.nodes[:self.size if started is None else started]:
+        for node in self.nodes[:self.size if self.start_nodes is None else self.start_nodes]:
             node.start()
         self.balancer = HAProxy(self.tmp / "haproxy", [(HOST, n.port) for n in self.nodes], check_ms=300).start()
         return self
