@@ -151,3 +151,37 @@ def test_sigkill_of_a_node_holding_every_state_the_survivor_finishes_each_study_
     # within the lease: the dead node's heartbeats stop, its leases expire, the survivor's sweep takes them
     assert timings["model_call_taken_over_s"] < LEASE + LEASE / 4 + 6, timings
     assert timings["send_taken_over_s"] < LEASE + LEASE / 4 + 6, timings
+
+
+def test_sigkill_of_the_node_waiting_for_a_commitment_report_the_survivor_gets_it_committed(
+        tmp_path: Path, data: Path) -> None:
+    """Results stored at Orthanc, commitment asked, no report yet (Orthanc cannot reach the node's AE); the node
+    that sent them dies. The survivor asks again once the report is overdue, Orthanc now reports to the cluster's
+    address (the balancer), and nothing is C-STOREd twice."""
+    from node.emulator.server import EmulatorServer
+    from support.orthanc import Orthanc
+    from support.ports import free_port
+
+    files = _study(tmp_path, data, "C")
+    nowhere = free_port()  # the node's AE as Orthanc first knows it: nothing listens there
+    with EmulatorServer("127.0.0.1", 0) as emulator, \
+            Orthanc(tmp_path / "orthanc", count_cstores=True,
+                    modalities={"ainode": ("AINODE", "127.0.0.1", nowhere)}) as orthanc, \
+            Cluster(tmp_path, size=2, endpoint_url=emulator.url, pacs=("ORTHANC", orthanc.dicom_port), quiet=2.0,
+                    lease_seconds=LEASE, start_nodes=1,
+                    pacs_options={"storage_commitment": True, "commitment_timeout_seconds": 3}) as cluster:
+        a, b = cluster.nodes
+        _send(a.port, files)
+        wait_until(lambda: cluster.status()["outbox"] == {"acknowledged": 2}, 120,
+                   "both results stored at Orthanc, their commitment awaited")
+        cluster.start_node(1)
+        a.kill()
+        assert orthanc.cstore_counts() and set(orthanc.cstore_counts().values()) == {1}
+        orthanc.set_modality("ainode", "AINODE", "127.0.0.1", cluster.port)  # reports now reach the cluster
+        wait_until(lambda: cluster.status(via=1)["outbox"] == {"committed": 2}, 120,
+                   f"both results committed\n{cluster.logs()[-5000:]}")
+        time.sleep(2)
+        counts = orthanc.cstore_counts()
+        survivor_log = b.logs()
+    assert "asking again" in survivor_log
+    assert len(counts) == 2 and set(counts.values()) == {1}, counts

@@ -24,12 +24,13 @@ from .redis_server import RedisServer
 class Cluster:
     """``size`` nodes sharing PostgreSQL, Redis and ``tmp/shared``; :attr:`balancer` is the one DICOM address.
 
+    ``pacs_options``: more keys of the ``pacs`` destination (e.g. ``storage_commitment``).
     ``start_nodes``: start only the first n nodes (:meth:`start_node` starts the others, e.g. with failpoints).
     """
 
     def __init__(self, tmp: Path, *, size: int, endpoint_url: str, pacs: tuple[str, int] | None,
                  quiet: float = 2.0, lease_seconds: float = 4.0, http: bool = True, start_nodes: int | None = None,
-                 **extra: Any) -> None:
+                 pacs_options: dict[str, Any] | None = None, **extra: Any) -> None:
         self.tmp = Path(tmp)
         self.shared = self.tmp / "shared"
         self.pg = PostgresServer()
@@ -40,7 +41,7 @@ class Cluster:
         self.start_nodes = start_nodes  # how many nodes ``with`` starts (all by default)
         self.nodes: list[NodeProcess] = []
         self._settings = dict(endpoint_url=endpoint_url, pacs=pacs, quiet=quiet, lease_seconds=lease_seconds,
-                              http=http, extra=extra)
+                              http=http, pacs_options=pacs_options or {}, extra=extra)
 
     def _node(self, i: int) -> NodeProcess:
         s = self._settings
@@ -48,6 +49,8 @@ class Cluster:
         folder.mkdir(parents=True, exist_ok=True)
         cfg = node_config(folder, endpoint_url=s["endpoint_url"], pacs=s["pacs"], quiet=s["quiet"], **s["extra"])
         cfg["node"].update(storage_dir=str(self.shared), instance_id=f"node-{i}")
+        if s["pacs"] is not None:
+            cfg["destinations"]["pacs"].update(s["pacs_options"])
         cfg["database"] = {"url": self.database_url}
         cfg["queue"] = {"url": self.redis.url, "lease_seconds": s["lease_seconds"]}
         if s["http"]:
