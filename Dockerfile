@@ -10,8 +10,10 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 
-# Declared after FROM, so that the RUN steps below see it.
+# Declared after FROM, so that the RUN steps below see them. EXTRAS: optional extras of the package, e.g.
+# "cluster" (PostgreSQL + Redis drivers, as docker-compose.yml builds it).
 ARG PIP_CERT=
+ARG EXTRAS=
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -37,7 +39,8 @@ RUN set -eu; \
 COPY . /src
 RUN set -eu; \
     cert=""; if [ -n "${PIP_CERT}" ]; then cert="--cert=${PIP_CERT}"; fi; \
-    env -u PIP_CERT /opt/dicom-node/bin/pip install ${cert} --no-build-isolation /src; \
+    target=/src; if [ -n "${EXTRAS}" ]; then target="/src[${EXTRAS}]"; fi; \
+    env -u PIP_CERT /opt/dicom-node/bin/pip install ${cert} --no-build-isolation "${target}"; \
     rm -rf /src
 
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin dicomnode \

@@ -1,6 +1,7 @@
 """``python -m bench all [--quick] [--out DIR]``: every registered benchmark, one table, JSON and a PNG chart.
 
-``python -m bench ingest conversion`` runs only the named modules. ``python -m bench soak --studies N`` is the
+``python -m bench ingest conversion`` runs only the named modules; ``python -m bench scale`` (a cluster of 1-3
+nodes next to Orthanc on PostgreSQL, bench/scale.py) runs only when named. ``python -m bench soak --studies N`` is the
 unattended-month soak (bench/soak.py): chaos, then counts of what was lost or duplicated. A module is ``bench.<name>`` exposing
 ``run(quick: bool) -> list[dict]`` (rows: group, name, value, unit, reference, ref_value, ratio, note).
 Optional modules (written elsewhere) are reported as missing when they are not there.
@@ -26,7 +27,10 @@ MODULES: dict[str, bool] = {
     "search": False,
     "dicomweb": True,
     "http_cost": True,
+    "scale": True,
 }
+# run only when named (``python -m bench scale``), not by ``all``: each starts servers for minutes
+ON_REQUEST = {"scale"}
 
 
 def _fmt(value: Any) -> str:
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one short run of each (CI smoke mode)")
     p.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png (default: bench-out)")
     args = p.parse_args(argv)
-    names = list(MODULES) if args.modules in (["all"], []) else args.modules
+    names = [n for n in MODULES if n not in ON_REQUEST] if args.modules in (["all"], []) else args.modules
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         p.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")

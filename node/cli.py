@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     _check_tls(cfg)  # certificate, key and CA files load before anything listens
-    metricsdir.prepare(cfg.storage_dir)  # before prometheus_client is imported here or in any child
+    metricsdir.prepare(cfg.node_dir)  # before prometheus_client is imported here or in any child
     from node.serve import serve
 
     return serve(cfg)

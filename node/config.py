@@ -97,6 +97,24 @@ class NodeConfig(_Strict):
         return self.node.storage_dir
 
     @property
+    def node_dir(self) -> Path:
+        """This node's own files: metrics samples, the worker pid file, the default audit trail and queue file.
+
+        Several nodes may share ``storage_dir`` (spool and results) only with a shared database, so with a
+        database other than the default SQLite file each node keeps its own files under its ``instance_id``.
+        """
+        if self.node.local_dir is not None:
+            return self.node.local_dir
+        if self.database.url is None or self.database.url.startswith("sqlite"):
+            return self.storage_dir
+        return self.storage_dir / "nodes" / self.node.instance_id
+
+    @property
+    def sweep_seconds(self) -> float:
+        """How often the worker sweeps for stale work: ``queue.sweep_seconds``, default a quarter lease."""
+        return self.queue.sweep_seconds or max(0.5, self.queue.lease_seconds / 4.0)
+
+    @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.storage_dir / 'node.db'}"
 
@@ -104,11 +122,11 @@ class NodeConfig(_Strict):
     def audit_path(self) -> Path | None:
         if not self.audit.enabled:
             return None
-        return self.audit.path or self.storage_dir / "audit.jsonl"
+        return self.audit.path or self.node_dir / "audit.jsonl"
 
     @property
     def queue_url(self) -> str:
-        return self.queue.url or f"sqlite:///{self.storage_dir / 'queue.db'}"
+        return self.queue.url or f"sqlite:///{self.node_dir / 'queue.db'}"
 
 
 class _KeyedError(ValueError):
@@ -128,7 +146,10 @@ def _resolve_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
     storage = cfg.node.storage_dir
     if not storage.is_absolute():
         storage = (base / storage).resolve()
-    node = cfg.node.model_copy(update={"storage_dir": storage})
+    local = cfg.node.local_dir
+    if local is not None and not local.is_absolute():
+        local = (base / local).resolve()
+    node = cfg.node.model_copy(update={"storage_dir": storage, "local_dir": local})
     update: dict[str, Any] = {"node": node}
     if cfg.priors is not None and cfg.priors.report_text_dir is not None and not cfg.priors.report_text_dir.is_absolute():
         update["priors"] = cfg.priors.model_copy(update={"report_text_dir": (base / cfg.priors.report_text_dir).resolve()})

@@ -24,6 +24,16 @@ def _check_ae_title(value: str) -> str:
     return value
 
 
+INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _check_instance_id(value: str) -> str:
+    # it names a folder (<storage_dir>/nodes/<id>) and prefixes lease owners ("<id>:<pid>:<random>")
+    if not INSTANCE_ID_RE.match(value):
+        raise ValueError("an instance_id is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
 AETitle = Annotated[str, Field(min_length=1, max_length=16)]
 
 
@@ -97,6 +107,9 @@ class NodeSection(_Strict):
     port: int = Field(11112, ge=1, le=65535)
     allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list)
     storage_dir: Path = Path("./var")
+    local_dir: Path | None = Field(
+        None, description="This node's own files (metrics samples, worker pid file, default audit trail and queue "
+        "file); default storage_dir with the SQLite database, <storage_dir>/nodes/<instance_id> otherwise")
     study_complete_after_seconds: float = Field(10.0, gt=0)
     min_free_disk_mb: int = Field(
         200, ge=0, description="Below this free space on the spool's filesystem, C-STORE answers 0xA700."
@@ -111,7 +124,7 @@ class NodeSection(_Strict):
     network_timeout_seconds: float = Field(60.0, gt=0)
     instance_id: str = Field(
         default_factory=socket.gethostname,
-        description="Names this node in leases; two nodes sharing a database must differ.",
+        description="Names this node in leases and its own folder; two nodes sharing a database must differ.",
     )
 
     allowed_hosts: dict[str, list[str]] = Field(
@@ -119,6 +132,7 @@ class NodeSection(_Strict):
     tls: TlsServerSection | None = None
 
     _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+    _id = field_validator("instance_id")(lambda cls, v: _check_instance_id(v))
     _hosts = field_validator("allowed_hosts")(lambda cls, v: _check_host_allowlist(v))
 
     @field_validator("allowed_calling_ae_titles")
@@ -334,7 +348,10 @@ class QueueSection(_Strict):
     workers: int = Field(4, ge=1, description="Worker threads of the worker process")
     lease_seconds: float = Field(
         60.0, gt=0, description="A claimed job or send is renewed every lease_seconds/4 while it runs; one not "
-        "renewed for this long is taken over by the sweep (every minute)")
+        "renewed for this long is taken over by the sweep")
+    sweep_seconds: float | None = Field(
+        None, gt=0, description="How often the worker sweeps for stale work (expired leases, quiet studies whose "
+        "timer died with another process or node); default lease_seconds/4")
 
 
 class RetentionSection(_Strict):

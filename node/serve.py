@@ -43,6 +43,7 @@ class Node:
         harden_process(cfg.storage_dir)  # umask 077, owner-only storage, no identifiers in pynetdicom's logs
         self.spool = Spool(cfg.storage_dir, min_free_bytes=cfg.node.min_free_disk_mb * 1024 * 1024)
         self.spool.create()
+        cfg.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # this node's own files (several may share storage)
         self.store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
         released = self.store.release_leases_of(cfg.node.instance_id)
         if released:
@@ -62,7 +63,7 @@ class Node:
         if self.worker is not None:
             mark_dead(self.worker.pid)
         self.worker = subprocess.Popen(cmd)
-        worker_pidfile(self.cfg.storage_dir).write_text(str(self.worker.pid))  # /readyz: is the worker alive?
+        worker_pidfile(self.cfg.node_dir).write_text(str(self.worker.pid))  # /readyz: is the worker alive?
         log.info("worker process %d started", self.worker.pid)
 
     def _release_leases_of(self, pid: int) -> None:

@@ -18,7 +18,7 @@ export DEBIAN_FRONTEND=noninteractive
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(dcmtk orthanc dicom3tools dcm2niix orthanc-dicomweb chromium chromium-driver pixelmed-apps
-              default-jre-headless postgresql redis-server haproxy)
+              default-jre-headless postgresql redis-server haproxy orthanc-postgresql)
 OHIF_VERSION=3.13.2
 OHIF_DIR="${REPO}/.cache/ohif/${OHIF_VERSION}"
 

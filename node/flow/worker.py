@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 
 from node.config import NodeConfig
 from node.flow import decide, deliver, run, sweep
@@ -31,6 +32,25 @@ def bind_tasks(svc: Services) -> None:
     })
 
 
+def sweep_every(svc: Services, interval: float, stop: threading.Event) -> threading.Thread:
+    """Sweep for stale work every ``interval`` seconds on a daemon thread until ``stop`` is set.
+
+    Huey's periodic tasks tick once a minute at most; a node of a cluster takes over the work of a dead one
+    (expired leases, quiet studies whose timer died with it) only when a sweep runs, so the fail-over time is
+    about ``queue.lease_seconds`` + this interval (``queue.sweep_seconds``, default a quarter lease).
+    """
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                sweep.sweep(svc)
+            except Exception:  # a database hiccup: the next sweep tries again
+                log.exception("sweep failed; trying again in %.1f s", interval)
+
+    thread = threading.Thread(target=loop, name="sweep", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_worker(cfg: NodeConfig, *, parent_pid: int | None = None) -> None:
     """Run the Huey consumer until SIGINT/SIGTERM (graceful: tasks in flight finish first)."""
     if parent_pid is not None:
@@ -46,5 +66,11 @@ def run_worker(cfg: NodeConfig, *, parent_pid: int | None = None) -> None:
     bind_tasks(svc)
     sweep.sweep(svc, fresh_start=True)  # resume at once what the previous run left (a job released at restart too)
     consumer = svc.queue.consumer(cfg.queue.workers)
-    log.info("worker started: %d threads, lease owner %s", cfg.queue.workers, svc.owner)
-    consumer.run()
+    stop = threading.Event()
+    sweep_every(svc, cfg.sweep_seconds, stop)
+    log.info("worker started: %d threads, lease owner %s, sweep every %.1f s", cfg.queue.workers, svc.owner,
+             cfg.sweep_seconds)
+    try:
+        consumer.run()
+    finally:
+        stop.set()

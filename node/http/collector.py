@@ -76,5 +76,5 @@ class StateCollector(Collector):
                                     value=self.ctx.huey.pending_count())
         except Exception:  # an unreachable queue is reported by /readyz; the scrape still answers
             log.warning("cannot read the queue's pending count")
-        alive, _ = worker_alive(self.ctx.cfg.storage_dir)
+        alive, _ = worker_alive(self.ctx.cfg.node_dir)
         yield GaugeMetricFamily("dicom_node_worker_up", "1 when the worker process is running", value=int(alive))

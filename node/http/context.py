@@ -45,15 +45,15 @@ class HttpContext:
         return value or None
 
 
-def worker_pidfile(storage_dir: Path) -> Path:
-    """Where ``serve`` writes the pid of its current worker process."""
-    return Path(storage_dir) / WORKER_PIDFILE
+def worker_pidfile(node_dir: Path) -> Path:
+    """Where ``serve`` writes the pid of its current worker process (in the node's own folder, ``cfg.node_dir``)."""
+    return Path(node_dir) / WORKER_PIDFILE
 
 
-def worker_alive(storage_dir: Path) -> tuple[bool, str]:
-    """Is the worker process named in the pid file running (and not a zombie)?"""
+def worker_alive(node_dir: Path) -> tuple[bool, str]:
+    """Is the worker process named in the pid file of ``node_dir`` running (and not a zombie)?"""
     try:
-        pid = int(worker_pidfile(storage_dir).read_text().strip())
+        pid = int(worker_pidfile(node_dir).read_text().strip())
     except (OSError, ValueError):
         return False, "no worker pid file (is serve running?)"
     try:

@@ -40,7 +40,7 @@ def readiness(ctx: HttpContext) -> dict[str, dict[str, Any]]:
         checks["queue"] = {"ok": True, "detail": f"{pending} task(s) pending"}
     except Exception as exc:  # Redis down, SQLite file unreadable
         checks["queue"] = {"ok": False, "detail": f"not reachable: {type(exc).__name__}"}
-    ok, detail = worker_alive(ctx.cfg.storage_dir)
+    ok, detail = worker_alive(ctx.cfg.node_dir)
     checks["worker"] = {"ok": ok, "detail": detail}
     return checks
 

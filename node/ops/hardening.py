@@ -61,6 +61,7 @@ def harden_process(storage_dir: Path | None = None) -> None:
     if storage_dir is None or not storage_dir.exists():
         return
     _tighten(storage_dir, 0o700)
-    for pattern in ("*.db", "*.db-wal", "*.db-shm", "*.jsonl"):
-        for path in storage_dir.glob(pattern):
-            _tighten(path, 0o600)
+    for folder in (storage_dir, *storage_dir.glob("nodes/*")):  # nodes/<instance_id>: each cluster node's own
+        for pattern in ("*.db", "*.db-wal", "*.db-shm", "*.jsonl"):
+            for path in folder.glob(pattern):
+                _tighten(path, 0o600)

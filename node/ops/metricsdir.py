@@ -14,17 +14,20 @@ from pathlib import Path
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def metrics_dir(storage_dir: Path) -> Path:
-    """The folder of the samples: ``<storage_dir>/metrics``."""
-    return Path(storage_dir) / "metrics"
+def metrics_dir(node_dir: Path) -> Path:
+    """The folder of the samples: ``<node_dir>/metrics`` (``cfg.node_dir``: each node of a cluster its own)."""
+    return Path(node_dir) / "metrics"
 
 
-def prepare(storage_dir: Path) -> Path:
-    """Empty ``<storage_dir>/metrics`` (a new run starts its counters at zero) and point this process at it."""
+def prepare(node_dir: Path) -> Path:
+    """Empty ``<node_dir>/metrics`` (a new run starts its counters at zero) and point this process at it.
+
+    ``node_dir`` is this node's own folder: on a storage folder shared by several nodes, one node's start must
+    not empty another's samples (``NodeConfig.node_dir``)."""
     # The node runs with umask 077 (node/ops/hardening.py); set it now, before any process of the node imports
     # prometheus_client: a label-less counter creates its sample file at import, before a child hardens itself.
     os.umask(0o077)
-    folder = metrics_dir(storage_dir)
+    folder = metrics_dir(node_dir)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, mode=0o700)

@@ -37,8 +37,10 @@ class OutboxPart:
             was_in_flight = {r[0]: bool(r[1]) for r in conn.execute(due)}
             if not was_in_flight:
                 return []
-            conn.execute(update(outbox).where(and_(outbox.c.id.in_(list(was_in_flight)), or_(
-                outbox.c.lease_until.is_(None), outbox.c.lease_until < t)))
+            # the state again: on PostgreSQL (READ COMMITTED) another node may have claimed, sent and settled a row
+            # between the read above and this update, which then sees the settled row (no lease) and would take it
+            conn.execute(update(outbox).where(and_(outbox.c.id.in_(list(was_in_flight)), outbox.c.state == "pending",
+                                                   or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < t)))
                 .values(lease_owner=token, lease_until=t + lease_seconds, attempts=outbox.c.attempts + 1,
                         in_flight=True))
             rows = conn.execute(

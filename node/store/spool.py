@@ -71,7 +71,8 @@ def move_durably(src: Path, dst: Path, *, src_synced: bool = False) -> None:
 def write_durably(dst: Path, data: bytes) -> None:
     """Write ``data`` to ``dst`` through a temporary file, fsync, rename and directory fsync."""
     make_dirs_durable(dst.parent)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    # unique per writer: nodes of a cluster share the storage folder, and two hosts may run the same pid
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)

@@ -1,9 +1,11 @@
 """Similar-case search: k nearest stored image embeddings by cosine, from a memory-mapped float32 matrix.
 
-The database (table ``embeddings``) is the truth; the index is a copy kept beside the spool, one folder per model
-name and version (vectors of different model versions are not comparable)::
+The database (table ``embeddings``) is the truth; the index is a copy kept in the node's own folder (``node_dir``:
+the storage folder, or ``<storage_dir>/nodes/<instance_id>`` in a cluster, so each node syncs its own copy and no
+lock has to work across hosts), one folder per model name and version (vectors of different model versions are not
+comparable)::
 
-    <storage_dir>/similar/<model>--<version>/vectors.f32   count x dim float32, row-major, unit vectors
+    <node_dir>/similar/<model>--<version>/vectors.f32   count x dim float32, row-major, unit vectors
                                             ids.i64       the embeddings.id of each row
                                             meta.json     {"dim", "count", "last_id"}
 
@@ -39,10 +41,10 @@ from node.store.embeddings import bytes_vector
 SYNC_CHUNK = 5000
 
 
-def index_dir(storage_dir: Path, model_name: str, model_version: str) -> Path:
-    """The folder of the index of one model name and version."""
+def index_dir(node_dir: Path, model_name: str, model_version: str) -> Path:
+    """The folder of the index of one model name and version (under the node's own folder, ``cfg.node_dir``)."""
     safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]", "_", s)[:80] or "_"  # noqa: E731
-    return Path(storage_dir) / "similar" / f"{safe(model_name)}--{safe(model_version)}"
+    return Path(node_dir) / "similar" / f"{safe(model_name)}--{safe(model_version)}"
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def cmd_similar(args: argparse.Namespace, cfg: NodeConfig) -> int:
     if newest_model(store.engine) is None:
         print("no embeddings stored yet", file=sys.stderr)
         return 1
-    index = EmbeddingIndex(index_dir(cfg.storage_dir, model_name, model_version), dim=int(len(vector)))
+    index = EmbeddingIndex(index_dir(cfg.node_dir, model_name, model_version), dim=int(len(vector)))
     added = index.sync(store.engine, model_name, model_version)
     index.load()
     t0 = time.perf_counter()

@@ -1,0 +1,131 @@
+"""A cluster of ``dicom-node serve`` processes for the tests: one PostgreSQL, one Redis, one shared storage folder,
+each node with its own ``instance_id``, DICOM port, HTTP port and log folder, behind HAProxy in TCP mode.
+
+Everything listens on 127.0.0.1 free ports and is started and stopped by the test; a node is killed as a power
+cut would (SIGKILL of its whole process group, :meth:`NodeProcess.kill`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .haproxy import HAProxy
+from .nodeproc import NodeProcess, node_config
+from .ports import HOST, free_port
+from .postgres import PostgresServer
+from .redis_server import RedisServer
+
+
+class Cluster:
+    """``size`` nodes sharing PostgreSQL, Redis and ``tmp/shared``; :attr:`balancer` is the one DICOM address.
+
+    ``pacs_options``: more keys of the ``pacs`` destination (e.g. ``storage_commitment``).
+    ``start_nodes``: start only the first n nodes (:meth:`start_node` starts the others, e.g. with failpoints).
+    """
+
+    def __init__(self, tmp: Path, *, size: int, endpoint_url: str, pacs: tuple[str, int] | None,
+                 quiet: float = 2.0, lease_seconds: float = 4.0, http: bool = True, start_nodes: int | None = None,
+                 pacs_options: dict[str, Any] | None = None, **extra: Any) -> None:
+        self.tmp = Path(tmp)
+        self.shared = self.tmp / "shared"
+        self.pg = PostgresServer()
+        self.redis = RedisServer(self.tmp / "redis")
+        self.balancer: HAProxy | None = None
+        self.database_url = ""
+        self.size = size
+        self.start_nodes = start_nodes  # how many nodes ``with`` starts (all by default)
+        self.nodes: list[NodeProcess] = []
+        self._settings = dict(endpoint_url=endpoint_url, pacs=pacs, quiet=quiet, lease_seconds=lease_seconds,
+                              http=http, pacs_options=pacs_options or {}, extra=extra)
+
+    def _node(self, i: int) -> NodeProcess:
+        s = self._settings
+        folder = self.tmp / f"node{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = node_config(folder, endpoint_url=s["endpoint_url"], pacs=s["pacs"], quiet=s["quiet"], **s["extra"])
+        cfg["node"].update(storage_dir=str(self.shared), instance_id=f"node-{i}")
+        if s["pacs"] is not None:
+            cfg["destinations"]["pacs"].update(s["pacs_options"])
+        cfg["database"] = {"url": self.database_url}
+        cfg["queue"] = {"url": self.redis.url, "lease_seconds": s["lease_seconds"]}
+        if s["http"]:
+            cfg["http"] = {"host": HOST, "port": free_port()}
+        return NodeProcess(folder, cfg)
+
+    def start(self) -> "Cluster":
+        """Start PostgreSQL, Redis, the first ``start_nodes`` nodes (all by default, one after the other: the first
+        creates the schema) and HAProxy over every node's port (a node not started yet is simply down)."""
+        self.pg.start()
+        self.database_url = self.pg.create_database()
+        self.redis.start()
+        self.nodes = [self._node(i) for i in range(self.size)]
+        for node in self.nodes[:self.size if self.start_nodes is None else self.start_nodes]:
+            node.start()
+        self.balancer = HAProxy(self.tmp / "haproxy", [(HOST, n.port) for n in self.nodes], check_ms=300).start()
+        return self
+
+    def start_node(self, i: int, env: dict[str, str] | None = None) -> NodeProcess:
+        """(Re)start node ``i``, with ``env`` added to its environment for this run only."""
+        saved = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            return self.nodes[i].start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, drained), HAProxy, Redis and PostgreSQL; logs stay in ``tmp``."""
+        for node in self.nodes:
+            try:
+                node.stop(timeout=30)
+            except Exception:  # keep stopping the others
+                node.kill()
+        if self.balancer is not None:
+            self.balancer.stop()
+        self.redis.stop()
+        self.pg.stop()
+
+    def __enter__(self) -> "Cluster":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The balancer's DICOM port: the cluster's one address."""
+        assert self.balancer is not None
+        return self.balancer.port
+
+    def sql(self, query: str) -> list[list[str]]:
+        """Rows of ``query`` on the cluster's database (psql, unaligned, '|' separated)."""
+        name = self.database_url.rsplit("/", 1)[1]
+        out = self.pg.psql(query, database=name)
+        return [line.split("|") for line in out.splitlines() if line]
+
+    def status(self, via: int | None = None) -> dict[str, Any]:
+        """``dicom-node status --json`` through the configuration of node ``via`` (the first live one by default)."""
+        node = self.nodes[via] if via is not None else next(
+            (n for n in self.nodes if n.proc is not None and n.proc.poll() is None), self.nodes[0])
+        out = subprocess.run([sys.executable, "-m", "node.cli", "status", "--json", "--limit", "500", "--config",
+                              str(node.config_path)], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise AssertionError(out.stdout + out.stderr)
+        return json.loads(out.stdout)
+
+    def logs(self) -> str:
+        """Every node's log, each headed by its instance id (for assertion messages)."""
+        return "\n".join(f"===== {n.config['node']['instance_id']} =====\n{n.logs()}" for n in self.nodes)
