@@ -61,6 +61,11 @@ def test_configure_installs_every_patch() -> None:
     assert dul.time.sleep is pynetdicom_patches._reactor_sleep and association.time.sleep is dul.time.sleep
     from pynetdicom.transport import AssociationSocket
     assert AssociationSocket.recv is pynetdicom_patches._recv_exact
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.dul import DULServiceProvider
+    assert DULServiceProvider._read_pdu_data is pynetdicom_patches._read_pdu_data
+    assert DIMSEServiceProvider.send_msg is pynetdicom_patches._send_msg
+    assert dimse_messages.write_file_meta_info is pynetdicom_patches._write_file_meta_info
     assert dimse_messages.NamedTemporaryFile is receive_guard.GuardedTempFile
 
 

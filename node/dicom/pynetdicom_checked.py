@@ -60,14 +60,58 @@ PATCHES: tuple[Patch, ...] = (
     Patch(
         "buffered receive",
         "AssociationSocket.recv read a PDU 4 KiB at a time into a growing bytearray (128 recv calls and copies per "
-        "512 KB instance); it now fills one preallocated buffer with recv_into",
+        "512 KB instance); it now fills one preallocated buffer with recv_into. A P-DATA-TF PDU in Sta6 with "
+        "nothing queued before it goes straight to dimse.receive_primitive (what DT-2 does) as views into that "
+        "buffer, without the PDU objects, the event/PDU queue hops and the FSM round trip",
         ("AssociationSocket.recv(nr_bytes) returns up to nr_bytes as a bytearray, short only when the peer "
-         "closed; socket errors propagate",),
+         "closed; socket errors propagate",
+         "DULServiceProvider._read_pdu_data is the only reader of the socket; its events and log lines are kept",
+         "Sta6 + Evt10 is DT-2: receive_primitive(P_DATA of (context ID, control header + fragment)) -> Sta6",
+         "P_DATA._presentation_data_value_list is what the property returns; decode_msg only indexes and slices "
+         "the fragments (a memoryview does both)",
+         "no handler bound to EVT_DATA_RECV / EVT_PDU_RECV / EVT_FSM_TRANSITION (checked per PDU; else stock path)"),
         {
             "pynetdicom.transport:AssociationSocket.recv":
                 "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
             "pynetdicom.dul:DULServiceProvider._read_pdu_data":
                 "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b",
+            "pynetdicom.dul:DULServiceProvider._decode_pdu":
+                "fc71dd1bf853e1ce79d29b11731a26a4f6ee9eb697026ad611f8fc91f8aa69c9",
+            "pynetdicom.fsm:DT_2":
+                "9ec543394e0b49eb8be2448fc3f9950361b0047db7cf3742844f377bd225ba73",
+            "pynetdicom.fsm:StateMachine.do_action":
+                "9a883f44c7f31641b7847b97b51a72abdd31a3c8a9d31031cae7f7d929383dd9",
+            "pynetdicom.pdu:P_DATA_TF._generate_items":
+                "55a5deea47745b72b787b1115d198e20ba355947da2ccda92987fd372967a141",
+            "pynetdicom.pdu:P_DATA_TF.to_primitive":
+                "3cba1cd31f03fdf07cab0cdaec8eb85ae5368020e87adf46f46c375ae4ded6b8",
+            "pynetdicom.dimse:DIMSEServiceProvider.receive_primitive":
+                "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f",
+            "pynetdicom.pdu_primitives:P_DATA":
+                "19c1aa5d5ee978f7dd12a111d1f43ad4eeaa31c95851211aab78ebddd1240c6e",
+        },
+    ),
+    Patch(
+        "direct encodings",
+        "each C-STORE response's command set was a pydicom Dataset encoded twice (group length, then to send) and "
+        "each received file's meta a FileMetaDataset written by pydicom: ~12 % of the SCP's Python time per "
+        "instance; the common case is written as bytes (node.dicom.dimse_fast, compared with pynetdicom's and "
+        "pydicom's encodings in tests/test_dimse_fast.py), anything else goes the stock way",
+        ("DIMSEServiceProvider.send_msg(primitive, context_id) encodes the message and send_pdu()s P-DATA "
+         "primitives; a command set that fits one PDV goes as one (control header 0x03)",
+         "decode_msg calls the module global `write_file_meta_info(fp, create_file_meta(...))` of dimse_messages",
+         "no handler bound to EVT_DIMSE_SENT (checked per response; else stock path)"),
+        {
+            "pynetdicom.dimse:DIMSEServiceProvider.send_msg":
+                "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
+            "pynetdicom.dsutils:create_file_meta":
+                "035ed415f5aeea15543cca3b0b7b2b6d5a3189bc807a0211f5c633bb356ab9e3",
+            "pydicom.filewriter:write_file_meta_info":
+                "0568f3155349513bbef9976e179831f8aa76591e0adaa36566a1a17947c667e5",
+            "pynetdicom.dimse_messages:DIMSEMessage.primitive_to_message":
+                "71fd61d5997f0f0c38abc2d383c4c6457f9c770468288aab04eb82a04d00ce00",
+            "pynetdicom.dimse_messages:DIMSEMessage.encode_msg":
+                "73000c902c52832dab302ddb3bc274ea93d205a810a197225dd87d4c1212ba57",
         },
     ),
     Patch(

@@ -10,7 +10,8 @@ Patches and where their code lives:
 
 * settings (``_config``): chunked receive to a file, no identifier logging (PHI), no handler logging;
 * reactor waits: the waits are :mod:`node.dicom.netpoll`, installed here into ``dul`` and ``association``;
-* buffered receive: ``AssociationSocket.recv`` fills one buffer with ``recv_into``;
+* buffered receive: ``AssociationSocket.recv`` fills one buffer with ``recv_into``; P-DATA in Sta6 skips the queues;
+* direct encodings (:mod:`node.dicom.dimse_fast`): C-STORE responses and received files' meta as bytes;
 * full disk while receiving: the guarded file is :mod:`node.dicom.receive_guard`, installed here into
   ``dimse_messages``;
 * the Storage SCP's server classes (:class:`NodeAssociationServer`, :class:`SharedPortAssociationServer`, and the
@@ -27,17 +28,20 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time as _time
 from types import SimpleNamespace
 from typing import Any, Callable
 
 import pynetdicom
-from pynetdicom import _config, association, dimse_messages, dul, transport
+from pynetdicom import _config, association, dimse, dimse_messages, dul, evt, transport
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.dicom import netpoll, receive_guard
+from node.dicom import dimse_fast, netpoll, receive_guard
 from node.dicom.pynetdicom_checked import (PATCHES, PYNETDICOM_CHECKED, Patch, changed_sources,  # noqa: F401
                                           source_digest)
 
@@ -70,6 +74,7 @@ def configure_pynetdicom() -> None:
     _config.LOG_HANDLER_LEVEL = "none"
     install_reactor_waits()
     install_buffered_receive()
+    install_direct_encodings()
     install_receive_guard()
 
 
@@ -114,6 +119,10 @@ def install_reactor_waits() -> None:
     _waits_installed = True
 
 
+_UINT4 = struct.Struct(">L")
+_PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+
+
 # --- buffered receive ----------------------------------------------------------------------------------------
 
 def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
@@ -121,9 +130,146 @@ def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
     return netpoll.recv_exact(self.socket, nr_bytes)
 
 
+def _split_pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
+    """The (context ID, message control header + fragment) items of a P-DATA-TF body, as views into it.
+
+    None when an item is malformed (shorter than 2 bytes or overrunning the PDU): pynetdicom's own decoder
+    then handles the PDU, as it always did.
+    """
+    view = memoryview(body)
+    items = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if offset + 6 > end:
+            return None
+        (length,) = _UINT4.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > end:
+            return None
+        items.append((body[offset + 4], view[offset + 5:offset + 4 + length]))
+        offset += 4 + length
+    return items or None
+
+
+def _fast_p_data(provider: Any) -> bool:
+    """True when a P-DATA-TF PDU may skip the queues and FSM: Sta6, nothing queued before it, nobody listening."""
+    if provider.state_machine.current_state != "Sta6":
+        return False
+    if not provider.event_queue.empty() or not provider._recv_pdu.empty():
+        return False
+    return not any(provider.assoc.get_handlers(e) for e in _PDU_EVENTS)
+
+
+def _read_pdu_data(self: Any) -> None:
+    """``DULServiceProvider._read_pdu_data``, unchanged except for a fast path for P-DATA-TF in Sta6.
+
+    pynetdicom decodes every PDU into PDU item objects, queues an event and the PDU, and lets the state machine
+    pass the PDU (Sta6 + Evt10 -> DT-2) to ``dimse.receive_primitive`` as a P-DATA primitive of ``bytes`` copies.
+    For a P-DATA-TF in Sta6 with nothing queued and no handler bound to the PDU/data/FSM events, this calls
+    ``receive_primitive`` directly, with views into the received buffer: the same action in the same thread,
+    without two queue hops, the PDU objects and two copies of each fragment. Everything else goes the stock way.
+    """
+    sock = self.socket
+    try:
+        head = sock.recv(6)
+    except (OSError, TimeoutError) as exc:
+        dul.LOGGER.error("Connection closed before the entire PDU was received")
+        dul.LOGGER.exception(exc)
+        self.event_queue.put("Evt17")
+        return
+    try:
+        pdu_type, _, pdu_length = struct.unpack(">BBL", head)
+    except struct.error:
+        self.event_queue.put("Evt17")
+        return
+    if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+        dul.LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+        self.event_queue.put("Evt19")
+        return
+    try:
+        body = sock.recv(pdu_length)
+    except (OSError, TimeoutError) as exc:
+        dul.LOGGER.error("Connection closed before the entire PDU was received")
+        dul.LOGGER.exception(exc)
+        self.event_queue.put("Evt17")
+        return
+    if len(body) != pdu_length:
+        dul.LOGGER.error(f"The received PDU is shorter than expected ({6 + len(body)} of {6 + pdu_length} bytes "
+                         "received)")
+        self.event_queue.put("Evt17")
+        return
+    if pdu_type == 0x04 and _fast_p_data(self):
+        pdvs = _split_pdvs(body)
+        if pdvs is not None:
+            primitive = P_DATA()
+            primitive._presentation_data_value_list = pdvs  # the setter accepts bytes only; views are read alike
+            try:
+                self.assoc.dimse.receive_primitive(primitive)  # DT-2
+            except Exception:
+                dul.LOGGER.error("State Machine received an exception attempting to perform the action 'DT-2' "
+                                 "while in state 'Sta6'")
+                self.kill_dul()
+                raise
+            return
+    try:
+        pdu, event = self._decode_pdu(head + body)
+        self.event_queue.put(event)
+    except Exception as exc:
+        dul.LOGGER.error("Unable to decode the received PDU data")
+        dul.LOGGER.exception(exc)
+        self.event_queue.put("Evt19")
+        return
+    self._recv_pdu.put(pdu)
+
+
+# --- direct encodings --------------------------------------------------------------------------------------
+
+_stock_send_msg = dimse.DIMSEServiceProvider.send_msg
+_stock_write_file_meta_info = dimse_messages.write_file_meta_info
+_META_TAGS = frozenset({0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013})
+
+
+def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
+    """``DIMSEServiceProvider.send_msg``; a plain C-STORE response is encoded directly (one PDV, as pynetdicom)."""
+    if (type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.ErrorComment is None and primitive.OffendingElement is None
+            and primitive.AffectedSOPClassUID and primitive.AffectedSOPInstanceUID and primitive.Status is not None
+            and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+        try:
+            command = dimse_fast.c_store_rsp_command(primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
+                                                     primitive.Status, primitive.AffectedSOPInstanceUID)
+        except (UnicodeEncodeError, struct.error):
+            command = None
+        if command is not None and (not self.maximum_pdu_size or len(command) <= self.maximum_pdu_size - 6):
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+            self.dul.send_pdu(pdata)
+            return
+    _stock_send_msg(self, primitive, context_id)
+
+
+def _write_file_meta_info(fp: Any, file_meta: Any, enforce_standard: bool = True) -> None:
+    """``write_file_meta_info`` as ``decode_msg`` calls it: what ``create_file_meta`` made is encoded directly."""
+    if set(file_meta.keys()) == _META_TAGS and file_meta.FileMetaInformationVersion == b"\x00\x01":
+        try:
+            fp.write(dimse_fast.file_meta_group(
+                file_meta.MediaStorageSOPClassUID, file_meta.MediaStorageSOPInstanceUID, file_meta.TransferSyntaxUID,
+                file_meta.ImplementationClassUID, file_meta.ImplementationVersionName))
+            return
+        except (UnicodeEncodeError, AttributeError, struct.error):
+            pass
+    _stock_write_file_meta_info(fp, file_meta, enforce_standard=enforce_standard)
+
+
+def install_direct_encodings() -> None:
+    """C-STORE responses and received files' meta through :mod:`node.dicom.dimse_fast` (idempotent)."""
+    dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
+    dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined]
+
+
 def install_buffered_receive() -> None:
-    """Make every association read its PDUs with :func:`_recv_exact` (idempotent, process-wide)."""
+    """Read PDUs with :func:`_recv_exact`, P-DATA through :func:`_read_pdu_data` (idempotent, process-wide)."""
     transport.AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
+    dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
 
 
 # --- receive guard -------------------------------------------------------------------------------------------
