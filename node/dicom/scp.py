@@ -29,7 +29,7 @@ from node.dicom.pynetdicom_patches import (NodeAssociationServer, SharedPortAsso
                                            received_file, track_server)
 from node.dicom.receive_guard import GuardedTempFile, write_failed
 from node.dicom.access import ScpSecurity
-from node.store.spool import Spool, SpoolFullError, is_valid_uid, move_durably
+from node.store.spool import DirSyncer, Spool, SpoolFullError, is_valid_uid, move_durably
 from node.store.state import InstanceRecord, Store
 from node.dicom.tls import start_tls_listener
 
@@ -88,6 +88,7 @@ class StorageSCP:
         self._thread: threading.Thread | None = None
         self.received = 0
         self._committer = GroupCommitter(self._commit_batch)
+        self._dir_syncer = DirSyncer()  # concurrent renames into one series folder share its fsync
         self.serve_tls = True  # receiver processes other than the main one leave the TLS port to it
 
     def _commit_batch(self, records: Sequence[InstanceRecord]) -> list[list[tuple[str, float]]]:
@@ -163,7 +164,7 @@ class StorageSCP:
         try:
             if received is not None:
                 received.sync()  # the descriptor pynetdicom wrote through; fsync releases the GIL
-            move_durably(tmp, dst, src_synced=received is not None)
+            move_durably(tmp, dst, src_synced=received is not None, sync_dir=self._dir_syncer.sync)
             size = received.size if received is not None else dst.stat().st_size
             # Concurrent handlers (several associations) share one transaction: see node.commit.
             due = self._committer.submit(InstanceRecord(
