@@ -12,7 +12,7 @@ from pathlib import Path
 import pynetdicom
 import pytest
 
-from node.dicom import pynetdicom_patches, receive_guard
+from node.dicom import netpoll, pynetdicom_patches, receive_guard
 from node.dicom.pynetdicom_patches import PATCHES, PYNETDICOM_CHECKED, source_digest
 
 TARGETS = [(patch, target, digest) for patch in PATCHES for target, digest in patch.sources.items()]
@@ -58,7 +58,7 @@ def test_configure_installs_every_patch() -> None:
     assert _config.STORE_RECV_CHUNKED_DATASET is True
     assert _config.LOG_REQUEST_IDENTIFIERS is False and _config.LOG_RESPONSE_IDENTIFIERS is False
     assert _config.LOG_HANDLER_LEVEL == "none"
-    assert dul.time.sleep is pynetdicom_patches._reactor_sleep and association.time.sleep is dul.time.sleep
+    assert dul.time.sleep is netpoll.adaptive_sleep and association.time.sleep is netpoll.adaptive_sleep
     from pynetdicom.transport import AssociationSocket
     assert AssociationSocket.recv is pynetdicom_patches._recv_exact
     from pynetdicom.dimse import DIMSEServiceProvider
@@ -101,3 +101,15 @@ def test_no_pynetdicom_patch_outside_the_patches_module() -> None:
     found = [line for path in sorted(NODE.rglob("*.py")) if path.name != "pynetdicom_patches.py"
              for line in _patching_lines(path)]
     assert not found, f"patch pynetdicom in node/dicom/pynetdicom_patches.py only: {found}"
+
+
+def test_digests_see_pynetdicoms_code_after_the_patches_are_installed() -> None:
+    """Patches that replace a method keep pynetdicom's own function for the digest check (and a second install)."""
+    pynetdicom_patches.configure_pynetdicom()
+    pynetdicom_patches.configure_pynetdicom()
+    assert pynetdicom_patches.changed_sources() == []
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.transport import AssociationSocket
+
+    assert AssociationSocket.recv.__pynetdicom_original__ is not pynetdicom_patches._recv_exact
+    assert DIMSEServiceProvider.send_msg.__pynetdicom_original__.__module__ == "pynetdicom.dimse"

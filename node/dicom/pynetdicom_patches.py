@@ -9,8 +9,8 @@ test names the patch to re-check (and then its digest is recorded anew there).
 Patches and where their code lives:
 
 * settings (``_config``): chunked receive to a file, no identifier logging (PHI), no handler logging;
-* reactor waits: the waits are :mod:`node.dicom.netpoll`, installed here into ``dul`` and ``association``;
-* buffered receive: ``AssociationSocket.recv`` fills one buffer with ``recv_into``; P-DATA in Sta6 skips the queues;
+* adaptive reactor polling: the policy is :mod:`node.dicom.netpoll`, installed here into ``dul`` and ``association``;
+* buffered receive: ``AssociationSocket.recv`` fills one buffer with ``recv_into`` (:mod:`node.dicom.sockio`); P-DATA in Sta6 skips the queues;
 * direct encodings (:mod:`node.dicom.dimse_fast`): C-STORE responses and received files' meta as bytes;
 * full disk while receiving: the guarded file is :mod:`node.dicom.receive_guard`, installed here into
   ``dimse_messages``;
@@ -29,7 +29,6 @@ import logging
 import socket
 import ssl
 import struct
-import threading
 import time as _time
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -41,7 +40,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.dicom import dimse_fast, netpoll, receive_guard
+from node.dicom import dimse_fast, netpoll, receive_guard, sockio
 from node.dicom.pynetdicom_checked import (PATCHES, PYNETDICOM_CHECKED, Patch, changed_sources,  # noqa: F401
                                           source_digest)
 
@@ -72,62 +71,48 @@ def configure_pynetdicom() -> None:
     _config.STORE_RECV_CHUNKED_DATASET = True
     quiet_identifiers()
     _config.LOG_HANDLER_LEVEL = "none"
-    install_reactor_waits()
+    install_adaptive_polling()
     install_buffered_receive()
     install_direct_encodings()
     install_receive_guard()
 
 
-# --- reactor waits ----------------------------------------------------------------------------------------
+# --- adaptive polling ----------------------------------------------------------------------------------------
 
-class _ReactorTime(SimpleNamespace):
-    """The ``time`` module with :func:`_reactor_sleep` in place of ``sleep``."""
+class _TimeProxy(SimpleNamespace):
+    """The ``time`` module with :func:`node.dicom.netpoll.adaptive_sleep` in place of ``sleep``."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_time, name)
 
 
-def _reactor_sleep(seconds: float) -> None:
-    """``time.sleep`` as pynetdicom's reactors call it: wait for work, never longer than ``seconds``."""
-    thread = threading.current_thread()
-    if isinstance(thread, dul.DULServiceProvider):
-        assoc_socket = thread.socket
-        sock = getattr(assoc_socket, "socket", None) if assoc_socket is not None else None
-        netpoll.wait_readable(sock, netpoll.waker_of(thread, thread.to_provider_queue), seconds)
-    elif isinstance(thread, association.Association):
-        netpoll.wait_for_queue(thread.dimse.msg_queue, seconds)
-    else:
-        _time.sleep(seconds)
+_polling_installed = False
 
 
-_waits_installed = False
-
-
-def install_reactor_waits() -> None:
-    """Give pynetdicom's DUL and association reactors event-driven waits (idempotent, process-wide).
+def install_adaptive_polling() -> None:
+    """Give pynetdicom's DUL and association reactors the adaptive sleep (idempotent, process-wide).
 
     pynetdicom's reactors call ``time.sleep`` through their modules' global ``time``; only that global is
-    replaced, so ``time.sleep`` everywhere else is untouched, and in those modules a thread other than a
-    reactor sleeps exactly as before.
+    replaced, so ``time.sleep`` everywhere else is untouched.
     """
-    global _waits_installed
-    if _waits_installed:
+    global _polling_installed
+    if _polling_installed:
         return
-    proxy = _ReactorTime(sleep=_reactor_sleep)
+    proxy = _TimeProxy(sleep=netpoll.adaptive_sleep)
     dul.time = proxy  # type: ignore[attr-defined]
     association.time = proxy  # type: ignore[attr-defined]
-    _waits_installed = True
+    _polling_installed = True
 
+
+# --- buffered receive ---------------------------------------------------------------------------------------
 
 _UINT4 = struct.Struct(">L")
 _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 
 
-# --- buffered receive ----------------------------------------------------------------------------------------
-
 def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
     """``AssociationSocket.recv``: ``nr_bytes`` read into one buffer (short only if the peer closed)."""
-    return netpoll.recv_exact(self.socket, nr_bytes)
+    return sockio.recv_exact(self.socket, nr_bytes)
 
 
 def _split_pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
@@ -223,8 +208,21 @@ def _read_pdu_data(self: Any) -> None:
 
 # --- direct encodings --------------------------------------------------------------------------------------
 
-_stock_send_msg = dimse.DIMSEServiceProvider.send_msg
-_stock_write_file_meta_info = dimse_messages.write_file_meta_info
+def _original(obj: Any) -> Any:
+    """pynetdicom's own function behind one of ours (itself when not replaced)."""
+    return getattr(obj, "__pynetdicom_original__", obj)
+
+
+def _replace(owner: Any, name: str, new: Callable[..., Any]) -> None:
+    """``owner.name = new``, remembering pynetdicom's function (for the digest checks and a second install)."""
+    current = getattr(owner, name)
+    if current is not new:
+        new.__pynetdicom_original__ = _original(current)  # type: ignore[attr-defined]
+        setattr(owner, name, new)
+
+
+_stock_send_msg = _original(dimse.DIMSEServiceProvider.send_msg)
+_stock_write_file_meta_info = _original(dimse_messages.write_file_meta_info)
 _META_TAGS = frozenset({0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013})
 
 
@@ -262,14 +260,14 @@ def _write_file_meta_info(fp: Any, file_meta: Any, enforce_standard: bool = True
 
 def install_direct_encodings() -> None:
     """C-STORE responses and received files' meta through :mod:`node.dicom.dimse_fast` (idempotent)."""
-    dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
-    dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined]
+    _replace(dimse.DIMSEServiceProvider, "send_msg", _send_msg)
+    _replace(dimse_messages, "write_file_meta_info", _write_file_meta_info)
 
 
 def install_buffered_receive() -> None:
     """Read PDUs with :func:`_recv_exact`, P-DATA through :func:`_read_pdu_data` (idempotent, process-wide)."""
-    transport.AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
-    dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
+    _replace(transport.AssociationSocket, "recv", _recv_exact)
+    _replace(dul.DULServiceProvider, "_read_pdu_data", _read_pdu_data)
 
 
 # --- receive guard -------------------------------------------------------------------------------------------
@@ -287,7 +285,7 @@ def install_receive_guard() -> None:
 
 # --- the Storage SCP's server classes ------------------------------------------------------------------------
 
-_TCP_QUICKACK = netpoll.TCP_QUICKACK
+_TCP_QUICKACK = sockio.TCP_QUICKACK
 
 def _copy_context(cx: PresentationContext) -> PresentationContext:
     new = PresentationContext.__new__(PresentationContext)
@@ -327,7 +325,7 @@ class NodeAssociationServer(ThreadedAssociationServer):
             pass
         if _TCP_QUICKACK is not None and type(client_socket) is socket.socket:  # not a TLS socket
             timeout = client_socket.gettimeout()
-            client_socket = netpoll.QuickAckSocket(fileno=client_socket.detach())
+            client_socket = sockio.QuickAckSocket(fileno=client_socket.detach())
             client_socket.settimeout(timeout)
             try:
                 client_socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
