@@ -8,9 +8,9 @@ push) per process, and each process's peak RSS (VmHWM).
 
 With ``--py-spy OUT.txt`` it also records the serve process (the Storage SCP) with ``py-spy record --gil``
 (samples only the thread holding the GIL: the Python work) and prints the samples sorted into the items of
-issue 17, each as a share of the SCP process's measured CPU per instance. Time outside the GIL (the kernel's
-share of fsync, socket copies) is spread in proportion, so the items are an estimate; the total is measured.
-``--table A.txt=CPU_MS B.txt=CPU_MS`` prints the itemised table of earlier recordings side by side.
+issue 17 as ms per instance (samples x 4 ms / instances), and the rest of the measured CPU of the SCP process:
+what runs outside the GIL (the kernel's socket and page-cache copies and fsync, SQLite's C code).
+``--table A.txt=CPU_MS:N B.txt=CPU_MS:N`` prints the table of earlier recordings side by side.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from pathlib import Path
 
 from .common import push, repeated_ct, split
 
-ITEMS: list[tuple[str, str]] = [  # first match wins (a stack is counted once)
-    ("commit (SQLAlchemy + SQLite)", r"_commit_batch|GroupCommitter\.submit|record_instances|sqlalchemy"),
+ITEMS: list[tuple[str, str]] = [  # first match wins (a stack is counted once); the directory fsyncs go
+    # through a GroupCommitter too, so they are matched before the commit
     ("fsync + rename + dir fsync", r"move_durably|fsync_file|fsync_dir|DirSyncer|GuardedTempFile\.sync"),
+    ("commit (SQLAlchemy + SQLite)", r"_commit_batch|GroupCommitter\.submit|record_instances|sqlalchemy"),
     ("header parse", r"read_header|dcmread"),
     ("node: audit, metrics, checks", r"instance_received|instance_stored|cstore_status|audit|metrics|check_space|"
                                      r"write_failed|_store \(|handle_store"),
@@ -47,6 +48,7 @@ ITEMS: list[tuple[str, str]] = [  # first match wins (a stack is counted once)
 ]
 OTHER = "other (accept loop, logging, GC)"
 HZ = os.sysconf("SC_CLK_TCK")
+RATE = 250  # py-spy samples per second
 
 
 def process_tree(pid: int) -> list[int]:
@@ -97,14 +99,20 @@ def itemise(collapsed: Path) -> tuple[int, collections.Counter[str]]:
     return total, counts
 
 
-def table(columns: list[tuple[str, Path, float]]) -> str:
-    """Markdown table: ms per instance of each item, one column per (label, recording, SCP CPU ms/instance)."""
-    loaded = [(label, cpu, *itemise(path)) for label, path, cpu in columns]
-    lines = ["| item (ms CPU per instance) | " + " | ".join(label for label, *_ in loaded) + " |",
-             "|---|" + "---|" * len(loaded)]
+def table(columns: list[tuple[str, Path, float, int]]) -> str:
+    """Markdown table, one column per (label, recording, SCP CPU ms per instance, instances): each item's Python
+    time per instance (GIL-held samples x the sampling period / instances), then the rest of the measured CPU."""
+    loaded = [(label, cpu, count, *itemise(path)) for label, path, cpu, count in columns]
+    period_ms = 1000.0 / RATE
+    lines = ["| ms CPU per instance | " + " | ".join(label for label, *_ in loaded) + " |", "|---|" + "---|" * len(loaded)]
     for name in [n for n, _ in ITEMS] + [OTHER]:
-        lines.append(f"| {name} | " + " | ".join(f"{cpu * c[name] / max(t, 1):.2f}" for _, cpu, t, c in loaded) + " |")
-    lines.append("| **SCP process, measured** | " + " | ".join(f"**{cpu:.2f}**" for _, cpu, *_ in loaded) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{c[name] * period_ms / count:.2f}"
+                                                   for _, _, count, _, c in loaded) + " |")
+    python = [t * period_ms / count for _, _, count, t, _ in loaded]
+    lines.append("| Python in the SCP (sum of the above) | " + " | ".join(f"{p:.2f}" for p in python) + " |")
+    lines.append("| outside the GIL (kernel: socket and page-cache copies, fsync; SQLite's C code) | "
+                 + " | ".join(f"{cpu - p:.2f}" for (_, cpu, *_), p in zip(loaded, python)) + " |")
+    lines.append("| **SCP process, measured (/proc)** | " + " | ".join(f"**{cpu:.2f}**" for _, cpu, *_ in loaded) + " |")
     return "\n".join(lines)
 
 
@@ -125,7 +133,7 @@ def run_once(count: int, assoc: int, spy_out: Path | None) -> float:
         pids = process_tree(node.proc.pid)
         before = [cpu_seconds(p) for p in pids]
         if spy_out is not None:
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(node.proc.pid), "--rate", "250", "--gil",
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(node.proc.pid), "--rate", str(RATE), "--gil",
                                     "--format", "raw", "--nonblocking", "-o", str(spy_out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
@@ -150,16 +158,21 @@ def main() -> None:
     ap.add_argument("--assoc", type=int, default=1)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--py-spy", type=Path, default=None, help="record the SCP with py-spy --gil into this file")
-    ap.add_argument("--table", nargs="+", default=None, help="RECORDING=SCP_CPU_MS ...: print their table only")
+    ap.add_argument("--table", nargs="+", default=None,
+                    help="RECORDING=SCP_CPU_MS:INSTANCES ...: print the table of earlier recordings only")
     args = ap.parse_args()
     if args.table:
-        cols = [(Path(a.split("=")[0]).stem, Path(a.split("=")[0]), float(a.split("=")[1])) for a in args.table]
+        cols = []
+        for arg in args.table:
+            path, _, figures = arg.partition("=")
+            cpu, _, count = figures.partition(":")
+            cols.append((Path(path).stem, Path(path), float(cpu), int(count or args.count)))
         print(table(cols))
         return
     for _ in range(args.runs):
         scp_ms = run_once(args.count, args.assoc, args.py_spy)
         if args.py_spy is not None:
-            print(table([(args.py_spy.stem, args.py_spy, scp_ms)]))
+            print(table([(args.py_spy.stem, args.py_spy, scp_ms, args.count)]))
 
 
 if __name__ == "__main__":
