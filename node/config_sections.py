@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from node.dicom.cores import auto_receivers
 from node.models import registry
 
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
@@ -115,10 +116,10 @@ class NodeSection(_Strict):
         200, ge=0, description="Below this free space on the spool's filesystem, C-STORE answers 0xA700."
     )
     max_associations: int = Field(16, ge=1)
-    # Default 1: with SO_REUSEPORT a second node started by mistake on the same port (same user) would silently
-    # take half of the associations into its own spool; one process binds the port exclusively and fails loudly.
+    # Not set: chosen from the usable cores (node.dicom.cores: 1 below 4 cores, else half, at most 4). Above 1 the
+    # receivers share the port with SO_REUSEPORT; serve first checks that nothing else listens on it.
     receivers: int = Field(
-        1, ge=1,
+        default_factory=auto_receivers, ge=1,
         description="Receiver processes sharing the DICOM port (SO_REUSEPORT); max_associations is per process")
     max_pdu_size: int = Field(0, ge=0, description="0: unlimited (pynetdicom's convention)")
     network_timeout_seconds: float = Field(60.0, gt=0)

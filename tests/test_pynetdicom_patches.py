@@ -59,6 +59,13 @@ def test_configure_installs_every_patch() -> None:
     assert _config.LOG_REQUEST_IDENTIFIERS is False and _config.LOG_RESPONSE_IDENTIFIERS is False
     assert _config.LOG_HANDLER_LEVEL == "none"
     assert dul.time.sleep is netpoll.adaptive_sleep and association.time.sleep is netpoll.adaptive_sleep
+    from pynetdicom.transport import AssociationSocket
+    assert AssociationSocket.recv is pynetdicom_patches._recv_exact
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.dul import DULServiceProvider
+    assert DULServiceProvider._read_pdu_data is pynetdicom_patches._read_pdu_data
+    assert DIMSEServiceProvider.send_msg is pynetdicom_patches._send_msg
+    assert dimse_messages.write_file_meta_info is pynetdicom_patches._write_file_meta_info
     assert dimse_messages.NamedTemporaryFile is receive_guard.GuardedTempFile
 
 
@@ -94,3 +101,15 @@ def test_no_pynetdicom_patch_outside_the_patches_module() -> None:
     found = [line for path in sorted(NODE.rglob("*.py")) if path.name != "pynetdicom_patches.py"
              for line in _patching_lines(path)]
     assert not found, f"patch pynetdicom in node/dicom/pynetdicom_patches.py only: {found}"
+
+
+def test_digests_see_pynetdicoms_code_after_the_patches_are_installed() -> None:
+    """Patches that replace a method keep pynetdicom's own function for the digest check (and a second install)."""
+    pynetdicom_patches.configure_pynetdicom()
+    pynetdicom_patches.configure_pynetdicom()
+    assert pynetdicom_patches.changed_sources() == []
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.transport import AssociationSocket
+
+    assert AssociationSocket.recv.__pynetdicom_original__ is not pynetdicom_patches._recv_exact
+    assert DIMSEServiceProvider.send_msg.__pynetdicom_original__.__module__ == "pynetdicom.dimse"

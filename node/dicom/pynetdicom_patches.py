@@ -1,14 +1,17 @@
 """Every change the node makes to pynetdicom's behaviour, in one place.
 
-The node needs a few things pynetdicom 3 does not do (or does slowly). Each is a :class:`Patch` below: the problem,
-the measured effect, the pynetdicom version it was checked against and the pynetdicom code it depends on, with a
-SHA-256 of that code's source. ``tests/test_pynetdicom_patches.py`` recomputes the digests: when pynetdicom changes
-one of those functions the test names the patch to re-check (and then its digest is recorded anew here).
+The node needs a few things pynetdicom 3 does not do (or does slowly). Each is a :class:`Patch` in
+:mod:`node.dicom.pynetdicom_checked` (re-exported here): the problem, the measured effect, the pynetdicom version it
+was checked against and the pynetdicom code it depends on, with a SHA-256 of that code's source.
+``tests/test_pynetdicom_patches.py`` recomputes the digests: when pynetdicom changes one of those functions the
+test names the patch to re-check (and then its digest is recorded anew there).
 
 Patches and where their code lives:
 
 * settings (``_config``): chunked receive to a file, no identifier logging (PHI), no handler logging;
 * adaptive reactor polling: the policy is :mod:`node.dicom.netpoll`, installed here into ``dul`` and ``association``;
+* buffered receive: ``AssociationSocket.recv`` fills one buffer with ``recv_into`` (:mod:`node.dicom.sockio`); P-DATA in Sta6 skips the queues;
+* direct encodings (:mod:`node.dicom.dimse_fast`): C-STORE responses and received files' meta as bytes;
 * full disk while receiving: the guarded file is :mod:`node.dicom.receive_guard`, installed here into
   ``dimse_messages``;
 * the Storage SCP's server classes (:class:`NodeAssociationServer`, :class:`SharedPortAssociationServer`, and the
@@ -22,151 +25,26 @@ Each patch is written so that it could be offered upstream as it stands.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
 import logging
 import socket
 import ssl
+import struct
 import time as _time
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable
 
 import pynetdicom
-from pynetdicom import _config, association, dimse_messages, dul
+from pynetdicom import _config, association, dimse, dimse_messages, dul, evt, transport
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.dicom import netpoll, receive_guard
+from node.dicom import dimse_fast, netpoll, receive_guard, sockio
+from node.dicom.pynetdicom_checked import (PATCHES, PYNETDICOM_CHECKED, Patch, changed_sources,  # noqa: F401
+                                          source_digest)
 
 log = logging.getLogger(__name__)
-
-#: The pynetdicom release every patch below was read against and measured with.
-PYNETDICOM_CHECKED = "3.0.4"
-
-
-@dataclass(frozen=True)
-class Patch:
-    """One change to pynetdicom: why, what it relies on, and the digests of the pynetdicom code it was checked with."""
-
-    name: str
-    problem: str
-    relies_on: tuple[str, ...]  # private names and behaviours of pynetdicom the patch depends on
-    sources: dict[str, str]  # "module:Qualified.name" -> SHA-256 of inspect.getsource() at PYNETDICOM_CHECKED
-
-
-PATCHES: tuple[Patch, ...] = (
-    Patch(
-        "settings",
-        "received data sets streamed to a file (STORE_RECV_CHUNKED_DATASET); C-FIND/C-GET/C-MOVE identifiers "
-        "(PHI) never logged; no per-message handler logging",
-        ("_config.STORE_RECV_CHUNKED_DATASET", "_config.LOG_REQUEST_IDENTIFIERS", "_config.LOG_RESPONSE_IDENTIFIERS",
-         "_config.LOG_HANDLER_LEVEL"),
-        {},
-    ),
-    Patch(
-        "adaptive polling",
-        "the DUL and association reactors sleep 1 ms per idle loop: ~3 ms asleep per instance on one association "
-        "(~240 instances/s); polled at 0.1 ms while busy (node.dicom.netpoll)",
-        ("the module global `time` of pynetdicom.dul and pynetdicom.association (replaced by a proxy whose sleep "
-         "is netpoll.adaptive_sleep)",),
-        {
-            "pynetdicom.dul:DULServiceProvider.run_reactor":
-                "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
-            "pynetdicom.association:Association._run_reactor":
-                "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
-        },
-    ),
-    Patch(
-        "receive guard",
-        "a failed write (ENOSPC, EIO) of the chunked receive file killed the DIMSE reactor: the peer saw an abort, "
-        "not a status; now the SCP answers 0xA700 (node.dicom.receive_guard)",
-        ("the module global `NamedTemporaryFile` of pynetdicom.dimse_messages",
-         "decode_msg writes fragments with `.write()` and flushes with `.file.flush()`; `.name` is the path"),
-        {
-            "pynetdicom.dimse_messages:DIMSEMessage.decode_msg":
-                "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284",
-        },
-    ),
-    Patch(
-        "cheap context copies",
-        "every association deep-copied the server's 170 supported contexts (~44 ms, the whole cost of a "
-        "one-instance association); a copy of each context's attributes with its lists copied is as deep",
-        ("AssociationServer.contexts (a list deep-copied per association)",
-         "PresentationContext holds only immutable values and lists (e.g. _transfer_syntax)"),
-        {
-            "pynetdicom.transport:RequestHandler._create_association":
-                "05c8d12b79863cdbdb901ce37187b7030a0434c5cd89d219ed0bedbda679a61e",
-            "pynetdicom.transport:AssociationServer.__init__":
-                "edacb98bdfb7b9744194698d47fa51d4e2d5c9ed02ef5fb5181f381b31118423",
-            "pynetdicom.presentation:PresentationContext.__init__":
-                "37a8842ac07cd8f364dba03f5f7a59c23a0068341873edd81d367ad0c75596d9",
-        },
-    ),
-    Patch(
-        "nodelay and quick ACKs",
-        "against a sender that keeps Nagle's algorithm on (dcmtk without TCP_NODELAY=1) a delayed ACK costs ~40 ms "
-        "per instance on loopback (~20/s); TCP_NODELAY and re-armed TCP_QUICKACK on accepted sockets (~140/s)",
-        ("AssociationServer.get_request returns the accepted socket (wrapped only when ssl_context is set)",
-         "AssociationSocket.recv calls socket.recv on that socket"),
-        {
-            "pynetdicom.transport:AssociationServer.get_request":
-                "925a4f3a3042f6e4b944505d06dc19c41e10ff7dec5385c794d62d31fd000300",
-            "pynetdicom.transport:AssociationSocket.recv":
-                "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
-        },
-    ),
-    Patch(
-        "shared port",
-        "one receiving process is bound by its GIL; SO_REUSEPORT lets node.receivers processes share the port "
-        "(4 associations, 2 cores: ~145 -> ~230 instances/s)",
-        ("AssociationServer.server_bind binds self.socket",),
-        {
-            "pynetdicom.transport:AssociationServer.server_bind":
-                "cf69278a05a5c777b7e9e9af0769e3102618027b2ec8035a30af8cc370ebdae6",
-        },
-    ),
-    Patch(
-        "TLS handshake per connection",
-        "with ssl_context the handshake runs in the accept loop: one client that never sends a ClientHello stalls "
-        "every new association; the handshake runs in the connection's thread, bounded by a timeout",
-        ("ThreadedAssociationServer.process_request_thread(request, client_address) serves one connection",
-         "ApplicationEntity.make_server instantiates server_class itself (the SSL context travels in the class)"),
-        {
-            "pynetdicom.transport:ThreadedAssociationServer.process_request_thread":
-                "9e76e9b9c8a3d8b18bb1df7ac652c86f21b4aaaf39e10deca9312f91a7c21a8a",
-            "pynetdicom.ae:ApplicationEntity.make_server":
-                "6569298ac5cf837c040e6e5bcf3761f69f3792b21b15085f34ebbafcc29b9904",
-        },
-    ),
-    Patch(
-        "server tracking",
-        "a server made with make_server (to choose its server_class) is unknown to AE.shutdown(); it is added to "
-        "the AE's private server list, as start_server does",
-        ("ApplicationEntity._servers",),
-        {
-            "pynetdicom.ae:ApplicationEntity.shutdown":
-                "3084723b79cf471ee5866c61327fc3a7af8f3976791a3c946baec4b15f5c6d49",
-        },
-    ),
-)
-
-
-def source_digest(target: str) -> str:
-    """SHA-256 of ``inspect.getsource`` of ``"module:Qualified.name"`` (a pynetdicom function or method)."""
-    module_name, _, qualname = target.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
-
-
-def changed_sources() -> list[tuple[Patch, str]]:
-    """(patch, target) for every pynetdicom function whose source differs from the one the patch was checked with."""
-    return [(patch, target) for patch in PATCHES for target, digest in patch.sources.items()
-            if source_digest(target) != digest]
-
 
 _version_checked = False
 
@@ -194,6 +72,8 @@ def configure_pynetdicom() -> None:
     quiet_identifiers()
     _config.LOG_HANDLER_LEVEL = "none"
     install_adaptive_polling()
+    install_buffered_receive()
+    install_direct_encodings()
     install_receive_guard()
 
 
@@ -224,7 +104,179 @@ def install_adaptive_polling() -> None:
     _polling_installed = True
 
 
+# --- buffered receive ---------------------------------------------------------------------------------------
+
+_UINT4 = struct.Struct(">L")
+_PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+
+
+def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv``: ``nr_bytes`` read into one buffer (short only if the peer closed)."""
+    return sockio.recv_exact(self.socket, nr_bytes)
+
+
+def _split_pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
+    """The (context ID, message control header + fragment) items of a P-DATA-TF body, as views into it.
+
+    None when an item is malformed (shorter than 2 bytes or overrunning the PDU): pynetdicom's own decoder
+    then handles the PDU, as it always did.
+    """
+    view = memoryview(body)
+    items = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if offset + 6 > end:
+            return None
+        (length,) = _UINT4.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > end:
+            return None
+        items.append((body[offset + 4], view[offset + 5:offset + 4 + length]))
+        offset += 4 + length
+    return items or None
+
+
+def _fast_p_data(provider: Any) -> bool:
+    """True when a P-DATA-TF PDU may skip the queues and FSM: Sta6, nothing queued before it, nobody listening."""
+    if provider.state_machine.current_state != "Sta6":
+        return False
+    if not provider.event_queue.empty() or not provider._recv_pdu.empty():
+        return False
+    return not any(provider.assoc.get_handlers(e) for e in _PDU_EVENTS)
+
+
+def _read_pdu_data(self: Any) -> None:
+    """``DULServiceProvider._read_pdu_data``, unchanged except for a fast path for P-DATA-TF in Sta6.
+
+    pynetdicom decodes every PDU into PDU item objects, queues an event and the PDU, and lets the state machine
+    pass the PDU (Sta6 + Evt10 -> DT-2) to ``dimse.receive_primitive`` as a P-DATA primitive of ``bytes`` copies.
+    For a P-DATA-TF in Sta6 with nothing queued and no handler bound to the PDU/data/FSM events, this calls
+    ``receive_primitive`` directly, with views into the received buffer: the same action in the same thread,
+    without two queue hops, the PDU objects and two copies of each fragment. Everything else goes the stock way.
+    """
+    sock = self.socket
+    try:
+        head = sock.recv(6)
+    except (OSError, TimeoutError) as exc:
+        dul.LOGGER.error("Connection closed before the entire PDU was received")
+        dul.LOGGER.exception(exc)
+        self.event_queue.put("Evt17")
+        return
+    try:
+        pdu_type, _, pdu_length = struct.unpack(">BBL", head)
+    except struct.error:
+        self.event_queue.put("Evt17")
+        return
+    if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+        dul.LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+        self.event_queue.put("Evt19")
+        return
+    try:
+        body = sock.recv(pdu_length)
+    except (OSError, TimeoutError) as exc:
+        dul.LOGGER.error("Connection closed before the entire PDU was received")
+        dul.LOGGER.exception(exc)
+        self.event_queue.put("Evt17")
+        return
+    if len(body) != pdu_length:
+        dul.LOGGER.error(f"The received PDU is shorter than expected ({6 + len(body)} of {6 + pdu_length} bytes "
+                         "received)")
+        self.event_queue.put("Evt17")
+        return
+    if pdu_type == 0x04 and _fast_p_data(self):
+        pdvs = _split_pdvs(body)
+        if pdvs is not None:
+            primitive = P_DATA()
+            primitive._presentation_data_value_list = pdvs  # the setter accepts bytes only; views are read alike
+            try:
+                self.assoc.dimse.receive_primitive(primitive)  # DT-2
+            except Exception:
+                dul.LOGGER.error("State Machine received an exception attempting to perform the action 'DT-2' "
+                                 "while in state 'Sta6'")
+                self.kill_dul()
+                raise
+            return
+    try:
+        pdu, event = self._decode_pdu(head + body)
+        self.event_queue.put(event)
+    except Exception as exc:
+        dul.LOGGER.error("Unable to decode the received PDU data")
+        dul.LOGGER.exception(exc)
+        self.event_queue.put("Evt19")
+        return
+    self._recv_pdu.put(pdu)
+
+
+# --- direct encodings --------------------------------------------------------------------------------------
+
+def _original(obj: Any) -> Any:
+    """pynetdicom's own function behind one of ours (itself when not replaced)."""
+    return getattr(obj, "__pynetdicom_original__", obj)
+
+
+def _replace(owner: Any, name: str, new: Callable[..., Any]) -> None:
+    """``owner.name = new``, remembering pynetdicom's function (for the digest checks and a second install)."""
+    current = getattr(owner, name)
+    if current is not new:
+        new.__pynetdicom_original__ = _original(current)  # type: ignore[attr-defined]
+        setattr(owner, name, new)
+
+
+_stock_send_msg = _original(dimse.DIMSEServiceProvider.send_msg)
+_stock_write_file_meta_info = _original(dimse_messages.write_file_meta_info)
+_META_TAGS = frozenset({0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013})
+
+
+def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
+    """``DIMSEServiceProvider.send_msg``; a plain C-STORE response is encoded directly (one PDV, as pynetdicom)."""
+    if (type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.ErrorComment is None and primitive.OffendingElement is None
+            and primitive.AffectedSOPClassUID and primitive.AffectedSOPInstanceUID and primitive.Status is not None
+            and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+        try:
+            command = dimse_fast.c_store_rsp_command(primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
+                                                     primitive.Status, primitive.AffectedSOPInstanceUID)
+        except (UnicodeEncodeError, struct.error):
+            command = None
+        if command is not None and (not self.maximum_pdu_size or len(command) <= self.maximum_pdu_size - 6):
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+            self.dul.send_pdu(pdata)
+            return
+    _stock_send_msg(self, primitive, context_id)
+
+
+def _write_file_meta_info(fp: Any, file_meta: Any, enforce_standard: bool = True) -> None:
+    """``write_file_meta_info`` as ``decode_msg`` calls it: what ``create_file_meta`` made is encoded directly."""
+    if set(file_meta.keys()) == _META_TAGS and file_meta.FileMetaInformationVersion == b"\x00\x01":
+        try:
+            fp.write(dimse_fast.file_meta_group(
+                file_meta.MediaStorageSOPClassUID, file_meta.MediaStorageSOPInstanceUID, file_meta.TransferSyntaxUID,
+                file_meta.ImplementationClassUID, file_meta.ImplementationVersionName))
+            return
+        except (UnicodeEncodeError, AttributeError, struct.error):
+            pass
+    _stock_write_file_meta_info(fp, file_meta, enforce_standard=enforce_standard)
+
+
+def install_direct_encodings() -> None:
+    """C-STORE responses and received files' meta through :mod:`node.dicom.dimse_fast` (idempotent)."""
+    _replace(dimse.DIMSEServiceProvider, "send_msg", _send_msg)
+    _replace(dimse_messages, "write_file_meta_info", _write_file_meta_info)
+
+
+def install_buffered_receive() -> None:
+    """Read PDUs with :func:`_recv_exact`, P-DATA through :func:`_read_pdu_data` (idempotent, process-wide)."""
+    _replace(transport.AssociationSocket, "recv", _recv_exact)
+    _replace(dul.DULServiceProvider, "_read_pdu_data", _read_pdu_data)
+
+
 # --- receive guard -------------------------------------------------------------------------------------------
+
+def received_file(event: Any) -> receive_guard.GuardedTempFile | None:
+    """The open :class:`~node.dicom.receive_guard.GuardedTempFile` of a C-STORE event (None when not chunked)."""
+    f = getattr(event.request, "_dataset_file", None)
+    return f if isinstance(f, receive_guard.GuardedTempFile) else None
+
 
 def install_receive_guard() -> None:
     """Make pynetdicom's chunked receive write through :class:`node.dicom.receive_guard.GuardedTempFile`."""
@@ -233,25 +285,7 @@ def install_receive_guard() -> None:
 
 # --- the Storage SCP's server classes ------------------------------------------------------------------------
 
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-
-
-class _QuickAckSocket(socket.socket):
-    """A socket that re-arms TCP_QUICKACK after every read (Linux clears it again after a few ACKs).
-
-    Against a sender that keeps Nagle's algorithm on (Debian's dcmtk without TCP_NODELAY=1), the sender holds
-    the last small segment of each message until its earlier data is acknowledged, and a receiver delaying its
-    ACK turns that into ~40 ms per instance on loopback. Acknowledging at once removes the wait.
-    """
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
-        data = super().recv(bufsize, flags)
-        try:
-            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[arg-type]
-        except OSError:
-            pass
-        return data
-
+_TCP_QUICKACK = sockio.TCP_QUICKACK
 
 def _copy_context(cx: PresentationContext) -> PresentationContext:
     new = PresentationContext.__new__(PresentationContext)
@@ -291,7 +325,7 @@ class NodeAssociationServer(ThreadedAssociationServer):
             pass
         if _TCP_QUICKACK is not None and type(client_socket) is socket.socket:  # not a TLS socket
             timeout = client_socket.gettimeout()
-            client_socket = _QuickAckSocket(fileno=client_socket.detach())
+            client_socket = sockio.QuickAckSocket(fileno=client_socket.detach())
             client_socket.settimeout(timeout)
             try:
                 client_socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)

@@ -10,6 +10,10 @@ database (WAL, ``BEGIN IMMEDIATE``: several writer processes are fine), its own 
 idempotent and re-arms itself, so it does not matter which process armed it. A restarted receiver re-arms the
 timers of every study still receiving, since its predecessor's timers died with it.
 
+``node.receivers`` not set: :func:`node.dicom.cores.auto_receivers` picks the count from the usable cores (1 below
+4). Sharing the port would let a second node started on it by mistake take associations silently, so before the
+receivers start, :func:`check_port_free` binds the port alone once: if anything listens there, serve fails loudly.
+
 Lifecycle, like the worker's: a receiver that dies is restarted by ``serve``; SIGTERM (sent by ``serve`` when it
 drains) stops accepting, lets the associations in progress finish and exits 0; PR_SET_PDEATHSIG kills a
 receiver whose ``serve`` died.
@@ -21,6 +25,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +33,19 @@ import time
 from node.config import NodeConfig
 
 log = logging.getLogger(__name__)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) when something already listens on ``host:port``.
+
+    Bound as pynetdicom's server binds (SO_REUSEADDR, so connections in TIME_WAIT do not count) but without
+    SO_REUSEPORT: a socket listening there, with or without SO_REUSEPORT, makes this bind fail.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        probe.listen(1)
 
 
 class ReceiverPool:
@@ -58,6 +76,12 @@ class ReceiverPool:
 
         ``serve`` binds its own SCP after this: by the time the port answers, every receiver takes its share.
         """
+        if self.count > 1 and self.cfg.node.port:
+            try:
+                check_port_free(self.cfg.node.host, self.cfg.node.port)
+            except OSError as exc:
+                raise RuntimeError(f"DICOM port {self.cfg.node.port} is in use (another node?); not sharing it "
+                                   f"with SO_REUSEPORT: {exc}") from exc
         pending = [self._spawn(index, rearm=False) for index in range(1, self.count)]
         deadline = time.monotonic() + ready_timeout
         while pending and time.monotonic() < deadline:

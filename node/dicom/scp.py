@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from io import BytesIO
 import threading
 import time
 from pathlib import Path
@@ -25,10 +26,10 @@ from node.dicom.commitment import CommitmentReport, add_report_context, report_h
 from node.store.commit import GroupCommitter
 from node.config import NodeConfig
 from node.dicom.pynetdicom_patches import (NodeAssociationServer, SharedPortAssociationServer, configure_pynetdicom,
-                                           track_server)
-from node.dicom.receive_guard import write_failed
+                                           received_file, track_server)
+from node.dicom.receive_guard import GuardedTempFile, write_failed
 from node.dicom.access import ScpSecurity
-from node.store.spool import Spool, SpoolFullError, is_valid_uid, move_durably
+from node.store.spool import DirSyncer, Spool, SpoolFullError, is_valid_uid, move_durably
 from node.store.state import InstanceRecord, Store
 from node.dicom.tls import start_tls_listener
 
@@ -40,6 +41,26 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_MISMATCH = 0xA900
 
+
+
+def read_header(path: Path, received: GuardedTempFile | None = None) -> pydicom.Dataset:
+    """The received file's header (up to the pixel data), parsed from the bytes in memory when they hold it all.
+
+    The file is read again only when the kept head ends before the pixel data does begin (a header longer than
+    :data:`node.dicom.receive_guard.HEAD_BYTES`) or cannot be parsed; then the file's own parse (and its error,
+    if any) decides, exactly as before.
+    """
+    if received is not None and not received.failed and received.head:
+        head = received.head
+        fp = BytesIO(head)
+        try:
+            header = pydicom.dcmread(fp, stop_before_pixels=True)
+            # stopped before the pixel data inside the head, or the head is the whole file
+            if received.complete_head or fp.tell() < len(head):
+                return header
+        except Exception:  # noqa: BLE001 - the file's parse below decides
+            pass
+    return pydicom.dcmread(path, stop_before_pixels=True)
 
 
 class StudyIntake(Protocol):
@@ -67,6 +88,7 @@ class StorageSCP:
         self._thread: threading.Thread | None = None
         self.received = 0
         self._committer = GroupCommitter(self._commit_batch)
+        self._dir_syncer = DirSyncer()  # concurrent renames into one series folder share its fsync
         self.serve_tls = True  # receiver processes other than the main one leave the TLS port to it
 
     def _commit_batch(self, records: Sequence[InstanceRecord]) -> list[list[tuple[str, float]]]:
@@ -104,19 +126,21 @@ class StorageSCP:
 
     def _store(self, event: evt.Event) -> int:
         tmp = Path(event.dataset_path)
+        received = received_file(event)  # the open file pynetdicom streamed the data set to (None: not ours)
         calling_ae = event.assoc.requestor.ae_title.strip()
         if write_failed(tmp):
             tmp.unlink(missing_ok=True)
             return STATUS_OUT_OF_RESOURCES
         try:
-            tmp.stat()
+            if received is None:
+                tmp.stat()
             # the received file is already on this file system (and counted): only the floor matters now
             self.spool.check_space(0)
         except (SpoolFullError, OSError) as exc:
             log.error("spool full: refusing instance (0xA700): %s", exc)
             return STATUS_OUT_OF_RESOURCES
         try:
-            header = pydicom.dcmread(tmp, stop_before_pixels=True)
+            header = read_header(tmp, received)
             study_uid = str(header.get("StudyInstanceUID", ""))
             series_uid = str(header.get("SeriesInstanceUID", ""))
             sop_uid = str(header.get("SOPInstanceUID", ""))
@@ -138,8 +162,10 @@ class StorageSCP:
         dst = self.spool.instance_path(study_uid, series_uid, sop_uid)
         replaces = dst.exists()  # a resend of an instance already acknowledged
         try:
-            move_durably(tmp, dst)
-            size = dst.stat().st_size
+            if received is not None:
+                received.sync()  # the descriptor pynetdicom wrote through; fsync releases the GIL
+            move_durably(tmp, dst, src_synced=received is not None, sync_dir=self._dir_syncer.sync)
+            size = received.size if received is not None else dst.stat().st_size
             # Concurrent handlers (several associations) share one transaction: see node.commit.
             due = self._committer.submit(InstanceRecord(
                 sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid, sop_class_uid=sop_class,
