@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from support import testdb
 from support.data import data_dir
 
 # Property-based tests: the same examples on every run by default, so a landing gate cannot flake;
@@ -21,3 +22,22 @@ _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "determin
 @pytest.fixture(scope="session")
 def data() -> Path:
     return data_dir()
+
+
+@pytest.fixture(autouse=True)
+def _test_database(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """With ``DICOM_NODE_TEST_DATABASE`` set, a configuration without ``database.url`` gets a fresh PostgreSQL
+    database per storage folder instead of ``<storage_dir>/node.db`` (see ``support/testdb.py``); nodes started as
+    processes get the same URL written into their file by ``support.nodeproc.node_config``."""
+    if not testdb.on_postgresql() or request.node.get_closest_marker("sqlite"):
+        return
+    from node.config import NodeConfig
+
+    def database_url(self: NodeConfig) -> str:
+        return self.database.url or testdb.database_url(self.storage_dir)
+
+    monkeypatch.setattr(NodeConfig, "database_url", property(database_url))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    testdb.finish()

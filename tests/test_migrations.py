@@ -192,7 +192,8 @@ def test_serve_upgrades_a_database_made_before_migrations_and_delivers_its_pendi
     db = legacy_db(tmp_path / "var", result)
     with Storescp(tmp_path / "pacs") as pacs:
         cfg = node_config(tmp_path, endpoint_url="http://127.0.0.1:1/score", pacs=("PACS", pacs.port),
-                          retention={"purge_delivered_after_hours": 1000000})
+                          retention={"purge_delivered_after_hours": 1000000},
+                          database={"url": f"sqlite:///{db}"})  # the SQLite file of an older node
         node = NodeProcess(tmp_path, cfg)
         try:
             node.start()

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .ports import free_port
+from .testdb import database_section
 
 
 def node_config(tmp: Path, *, endpoint_url: str, pacs: tuple[str, int] | None, quiet: float = 1.0,
@@ -32,6 +33,8 @@ def node_config(tmp: Path, *, endpoint_url: str, pacs: tuple[str, int] | None, q
         cfg["destinations"]["pacs"] = {"ae_title": pacs[0], "host": "127.0.0.1", "port": pacs[1],
                                        "backoff_initial_seconds": 0.5, "backoff_max_seconds": 2}
         cfg["rules"][0]["send_to"] = ["pacs"]
+    if database_section(tmp / "var"):  # DICOM_NODE_TEST_DATABASE: a fresh PostgreSQL database (support/testdb.py)
+        cfg["database"] = database_section(tmp / "var")
     for key, value in extra.items():
         cfg[key] = value
     return cfg
