@@ -152,15 +152,59 @@ def test_a_database_missing_tables_of_an_older_node_gets_them(tmp_path: Path) ->
     store.engine.dispose()
 
 
-def test_a_database_from_a_newer_node_is_refused_with_its_revision(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'node.db'}"
-    Store.open(url).engine.dispose()
-    con = sqlite3.connect(tmp_path / "node.db")
+def _from_the_future(db: Path, floor: str) -> None:
+    """Make ``db`` look upgraded by a newer node: an unknown revision, and the floor that node recorded."""
+    con = sqlite3.connect(db)
     con.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
+    con.execute("UPDATE schema_compat SET revision = '0099_from_the_future', compatible_from = ?", (floor,))
     con.commit()
     con.close()
-    with pytest.raises(SchemaError, match="0099_from_the_future"):
+
+
+def test_a_database_from_a_newer_node_past_a_non_additive_revision_is_refused_naming_both(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    Store.open(url).engine.dispose()
+    _from_the_future(tmp_path / "node.db", "0098_renames_a_column")
+    with pytest.raises(SchemaError, match=r"0099_from_the_future.*0098_renames_a_column.*" + head_revision()):
         Store.open(url)
+
+
+def test_a_database_from_a_newer_node_with_only_additive_revisions_is_used_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    Store.open(url).engine.dispose()
+    _from_the_future(tmp_path / "node.db", "0005_compat_floor")  # every revision after this one was additive
+    with caplog.at_level(logging.WARNING, logger="node.store.migrate"):
+        store = Store.open(url)
+    assert "0099_from_the_future" in caplog.text and "compatible from 0005_compat_floor" in caplog.text
+    assert revision_of(url) == "0099_from_the_future", "an older node never touches a newer schema"
+    store.engine.dispose()
+
+
+def test_the_compatibility_floor_is_the_newest_non_additive_revision() -> None:
+    """The baseline creates everything (not additive); every revision after it so far adds tables or columns."""
+    from node.store import compat
+    from node.store.migrate import _scripts
+
+    assert not compat.is_additive(_scripts(), BASELINE)
+    assert all(compat.is_additive(_scripts(), r) for r in
+               ("0002_dicomweb", "0003_resilience", "0004_outbox_verify", "0005_compat_floor"))
+    assert compat.floor_of(_scripts(), head_revision()) == BASELINE
+
+
+def test_a_running_node_stops_taking_work_once_a_non_additive_upgrade_lands(tmp_path: Path) -> None:
+    from node.store.compat import IncompatibleSchema
+
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    store = Store.open(url)
+    store.schema_guard.interval = 0.0  # check at every claim
+    assert store.claim_outbox("pacs", "test:1:x", 60) == []
+    _from_the_future(tmp_path / "node.db", "0098_renames_a_column")
+    with pytest.raises(IncompatibleSchema, match=r"0099_from_the_future.*0098_renames_a_column"):
+        store.claim_outbox("pacs", "test:1:x", 60)
+    with pytest.raises(IncompatibleSchema):
+        store.claim_job(1, "test:1:x", 60)
+    store.engine.dispose()
 
 
 def _open_and_read(url: str) -> str | None:
