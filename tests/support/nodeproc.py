@@ -50,6 +50,9 @@ class NodeProcess:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc: subprocess.Popen | None = None
         self.runs = 0
+        # Another version of the code (a copied tree holding node/, converters/, dicom_out/): the process runs in
+        # that folder with it first on PYTHONPATH (tests/test_rolling_upgrade.py). None: this checkout's code.
+        self.code_root: Path | None = None
 
     @property
     def port(self) -> int:
@@ -62,8 +65,13 @@ class NodeProcess:
     def start(self, timeout: float = 60) -> "NodeProcess":
         self.runs += 1
         log = open(self.log_path, "wb")
+        env, cwd = None, None
+        if self.code_root is not None:
+            cwd = str(self.code_root)  # `python -m` puts the working folder first on sys.path
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                [cwd, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
         self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
