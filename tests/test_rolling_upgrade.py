@@ -117,14 +117,17 @@ def _send_study(node: NodeProcess, files: list[Path]) -> bool:
 class Load(threading.Thread):
     """Sends chest X-ray studies, alternating between the nodes; a study a node cannot take goes to the other."""
 
-    def __init__(self, tmp: Path, data: Path, nodes: list[NodeProcess], studies: int, pause: float) -> None:
+    def __init__(self, tmp: Path, data: Path, nodes: list[NodeProcess], pause: float) -> None:
         super().__init__(daemon=True)
-        self.tmp, self.data, self.nodes, self.studies, self.pause = tmp, data, nodes, studies, pause
+        self.tmp, self.data, self.nodes, self.pause = tmp, data, nodes, pause
         self.accepted: dict[str, str] = {}  # study UID -> instance_id of the node that acknowledged it
         self.failures: list[str] = []
+        self.done = threading.Event()  # set by the test: finish the study in hand, then stop
 
     def run(self) -> None:
-        for i in range(self.studies):
+        i = -1
+        while not self.done.is_set():
+            i += 1
             files = derive_cxr_study(self.tmp / f"study{i}", self.data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                                      self.data / "cxr" / "dx_lateral_thorax_veterinary.dcm",
                                      patient_id=f"ROLL-{i}")
@@ -162,19 +165,22 @@ def test_nodes_upgraded_one_at_a_time_under_load_deliver_every_result_once(tmp_p
         b = _node(tmp_path, "node-b", url, emulator.url, pacs)
         a.start()
         b.start()
-        load = Load(tmp_path / "studies", data, [a, b], studies=16, pause=0.5)
+        load = Load(tmp_path / "studies", data, [a, b], pause=0.3)
         try:
             load.start()
-            wait_until(lambda: len(load.accepted) >= 4, 120, "the first studies")
+            wait_until(lambda: len(load.accepted) >= 3, 120, "the first studies")
             _upgrade(a, code)  # migrates the shared database to NEXT while b, the old code, keeps working
             assert _db(url, "SELECT version_num FROM alembic_version") == [(NEXT,)]
             upgraded_at = len(load.accepted)
-            wait_until(lambda: len(load.accepted) >= upgraded_at + 5, 120, "studies after the first upgrade")
+            wait_until(lambda: len(load.accepted) >= upgraded_at + 4, 120, "studies after the first upgrade")
             on_old_b = [uid for uid, n in list(load.accepted.items())[upgraded_at:] if n == "node-b"]
             assert on_old_b, "the old node took studies after the schema upgrade"
             wait_until(lambda: all(_result_study_counts(pacs)[1][uid] >= RESULTS_PER_STUDY for uid in on_old_b),
                        120, "the old node's results on the upgraded schema")
             _upgrade(b, code)
+            upgraded_at = len(load.accepted)
+            wait_until(lambda: len(load.accepted) >= upgraded_at + 3, 120, "studies after the second upgrade")
+            load.done.set()
             load.join(timeout=300)
             assert not load.is_alive() and not load.failures, load.failures
             sent = set(load.accepted)
@@ -187,7 +193,7 @@ def test_nodes_upgraded_one_at_a_time_under_load_deliver_every_result_once(tmp_p
         finally:
             a.stop()
             b.stop()
-    assert len(sent) == 16
+    assert len(sent) >= 10
     assert {uid: by_study[uid] for uid in sent} == {uid: RESULTS_PER_STUDY for uid in sent}, "every result, once"
     assert set(by_sop.values()) == {1}, [u for u, n in by_sop.items() if n > 1]
     assert f"database schema upgraded from {CURRENT} to {NEXT}" in logs
