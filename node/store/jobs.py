@@ -15,6 +15,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from node.store.compat import SchemaGuard
+from node.store.conflicts import retry_on_conflict
 from node.store.schema import jobs, now, outbox, results, studies
 
 
@@ -32,6 +33,7 @@ class JobsPart:
     engine: Engine
     schema_guard: SchemaGuard
 
+    @retry_on_conflict  # two deciders of one study version on PostgreSQL: the loser finds the winner's jobs
     def create_jobs(self, study_uid: str, version: int, planned: Iterable[tuple[str, str, list[str]]],
                     waiting: Iterable[tuple[str, str, list[str]]] = ()) -> list[int]:
         """Create one pending job per (rule, endpoint, series); idempotent per (study, rule, version).

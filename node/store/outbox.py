@@ -37,6 +37,9 @@ class OutboxPart:
                 outbox.c.destination == destination, outbox.c.state == "pending",
                 outbox.c.next_attempt_at <= t,
                 or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < t))).order_by(outbox.c.id).limit(limit)
+            # PostgreSQL: senders claiming at once take different rows (SKIP LOCKED) instead of all waiting for the
+            # first one's rows and then finding them leased; SQLite renders no FOR UPDATE (its writers take turns).
+            due = due.with_for_update(skip_locked=True)
             was_in_flight = {r[0]: bool(r[1]) for r in conn.execute(due)}
             if not was_in_flight:
                 return []
