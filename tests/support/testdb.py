@@ -13,6 +13,7 @@ fixture) keep naming their ``sqlite:///`` URLs and are not affected.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import uuid
@@ -56,6 +57,7 @@ def _server_url() -> str:
             from .postgres import PostgresServer
 
             _server = PostgresServer().start()
+            atexit.register(finish)  # processes without pytest's session end (bench soak uses node_config too)
         return _server.url()
 
 
