@@ -111,6 +111,25 @@ def test_an_empty_database_gets_head_and_the_tables_of_schema_py(tmp_path: Path)
     engine.dispose()
 
 
+def test_an_empty_postgresql_database_gets_the_tables_of_schema_py() -> None:
+    """The same comparison on PostgreSQL, where types are checked for real (compare_type)."""
+    from support.postgres import PostgresServer
+
+    with PostgresServer() as pg:
+        url, reference = pg.create_database(), pg.create_database()
+        Store.open(url).engine.dispose()
+        engine = make_engine(reference)
+        metadata.create_all(engine)
+        engine.dispose()
+        assert shape(url) == shape(reference)
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        finally:
+            engine.dispose()
+
+
 def test_a_second_upgrade_is_a_no_op(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = f"sqlite:///{tmp_path / 'node.db'}"
     engine = make_engine(url)
@@ -217,6 +236,24 @@ def test_processes_opening_an_empty_database_at_once_all_find_head(tmp_path: Pat
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         assert pool.map(_open_and_read, [url] * 4) == [head_revision()] * 4
     assert shape(url)["outbox"]["indexes"]
+
+
+def test_processes_opening_an_empty_postgresql_database_at_once_all_find_head(tmp_path: Path) -> None:
+    """The advisory lock: one process migrates, the others wait and find head; the floor is recorded once."""
+    from support.postgres import PostgresServer
+
+    with PostgresServer() as pg:
+        url = pg.create_database()
+        with multiprocessing.get_context("spawn").Pool(4) as pool:
+            assert pool.map(_open_and_read, [url] * 4) == [head_revision()] * 4
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT revision, compatible_from FROM schema_compat")).all() == [
+                    (head_revision(), BASELINE)]
+            assert {t for t in inspect(engine).get_table_names()} >= set(metadata.tables)
+        finally:
+            engine.dispose()
 
 
 def test_the_migrations_render_for_postgresql(tmp_path: Path) -> None:
