@@ -176,7 +176,7 @@ def test_nodes_upgraded_one_at_a_time_under_load_deliver_every_result_once(tmp_p
             on_old_b = [uid for uid, n in list(load.accepted.items())[upgraded_at:] if n == "node-b"]
             assert on_old_b, "the old node took studies after the schema upgrade"
             wait_until(lambda: all(_result_study_counts(pacs)[1][uid] >= RESULTS_PER_STUDY for uid in on_old_b),
-                       120, "the old node's results on the upgraded schema")
+                       120, "the results of the studies the old node acknowledged on the upgraded schema")
             _upgrade(b, code)
             upgraded_at = len(load.accepted)
             wait_until(lambda: len(load.accepted) >= upgraded_at + 3, 120, "studies after the second upgrade")
@@ -201,7 +201,10 @@ def test_nodes_upgraded_one_at_a_time_under_load_deliver_every_result_once(tmp_p
     assert compat_row == [(NEXT, "0001_baseline")], "every revision after the baseline is additive"
 
 
-def test_an_old_node_starting_on_an_additively_upgraded_database_runs_with_a_warning(tmp_path: Path) -> None:
+def test_an_old_node_starting_on_an_additively_upgraded_database_runs_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
     from node.store.state import Store
 
     code = next_version(tmp_path / "next", additive=True)
@@ -213,7 +216,10 @@ def test_an_old_node_starting_on_an_additively_upgraded_database_runs_with_a_war
         new.start()
         new.stop()
         assert _db(url, "SELECT revision, compatible_from FROM schema_compat") == [(NEXT, "0001_baseline")]
-        store = Store.open(url)  # this tree's code: head CURRENT
+        with caplog.at_level(logging.WARNING, logger="node.store.migrate"):
+            store = Store.open(url)  # this tree's code: head CURRENT
+        assert (f"the database is at schema revision {NEXT}, newer than this node's {CURRENT}, and compatible "
+                f"from 0001_baseline") in caplog.text
         try:
             assert store.create_jobs("1.2.3", 1, [("r", "e", ["1.2.3.4"])])  # and it writes
         finally:
