@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from node.store.migrate import head_revision
 from support.data import REPO
 from support.dcmtk import Storescp, storescu, transfer_syntax_flag
 from support.nodekit import wait_until
@@ -36,7 +37,7 @@ from support.studies import derive_cxr_study
 
 pytestmark = [pytest.mark.slow]
 
-CURRENT = "0005_compat_floor"  # the head of this tree (test_migrations checks it is the head)
+CURRENT = head_revision()  # this tree's newest revision: the next release's revision goes on top of it
 NEXT = "0006_next_release"
 RESULTS_PER_STUDY = 2  # a chest X-ray study with the emulator's findings: one SR and one presentation state
 
