@@ -43,7 +43,8 @@ def on_postgresql() -> bool:
         return False
     if value == "postgresql" or value.startswith(("postgresql://", "postgresql+psycopg://")):
         return True
-    raise RuntimeError(f"{ENV}={value!r}: allowed: postgresql (start a server) or postgresql[+psycopg]://USER@HOST:PORT/DB")
+    raise RuntimeError(f"{ENV}={value!r}: allowed: postgresql (start a server) or "
+                       "postgresql[+psycopg]://USER@HOST:PORT/DB")
 
 
 def _server_url() -> str:
