@@ -10,10 +10,36 @@ cd "${REPO}"
 bash scripts/setup.sh
 
 # -m "": no marker filter, whatever addopts may say; a -m in "$@" still wins (it comes later).
-echo "[test] ${PYTHON} -m pytest -m '' $*"
+# Two passes: the node's default SQLite database, then the same suite with every test database on PostgreSQL
+# (DICOM_NODE_TEST_DATABASE=postgresql: the tests start their own server on a free loopback port; see
+# tests/support/testdb.py). The second pass leaves out the tests marked nodb (converters, writers, harnesses: no
+# database to change). DICOM_NODE_TEST_DATABASE already set: one pass, on that. DICOM_NODE_TEST_PASSES=sqlite or
+# postgresql: that pass only.
+run_pass() {
+    local label="$1"; shift
+    echo "[test] ${label}: ${PYTHON} -m pytest $*"
+    local prc=0
+    "${PYTHON}" -m pytest "$@" || prc=$?
+    if [[ ${prc} -eq 5 ]]; then
+        echo "[test] FAILED (${label}): pytest collected no tests (exit 5)" >&2
+    elif [[ ${prc} -ne 0 ]]; then
+        echo "[test] FAILED (${label}): pytest exit ${prc}" >&2
+    fi
+    return "${prc}"
+}
+
 rc=0
-"${PYTHON}" -m pytest -m "" "$@" || rc=$?
-if [[ ${rc} -eq 5 ]]; then
-    echo "[test] FAILED: pytest collected no tests (exit 5)" >&2
+passes="${DICOM_NODE_TEST_PASSES:-both}"
+if [[ -n "${DICOM_NODE_TEST_DATABASE:-}" ]]; then
+    run_pass "database ${DICOM_NODE_TEST_DATABASE}" -m "" "$@" || rc=$?
+    exit "${rc}"
+fi
+if [[ "${passes}" != postgresql ]]; then
+    run_pass "SQLite" -m "" "$@" || rc=$?
+fi
+if [[ "${passes}" != sqlite ]]; then
+    prc=0
+    DICOM_NODE_TEST_DATABASE=postgresql run_pass "PostgreSQL" -m "not nodb" "$@" || prc=$?
+    [[ ${rc} -ne 0 ]] || rc=${prc}
 fi
 exit "${rc}"

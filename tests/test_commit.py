@@ -9,6 +9,7 @@ import pytest
 
 from node.store.commit import GroupCommitter
 from node.flow.intake import TimerWheel
+from support.testdb import database_url
 
 
 def test_concurrent_submits_share_transactions_and_each_gets_its_own_result() -> None:
@@ -113,7 +114,7 @@ def test_a_study_closed_by_a_decider_that_died_is_decided_again(tmp_path) -> Non
     from node.store.schema import studies
     from node.store.state import Store
 
-    store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
+    store = Store.open(database_url(tmp_path))
     rec = InstanceRecord(sop_instance_uid="1.2.3.1", study_uid="1.2.3", series_uid="1.2.3.9", sop_class_uid="1.2",
                          transfer_syntax_uid="1.2.840.10008.1.2.1", path=str(tmp_path / "x.dcm"), size_bytes=1,
                          calling_ae="MOD")

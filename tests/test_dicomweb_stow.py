@@ -24,6 +24,7 @@ from support.orthanc import Orthanc
 def make_outbox(tmp_path: Path, data: Path, url: str, n: int = 2, *, broken: int | None = None,
                 **dest) -> tuple[Store, object, list[str]]:
     """An outbox of ``n`` results for a ``type: dicomweb`` destination; result ``broken`` lacks its PatientID."""
+    tmp_path.mkdir(parents=True, exist_ok=True)  # the results below go here (on PostgreSQL no node.db makes it)
     cfg = parse_config({
         "node": {"storage_dir": str(tmp_path / "var")},
         "endpoints": {"cxr": {"model": "cxrreportgen", "url": "http://127.0.0.1:1/score", "auth": "none"}},

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
+from sqlalchemy import text as sql
 from starlette.testclient import TestClient
 
 from node.config import parse_config
@@ -47,7 +48,7 @@ def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_health_metrics_and_pages(app_env) -> None:
-    cfg, _ = app_env
+    cfg, store = app_env
     client = TestClient(build_app(cfg))
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
@@ -61,6 +62,13 @@ def test_health_metrics_and_pages(app_env) -> None:
     page = client.get("/outbox").text
     assert "1.2.3.4.5" in page and "gave up" in page and "Parked (not delivered) (1)" in page
     assert client.get("/studies/9.9.9").status_code == 404
+    # A newer node upgrades the database past a revision this version does not know: not ready, and why.
+    client.app.state.ctx.store.schema_guard.interval = 0.0
+    with store.engine.begin() as conn:
+        conn.execute(sql("UPDATE alembic_version SET version_num = '0099_next'"))
+        conn.execute(sql("UPDATE schema_compat SET revision = '0099_next', compatible_from = '0099_next'"))
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "'0099_next' or newer" in ready.json()["checks"]["database"]["detail"]
 
 
 def test_actions_off_without_a_token_then_retry(app_env, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,7 @@ from node.models.medimageinsight.contract import (
     zero_shot,
 )
 from support.validate import assert_valid_dicom, assert_valid_sr_template
+from support.testdb import database_url
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:
@@ -167,7 +168,7 @@ def test_index_sync_search_and_rebuild(tmp_path: Path) -> None:
     from node.models.medimageinsight.similar import EmbeddingIndex, index_dir, search_similar
     from node.store.state import Store
 
-    store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
+    store = Store.open(database_url(tmp_path))
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((50, 1024)).astype(np.float32)
     records = [EmbeddingRecord(f"1.2.3.{i}", f"1.2.3.s{i % 5}", f"1.2.3.st{i % 7}", "MedImageInsight", "v1", v)
@@ -323,7 +324,7 @@ def test_pipeline_batches_by_bytes_stores_vectors_and_caches_label_texts(tmp_pat
     paths = derive_cxr_study(tmp_path / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
     sizes = [len(to_insight_image(pydicom.dcmread(p), resize=256).png) for p in paths]
-    store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
+    store = Store.open(database_url(tmp_path))
     labels = ["x-ray chest anteroposterior", "x-ray chest lateral"]
     with EmulatorServer("127.0.0.1", 0) as emulator:
         cfg = parse_config({

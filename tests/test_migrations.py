@@ -111,6 +111,25 @@ def test_an_empty_database_gets_head_and_the_tables_of_schema_py(tmp_path: Path)
     engine.dispose()
 
 
+def test_an_empty_postgresql_database_gets_the_tables_of_schema_py() -> None:
+    """The same comparison on PostgreSQL, where types are checked for real (compare_type)."""
+    from support.postgres import PostgresServer
+
+    with PostgresServer() as pg:
+        url, reference = pg.create_database(), pg.create_database()
+        Store.open(url).engine.dispose()
+        engine = make_engine(reference)
+        metadata.create_all(engine)
+        engine.dispose()
+        assert shape(url) == shape(reference)
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        finally:
+            engine.dispose()
+
+
 def test_a_second_upgrade_is_a_no_op(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = f"sqlite:///{tmp_path / 'node.db'}"
     engine = make_engine(url)
@@ -152,15 +171,59 @@ def test_a_database_missing_tables_of_an_older_node_gets_them(tmp_path: Path) ->
     store.engine.dispose()
 
 
-def test_a_database_from_a_newer_node_is_refused_with_its_revision(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'node.db'}"
-    Store.open(url).engine.dispose()
-    con = sqlite3.connect(tmp_path / "node.db")
+def _from_the_future(db: Path, floor: str) -> None:
+    """Make ``db`` look upgraded by a newer node: an unknown revision, and the floor that node recorded."""
+    con = sqlite3.connect(db)
     con.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
+    con.execute("UPDATE schema_compat SET revision = '0099_from_the_future', compatible_from = ?", (floor,))
     con.commit()
     con.close()
-    with pytest.raises(SchemaError, match="0099_from_the_future"):
+
+
+def test_a_database_from_a_newer_node_past_a_non_additive_revision_is_refused_naming_both(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    Store.open(url).engine.dispose()
+    _from_the_future(tmp_path / "node.db", "0098_renames_a_column")
+    with pytest.raises(SchemaError, match=r"0099_from_the_future.*0098_renames_a_column.*" + head_revision()):
         Store.open(url)
+
+
+def test_a_database_from_a_newer_node_with_only_additive_revisions_is_used_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    Store.open(url).engine.dispose()
+    _from_the_future(tmp_path / "node.db", head_revision())  # every revision after this code's head was additive
+    with caplog.at_level(logging.WARNING, logger="node.store.migrate"):
+        store = Store.open(url)
+    assert "0099_from_the_future" in caplog.text and f"compatible from {head_revision()}" in caplog.text
+    assert revision_of(url) == "0099_from_the_future", "an older node never touches a newer schema"
+    store.engine.dispose()
+
+
+def test_the_compatibility_floor_is_the_newest_non_additive_revision() -> None:
+    """The baseline creates everything (not additive); every revision after it so far adds tables or columns."""
+    from node.store import compat
+    from node.store.migrate import _scripts
+
+    assert not compat.is_additive(_scripts(), BASELINE)
+    assert all(compat.is_additive(_scripts(), r) for r in
+               ("0002_dicomweb", "0003_resilience", "0004_outbox_verify", "0005_compat_floor"))
+    assert compat.floor_of(_scripts(), head_revision()) == BASELINE
+
+
+def test_a_running_node_stops_taking_work_once_a_non_additive_upgrade_lands(tmp_path: Path) -> None:
+    from node.store.compat import IncompatibleSchema
+
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    store = Store.open(url)
+    store.schema_guard.interval = 0.0  # check at every claim
+    assert store.claim_outbox("pacs", "test:1:x", 60) == []
+    _from_the_future(tmp_path / "node.db", "0098_renames_a_column")
+    with pytest.raises(IncompatibleSchema, match=r"0099_from_the_future.*0098_renames_a_column"):
+        store.claim_outbox("pacs", "test:1:x", 60)
+    with pytest.raises(IncompatibleSchema):
+        store.claim_job(1, "test:1:x", 60)
+    store.engine.dispose()
 
 
 def _open_and_read(url: str) -> str | None:
@@ -173,6 +236,24 @@ def test_processes_opening_an_empty_database_at_once_all_find_head(tmp_path: Pat
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         assert pool.map(_open_and_read, [url] * 4) == [head_revision()] * 4
     assert shape(url)["outbox"]["indexes"]
+
+
+def test_processes_opening_an_empty_postgresql_database_at_once_all_find_head(tmp_path: Path) -> None:
+    """The advisory lock: one process migrates, the others wait and find head; the floor is recorded once."""
+    from support.postgres import PostgresServer
+
+    with PostgresServer() as pg:
+        url = pg.create_database()
+        with multiprocessing.get_context("spawn").Pool(4) as pool:
+            assert pool.map(_open_and_read, [url] * 4) == [head_revision()] * 4
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT revision, compatible_from FROM schema_compat")).all() == [
+                    (head_revision(), BASELINE)]
+            assert {t for t in inspect(engine).get_table_names()} >= set(metadata.tables)
+        finally:
+            engine.dispose()
 
 
 def test_the_migrations_render_for_postgresql(tmp_path: Path) -> None:
@@ -192,7 +273,8 @@ def test_serve_upgrades_a_database_made_before_migrations_and_delivers_its_pendi
     db = legacy_db(tmp_path / "var", result)
     with Storescp(tmp_path / "pacs") as pacs:
         cfg = node_config(tmp_path, endpoint_url="http://127.0.0.1:1/score", pacs=("PACS", pacs.port),
-                          retention={"purge_delivered_after_hours": 1000000})
+                          retention={"purge_delivered_after_hours": 1000000},
+                          database={"url": f"sqlite:///{db}"})  # the SQLite file of an older node
         node = NodeProcess(tmp_path, cfg)
         try:
             node.start()

@@ -16,6 +16,7 @@ from node.store.state import Store
 
 
 def make_outbox(tmp_path: Path, data: Path, port: int, n: int = 1, **dest) -> tuple[Store, object, list[str]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)  # the results below go here (on PostgreSQL no node.db makes it)
     cfg = parse_config({
         "node": {"storage_dir": str(tmp_path / "var")},
         "endpoints": {"cxr": {"model": "cxrreportgen", "url": "http://127.0.0.1:1/score", "auth": "none"}},

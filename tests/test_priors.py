@@ -26,6 +26,7 @@ from support.orthanc import Orthanc
 from support.studies import (CURRENT_DATE, OWN_FINDING, PRIOR_DATE, RADIOLOGIST_FINDINGS, RADIOLOGIST_IMPRESSION,
                              derive_cxr_study, make_prior_study)
 from support.validate import assert_valid_dicom
+from support.testdb import database_url
 
 
 def sha(text: str) -> str:
@@ -71,7 +72,7 @@ def test_priors_query_must_name_a_destination(tmp_path: Path) -> None:
 def test_instances_of_an_expected_prior_are_kept_apart_and_purged(tmp_path: Path) -> None:
     from node.store.state import InstanceRecord, Store
 
-    store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
+    store = Store.open(database_url(tmp_path))
 
     def rec(study: str, sop: str) -> InstanceRecord:
         path = tmp_path / f"{sop}.dcm"

@@ -14,6 +14,7 @@ from node.config import parse_config
 from node.flow.retract import RetractError, retract
 from node.store.schema import outbox
 from node.store.state import Store
+from support.testdb import database_url
 
 
 class NoQueue:
@@ -31,7 +32,7 @@ def test_retract_before_anything_was_sent(tmp_path: Path, data: Path) -> None:
                         "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 9}},
                         "rules": [{"name": "chest", "match": {"Modality": "CR"}, "endpoint": "cxr",
                                    "send_to": ["pacs"]}]})
-    store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
+    store = Store.open(database_url(tmp_path))
     sr_path = tmp_path / "sr.dcm"
     shutil.copy(data / "reference" / "highdicom_sr_tid1500.dcm", sr_path)
     sr = pydicom.dcmread(sr_path, stop_before_pixels=True)

@@ -95,6 +95,7 @@ def test_config_errors_name_file_key_and_allowed(tmp_path, doc, expected) -> Non
     assert expected in str(err.value)
 
 
+@pytest.mark.sqlite
 def test_example_config_is_valid_and_paths_are_relative_to_it(monkeypatch) -> None:
     from support.data import REPO
     from node.config import load_config

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from node.http.context import HttpContext, worker_alive
+from node.store.compat import IncompatibleSchema
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -22,10 +23,13 @@ def readiness(ctx: HttpContext) -> dict[str, dict[str, Any]]:
     """Each readiness check: database writable, spool above the disk floor, queue reachable, worker alive."""
     checks: dict[str, dict[str, Any]] = {}
     try:
+        ctx.store.schema_guard.check()  # a newer node made the schema unusable to this version: not ready
         with ctx.store.engine.begin() as conn:
             # a write statement takes the database's write lock (SQLite: RESERVED) without changing a row
             conn.execute(text("UPDATE outbox SET attempts = attempts WHERE id = -1"))
         checks["database"] = {"ok": True, "detail": "writable"}
+    except IncompatibleSchema as exc:  # its message names the revisions (no PHI): what the operator must do
+        checks["database"] = {"ok": False, "detail": str(exc)}
     except Exception as exc:  # any driver error means not ready; the type says which
         checks["database"] = {"ok": False, "detail": f"not writable: {type(exc).__name__}"}
     floor_mb = ctx.cfg.http.disk_floor_mb if ctx.cfg.http.disk_floor_mb is not None else ctx.cfg.node.min_free_disk_mb

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, case, delete, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
+from node.store.conflicts import retry_on_conflict
 from node.store.schema import circuits, jobs, now
 
 
@@ -60,6 +61,7 @@ class CircuitsPart:
             row.update(state="half_open", probe_job=job_id)
             return "probe", row
 
+    @retry_on_conflict  # two first failures at once on PostgreSQL: the second one finds the circuit open
     def circuit_failed(self, endpoint: str, job_id: int, *, delay_for: Any, retry_after: float | None,
                        reason: str) -> dict[str, Any]:
         """Open (or re-open) the circuit after a failed call of job ``job_id``; returns the row.

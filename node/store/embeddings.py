@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import and_, delete, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 
+from node.store.conflicts import retry_on_conflict
 from node.store.schema import classifications, embeddings, text_embeddings
 
 
@@ -157,6 +158,7 @@ def cached_texts(engine: Engine, endpoint: str, model_version: str, texts: Itera
     return out, factor
 
 
+@retry_on_conflict  # two jobs caching the same label texts at once (PostgreSQL)
 def cache_texts(engine: Engine, endpoint: str, model_version: str, vectors: Mapping[str, np.ndarray],
                 scaling_factor: float | None) -> None:
     """Store text vectors (a cache: its own short transaction, outside the job's)."""

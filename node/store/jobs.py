@@ -14,6 +14,8 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from node.store.compat import SchemaGuard
+from node.store.conflicts import retry_on_conflict
 from node.store.schema import jobs, now, outbox, results, studies
 
 
@@ -29,13 +31,16 @@ class JobsPart:
     """Jobs, waiting jobs, results of earlier study versions."""
 
     engine: Engine
+    schema_guard: SchemaGuard
 
+    @retry_on_conflict  # two deciders of one study version on PostgreSQL: the loser finds the winner's jobs
     def create_jobs(self, study_uid: str, version: int, planned: Iterable[tuple[str, str, list[str]]],
                     waiting: Iterable[tuple[str, str, list[str]]] = ()) -> list[int]:
         """Create one pending job per (rule, endpoint, series); idempotent per (study, rule, version).
 
         ``waiting``: jobs of rules with ``classified:``, created in state "waiting" (node/classified.py).
         """
+        self.schema_guard.check()
         ids: list[int] = []
         t = now()
         with self.engine.begin() as conn:
@@ -59,6 +64,7 @@ class JobsPart:
 
     def claim_job(self, job_id: int, owner: str, lease_seconds: float) -> dict[str, Any] | None:
         """Take the lease of a pending (or lease-expired running) job; None when someone else has it or it is over."""
+        self.schema_guard.check()
         t = now()
         with self.engine.begin() as conn:
             res = conn.execute(

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Engine
 
+from node.store.compat import SchemaGuard
 from node.store.schema import now, outbox, results
 
 
@@ -19,6 +20,7 @@ class OutboxPart:
     """Outbox rows: claim, settle, retry parked, due destinations."""
 
     engine: Engine
+    schema_guard: SchemaGuard
 
     def claim_outbox(self, destination: str, owner: str, lease_seconds: float, limit: int = 64) -> list[dict[str, Any]]:
         """Lease the due pending rows of one destination (with the result file each one sends).
@@ -27,6 +29,7 @@ class OutboxPart:
         lease was taken and never settled, or its C-STORE got no answer). Claiming marks every row in flight
         until it is settled.
         """
+        self.schema_guard.check()
         t = now()
         token = f"{owner}:{uuid.uuid4().hex[:8]}"
         with self.engine.begin() as conn:
@@ -34,6 +37,9 @@ class OutboxPart:
                 outbox.c.destination == destination, outbox.c.state == "pending",
                 outbox.c.next_attempt_at <= t,
                 or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < t))).order_by(outbox.c.id).limit(limit)
+            # PostgreSQL: senders claiming at once take different rows (SKIP LOCKED) instead of all waiting for the
+            # first one's rows and then finding them leased; SQLite renders no FOR UPDATE (its writers take turns).
+            due = due.with_for_update(skip_locked=True)
             was_in_flight = {r[0]: bool(r[1]) for r in conn.execute(due)}
             if not was_in_flight:
                 return []

@@ -229,6 +229,17 @@ source_offsets = Table(
     Column("next_poll_at", Float),
 )
 
+#: Rolling upgrades (node/store/compat.py): one row, written by the node that last upgraded the schema: the
+#: revision it left and the oldest revision whose code may still use the database (the compatibility floor).
+schema_compat = Table(
+    "schema_compat",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", String(64), nullable=False),
+    Column("compatible_from", String(64), nullable=False),
+    Column("written_at", Float, nullable=False),
+)
+
 
 def _sqlite_pragmas(synchronous: str):
     def on_connect(dbapi_connection, _record) -> None:  # pragma: no cover - exercised through every test

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from node.store.conflicts import retry_on_conflict
 from node.store.schema import results, source_offsets
 
 
@@ -26,6 +27,7 @@ def position(engine: Engine, source: str) -> dict[str, Any]:
     return dict(row)
 
 
+@retry_on_conflict  # two pollers of one source (two nodes) creating its row at once (PostgreSQL)
 def _upsert(engine: Engine, source: str, **values: Any) -> None:
     values["updated_at"] = time.time()
     with engine.begin() as conn:

@@ -14,7 +14,10 @@ leases to another worker.
 - :mod:`node.store.upkeep`: lease recovery, the sweep's stale work, retention, the status summary;
 - :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions.
 
-Opening a store checks the schema revision (:func:`node.store.schema.ensure_schema`).
+Opening a store checks the schema revision (:func:`node.store.schema.ensure_schema`); while it is open, the
+methods that take work (new instances, job and outbox claims, job creation) re-check it every few seconds
+(:class:`node.store.compat.SchemaGuard`) and raise :class:`node.store.compat.IncompatibleSchema` once a newer node
+upgraded the database past what this code can use.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sqlalchemy.engine import Engine
 from node.store import schema as db
 from node.store.circuits import CircuitsPart
 from node.store.jobs import JobsPart
+from node.store.migrate import schema_guard
 from node.store.outbox import OutboxPart
 from node.store.priors import PriorsPart
 from node.store.records import InstanceRecord
@@ -47,6 +51,8 @@ class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxP
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Rolling upgrades: claims and new instances stop once a newer node made the schema unusable to this code.
+        self.schema_guard = schema_guard(engine)
 
     @classmethod
     def open(cls, url: str, *, sqlite_synchronous: str = "FULL") -> "Store":

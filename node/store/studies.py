@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from node.store.priors import PriorsPart
 from node.store.records import InstanceRecord
+from node.store.compat import SchemaGuard
 from node.store.schema import instances, jobs, now, quarantine, studies
 
 #: A study closed this long ago whose version still has no job lost its decider (killed between closing the study
@@ -26,12 +27,14 @@ class StudiesPart(PriorsPart):
     """Instances, studies, quarantine, decisions; the studies still receiving."""
 
     engine: Engine
+    schema_guard: SchemaGuard
 
     def record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
         """Commit received instances in one transaction (a resend replaces the earlier row).
 
         Returns the studies whose quiet-timer check must be scheduled, with the time it is due.
         """
+        self.schema_guard.check()
         for attempt in range(5):
             try:
                 return self._record_instances(records, quiet_seconds)

@@ -2,7 +2,7 @@
 
 ``send`` pushes files with dcmtk's storescu (one association per call); ``status_json`` reads
 ``dicom-node status --json``; ``db_rows`` counts rows of the node's database from the test process (SQLite
-WAL: reading is safe while the node writes); ``pacs_uids_by_study`` counts what a real Orthanc holds per
+WAL or PostgreSQL: reading is safe while the node writes); ``pacs_uids_by_study`` counts what a real Orthanc holds per
 study. The studies to send come from ``support.studies``.
 """
 
@@ -54,13 +54,28 @@ def db_path(node: NodeProcess) -> Path:
     return Path(node.config["node"]["storage_dir"]) / "node.db"
 
 
+def db_url(node: NodeProcess) -> str:
+    """The SQLAlchemy URL of the node's database (its ``database.url``, else the SQLite file in storage_dir)."""
+    return (node.config.get("database") or {}).get("url") or f"sqlite:///{db_path(node)}"
+
+
 def db_rows(node: NodeProcess, sql: str, *args: Any) -> list[tuple]:
-    """Rows of a read-only query on the node's SQLite database."""
-    conn = sqlite3.connect(f"file:{db_path(node)}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+    """Rows of a read-only query on the node's database; ``?`` marks the parameters (SQLite style) on both engines."""
+    url = db_url(node)
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(f"file:{url[len('sqlite:///'):]}?mode=ro", uri=True, timeout=30)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    with psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database,
+                         autocommit=True) as pg:
+        # psycopg's placeholder is %s; a literal % (LIKE 'x%') is written %% there.
+        return [tuple(r) for r in pg.execute(sql.replace("%", "%%").replace("?", "%s"), args).fetchall()]
 
 
 def stored_sop_uids(node: NodeProcess) -> set[str]:

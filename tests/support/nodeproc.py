@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .ports import free_port
+from .testdb import database_section
 
 
 def node_config(tmp: Path, *, endpoint_url: str, pacs: tuple[str, int] | None, quiet: float = 1.0,
@@ -32,6 +33,8 @@ def node_config(tmp: Path, *, endpoint_url: str, pacs: tuple[str, int] | None, q
         cfg["destinations"]["pacs"] = {"ae_title": pacs[0], "host": "127.0.0.1", "port": pacs[1],
                                        "backoff_initial_seconds": 0.5, "backoff_max_seconds": 2}
         cfg["rules"][0]["send_to"] = ["pacs"]
+    if database_section(tmp / "var"):  # DICOM_NODE_TEST_DATABASE: a fresh PostgreSQL database (support/testdb.py)
+        cfg["database"] = database_section(tmp / "var")
     for key, value in extra.items():
         cfg[key] = value
     return cfg
@@ -47,6 +50,9 @@ class NodeProcess:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc: subprocess.Popen | None = None
         self.runs = 0
+        # Another version of the code (a copied tree holding node/, converters/, dicom_out/): the process runs in
+        # that folder with it first on PYTHONPATH (tests/test_rolling_upgrade.py). None: this checkout's code.
+        self.code_root: Path | None = None
 
     @property
     def port(self) -> int:
@@ -59,8 +65,13 @@ class NodeProcess:
     def start(self, timeout: float = 60) -> "NodeProcess":
         self.runs += 1
         log = open(self.log_path, "wb")
+        env, cwd = None, None
+        if self.code_root is not None:
+            cwd = str(self.code_root)  # `python -m` puts the working folder first on sys.path
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                [cwd, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
         self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -33,8 +33,12 @@ class PostgresServer:
 
     def __init__(self, folder: Path | None = None, port: int | None = None) -> None:
         self.bin = _pg_bin()
-        # Under a root-owned tmp_path the postgres user cannot reach the folder: use one of its own.
-        self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="pgtest-"))
+        # Under a root-owned tmp_path the postgres user cannot reach the folder: use one of its own, in the
+        # system's temporary folder (TMPDIR or /tmp), not tempfile's current default: the SCP points that at its
+        # spool (owner-only) in whatever process runs it, a test process included.
+        if folder is None:
+            folder = Path(tempfile.mkdtemp(prefix="pgtest-", dir=os.environ.get("TMPDIR") or "/tmp"))
+        self.folder = Path(folder)
         self.port = port or free_port()
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         self.datadir = self.folder / "data"

@@ -16,6 +16,8 @@ revision: str = ${repr(up_revision)}
 down_revision: Union[str, Sequence[str], None] = ${repr(down_revision)}
 branch_labels: Union[str, Sequence[str], None] = ${repr(branch_labels)}
 depends_on: Union[str, Sequence[str], None] = ${repr(depends_on)}
+#: True only when a node of the previous version keeps working on the upgraded schema (node/store/compat.py)
+additive = False
 
 
 def upgrade() -> None:

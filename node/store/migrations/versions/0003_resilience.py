@@ -16,6 +16,8 @@ revision: str = "0003_resilience"
 down_revision: Union[str, Sequence[str], None] = "0002_dicomweb"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
+#: a new nullable column and a new table: a node of the previous version keeps working (node/store/compat.py)
+additive = True
 
 
 def upgrade() -> None:

@@ -16,6 +16,8 @@ revision: str = "0004_outbox_verify"
 down_revision: Union[str, Sequence[str], None] = "0003_resilience"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
+#: new columns (the NOT NULL one with a server default) and an index: a node of the previous version keeps working (node/store/compat.py)
+additive = True
 
 
 def upgrade() -> None:
