@@ -7,6 +7,7 @@ the same file for both (one's rename took the other's half-written bytes, or fou
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,13 @@ def _one_pending_result(store) -> None:  # noqa: ANN001  (node.store.state.Store
 
 
 @pytest.mark.slow
-def test_a_row_delivered_by_one_node_is_not_claimed_by_another_that_saw_it_pending(tmp_path: Path) -> None:
-    """PostgreSQL, READ COMMITTED: node Y reads the due rows, node X claims, sends and settles them before Y's
-    UPDATE runs; Y's UPDATE must see the row delivered and leave it (it once took it: a second C-STORE)."""
+def test_a_row_read_as_due_by_one_node_is_claimed_by_that_node_only(tmp_path: Path) -> None:
+    """PostgreSQL, READ COMMITTED: node Y has read the due rows and not yet updated them when node X claims.
+
+    Without row locks X could claim, send and settle the row before Y's UPDATE, which then took it again (a second
+    C-STORE; bench scale once saw one). Y's read locks the rows it read (FOR UPDATE SKIP LOCKED), so X passes them
+    by without waiting, and Y's UPDATE also re-checks that the row is still pending.
+    """
     from sqlalchemy import event
 
     from node.store.state import Store
@@ -77,10 +82,13 @@ def test_a_row_delivered_by_one_node_is_not_claimed_by_another_that_saw_it_pendi
         claimer = threading.Thread(target=lambda: got.append(y.claim_outbox("pacs", "node-y:1:b", 60)))
         claimer.start()
         assert y_read.wait(30)
-        (row,) = x.claim_outbox("pacs", "node-x:1:a", 60)
-        x.settle_outbox(row["id"], row["lease_owner"], state="delivered", status="0x0000")
+        t0 = time.monotonic()
+        x_got = x.claim_outbox("pacs", "node-x:1:a", 60)
+        x_waited = time.monotonic() - t0
         x_done.set()
         claimer.join(30)
         x.engine.dispose()
         y.engine.dispose()
-    assert got == [[]], f"node Y claimed a row node X had delivered: {got}"
+    assert x_got == [], f"node X claimed a row node Y had read as due: {x_got}"
+    assert x_waited < 25, "node X waited for node Y's lock instead of passing the row by"
+    assert len(got) == 1 and [r["result_uid"] for r in got[0]] == ["1.2.3.9"], got

@@ -85,6 +85,8 @@ def test_new_instances_are_ingested_once_and_deletions_ignored(tmp_path: Path, d
         replay, _, intake3 = poller_for(tmp_path, azure.url)
         replay.poll_once()
         assert intake3.recorded == [] and sources.position(store.engine, "azure")["feed_offset"] == 5
+        # ...and the instance whose count died with the position still counts once: 3 live instances in all.
+        assert sources.position(store.engine, "azure")["ingested"] == 3
         assert max(azure.archive.wado_counts.values()) == 1
 
 

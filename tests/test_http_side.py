@@ -21,6 +21,8 @@ import pydicom
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from node.config import load_config
+
 from support.dcmtk import echoscu, storescu
 from support.nodekit import send, wait_until
 from support.nodeproc import NodeProcess, node_config
@@ -130,7 +132,7 @@ def test_metrics_count_what_was_sent(run: Run) -> None:
     assert ready.status_code == 200, ready.text
 
     # The worker dies: serve restarts it; what it counted is still summed.
-    pidfile = Path(run.node.config["node"]["storage_dir"]) / "worker.pid"
+    pidfile = load_config(run.node.config_path).node_dir / "worker.pid"  # storage_dir, or its nodes/<id> (PostgreSQL)
     old = int(pidfile.read_text())
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: pidfile.read_text().strip() != str(old), 30, "serve to restart the worker")

@@ -10,8 +10,8 @@ run by the same ``dicom-node serve`` command from that folder:
   migrates, the running old node stops taking work with an error naming both revisions (a C-STORE to it gets
   0xA700, nothing recorded), and an old node started afterwards refuses to start with the same message.
 
-Each node has its own storage folder and SQLite queue; the database is shared (the cluster tests share a Redis
-queue and one folder; here only the schema matters).
+The two nodes are a cluster as ``README.md`` describes it: one PostgreSQL database, one Redis queue and one storage
+folder, each node with its own ``instance_id`` and ports.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from support.dcmtk import Storescp, storescu, transfer_syntax_flag
 from support.nodekit import wait_until
 from support.nodeproc import NodeProcess, node_config
 from support.postgres import PostgresServer
+from support.redis_server import RedisServer
 from support.studies import derive_cxr_study
 
 pytestmark = [pytest.mark.slow]
@@ -81,12 +82,13 @@ def next_version(folder: Path, *, additive: bool) -> Path:
     return folder
 
 
-def _node(tmp: Path, name: str, db_url: str, emulator_url: str, pacs: Storescp) -> NodeProcess:
+def _node(tmp: Path, name: str, db_url: str, emulator_url: str, pacs: Storescp, queue_url: str) -> NodeProcess:
+    """A node of the cluster: its own config, log and ports; the shared database, queue and storage folder."""
     folder = tmp / name
     folder.mkdir()
     cfg = node_config(folder, endpoint_url=emulator_url, pacs=(pacs.ae_title, pacs.port), quiet=1.0,
-                      database={"url": db_url})
-    cfg["node"]["instance_id"] = name
+                      database={"url": db_url}, queue={"url": queue_url})
+    cfg["node"].update(instance_id=name, storage_dir=str(tmp / "shared"))
     return NodeProcess(folder, cfg)
 
 
@@ -160,10 +162,11 @@ def test_nodes_upgraded_one_at_a_time_under_load_deliver_every_result_once(tmp_p
     from node.emulator.server import EmulatorServer
 
     code = next_version(tmp_path / "next", additive=True)
-    with PostgresServer() as pg, EmulatorServer("127.0.0.1", 0) as emulator, Storescp(tmp_path / "pacs") as pacs:
+    with PostgresServer() as pg, RedisServer(tmp_path / "redis") as redis, \
+            EmulatorServer("127.0.0.1", 0) as emulator, Storescp(tmp_path / "pacs") as pacs:
         url = pg.create_database()
-        a = _node(tmp_path, "node-a", url, emulator.url, pacs)
-        b = _node(tmp_path, "node-b", url, emulator.url, pacs)
+        a = _node(tmp_path, "node-a", url, emulator.url, pacs, redis.url)
+        b = _node(tmp_path, "node-b", url, emulator.url, pacs, redis.url)
         a.start()
         b.start()
         load = Load(tmp_path / "studies", data, [a, b], pause=0.3)
@@ -235,10 +238,11 @@ def test_a_non_additive_upgrade_stops_the_old_node_and_it_refuses_to_start_again
     code = next_version(tmp_path / "next", additive=False)
     study = lambda i: derive_cxr_study(tmp_path / f"study{i}", data / "cxr" / "cr_pa_jpeg_baseline.dcm",  # noqa: E731
                                        data / "cxr" / "dx_lateral_thorax_veterinary.dcm", patient_id=f"BREAK-{i}")
-    with PostgresServer() as pg, EmulatorServer("127.0.0.1", 0) as emulator, Storescp(tmp_path / "pacs") as pacs:
+    with PostgresServer() as pg, RedisServer(tmp_path / "redis") as redis, \
+            EmulatorServer("127.0.0.1", 0) as emulator, Storescp(tmp_path / "pacs") as pacs:
         url = pg.create_database()
-        a = _node(tmp_path, "node-a", url, emulator.url, pacs)
-        b = _node(tmp_path, "node-b", url, emulator.url, pacs)
+        a = _node(tmp_path, "node-a", url, emulator.url, pacs, redis.url)
+        b = _node(tmp_path, "node-b", url, emulator.url, pacs, redis.url)
         a.start()
         b.start()
         try:

@@ -14,6 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from support.dcmtk import storescu, transfer_syntax_flag
+from node.config import load_config
 from node.ops.audit import read_events
 from support.nodeproc import NodeProcess, node_config
 from support.orthanc import Orthanc
@@ -98,7 +99,8 @@ def test_full_run_logs_no_phi_or_key_and_audits_everything(tmp_path: Path, data:
         assert "BurnedInAnnotation=YES" in status and "skipped" in status, status
 
     storage = tmp_path / "var"
-    audit_path = storage / "audit.jsonl"
+    own = load_config(node.config_path).node_dir  # the node's own files: storage, or storage/nodes/<id> (PostgreSQL)
+    audit_path = own / "audit.jsonl"
     events = read_events(audit_path)
 
     # 1. No PHI and no key in anything the node logged, nor in the audit trail.
@@ -138,5 +140,5 @@ def test_full_run_logs_no_phi_or_key_and_audits_everything(tmp_path: Path, data:
     loose = [f"{p} {stat.filemode(p.stat().st_mode)}" for p in [storage, *storage.rglob("*")]
              if stat.S_IMODE(p.stat().st_mode) & 0o077]
     assert not loose, loose
-    assert (storage / "queue.db").exists()
+    assert (own / "queue.db").exists()
     assert (storage / "node.db").exists() or cfg.get("database"), "SQLite's file is checked unless on PostgreSQL"

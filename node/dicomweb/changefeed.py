@@ -112,8 +112,12 @@ class ChangeFeedPoller:
         if not all(is_valid_uid(u) for u in (study, series, sop)):
             log.warning("source %s: change-feed entry %s has no valid UIDs; ignored", self.key, entry.get("Sequence"))
             return 0
-        if self.store.instance(sop) is not None:
-            return 0  # held already: a repeat after a crash, or an update of an instance we have
+        held = self.store.instance(sop)
+        if held is not None:
+            # Held already. A ``create`` this source itself recorded, met again because the position had not moved
+            # when the node died, still counts once as ingested (its count was lost with the position); an update,
+            # or an instance that came another way (C-STORE, another source), does not.
+            return int(action == "create" and held.get("calling_ae") == self.key[:16])
         if sources.is_own_result(self.store.engine, sop):
             return 0  # this node's own result, sent back to the service it came from: not new work
         try:

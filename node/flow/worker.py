@@ -52,7 +52,17 @@ def sweep_every(svc: Services, interval: float, stop: threading.Event) -> thread
 
 
 def run_worker(cfg: NodeConfig, *, parent_pid: int | None = None) -> None:
-    """Run the Huey consumer until SIGINT/SIGTERM (graceful: tasks in flight finish first)."""
+    """Run the Huey consumer until SIGINT/SIGTERM (graceful: tasks in flight finish first).
+
+    A stop asked for while the worker is still starting (before Huey installs its handlers) ends it at once.
+    """
+    try:  # until Huey sets its handlers, SIGINT raises KeyboardInterrupt (never ignored: node.cli.main)
+        _run_worker(cfg, parent_pid)
+    except KeyboardInterrupt:
+        log.info("worker stopped while starting")
+
+
+def _run_worker(cfg: NodeConfig, parent_pid: int | None) -> None:
     if parent_pid is not None:
         die_with_parent()
         if os.getppid() != parent_pid:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .ports import HOST, free_port
+from .tools import stop_started
 
 
 class HAProxy:
@@ -55,13 +56,7 @@ class HAProxy:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_started(self.proc)
         self.proc = None
 
     def __enter__(self) -> "HAProxy":

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .ports import HOST, free_port
+from .tools import stop_started
 
 
 class RedisServer:
@@ -51,13 +52,7 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_started(self.proc)
         self.proc = None
 
     def __enter__(self) -> "RedisServer":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,15 @@ def require_tool(name: str) -> str:
         pytest.fail(f"{name} is not installed: run scripts/setup.sh (it installs dcmtk, orthanc, dicom3tools)",
                     pytrace=False)
     return path
+
+
+def stop_started(proc: "subprocess.Popen | None", timeout: float = 10) -> None:
+    """Stop a server process the test started itself (SIGTERM, then SIGKILL after ``timeout`` seconds)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
