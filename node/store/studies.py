@@ -10,11 +10,11 @@ from typing import Any, Sequence
 
 from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 
 from node.store.priors import PriorsPart
 from node.store.records import InstanceRecord
 from node.store.compat import SchemaGuard
+from node.store.conflicts import retry_on_conflict
 from node.store.schema import instances, jobs, now, quarantine, studies
 
 #: A study closed this long ago whose version still has no job lost its decider (killed between closing the study
@@ -35,16 +35,11 @@ class StudiesPart(PriorsPart):
         Returns the studies whose quiet-timer check must be scheduled, with the time it is due.
         """
         self.schema_guard.check()
-        for attempt in range(5):
-            try:
-                return self._record_instances(records, quiet_seconds)
-            except IntegrityError:
-                # Two associations created the same study row at once (PostgreSQL, READ COMMITTED): the
-                # row exists now, so the next attempt takes the update path.
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+        return self._record_instances(records, quiet_seconds)
 
+    # Two associations created the same study row at once (PostgreSQL, READ COMMITTED): the row exists now, so
+    # the next attempt takes the update path.
+    @retry_on_conflict
     def _record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
         t = now()
         to_schedule: dict[str, float] = {}
