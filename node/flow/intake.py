@@ -12,7 +12,7 @@ stay with Huey's durable schedule.
 
 A timer lives in memory only. When a process dies, the worker's start re-arms the timers of every study still
 receiving (:func:`node.flow.sweep.sweep` with ``fresh_start``; a restarted receiver does the same) and re-enqueues
-those already quiet; the periodic sweep (``Store.stale_work``) catches anything else within a minute.
+those already quiet; the periodic sweep (``Store.stale_work``, every ``queue.sweep_seconds``) catches anything else.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The work queue: Huey, embedded on SQLite by default, on Redis when ``queue.url`` says so.
 
 Huey delivers a task at most once (it leaves the queue before it runs), so tasks only carry ids: the
-database holds the truth (leases, attempts, next_attempt_at) and a periodic sweep re-enqueues whatever a
+database holds the truth (leases, attempts, next_attempt_at) and the worker's sweep re-enqueues whatever a
 crash dropped. Every task is idempotent.
 
 This module only names and registers the tasks, so that the SCP process (which enqueues) and the worker process
@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from huey import Huey, RedisHuey, SqliteHuey, crontab
+from huey import Huey, RedisHuey, SqliteHuey
 
 from node.config import ConfigError, NodeConfig
 
 QUEUE_NAME = "dicom-node"
-TASK_NAMES = ("check_study", "run_job", "deliver", "sweep")
+TASK_NAMES = ("check_study", "run_job", "deliver")
 
 
 def make_huey(cfg: NodeConfig) -> Huey:
@@ -35,7 +35,11 @@ def make_huey(cfg: NodeConfig) -> Huey:
 
 
 class Queue:
-    """The node's tasks on one Huey instance: ``check_study``, ``run_job``, ``deliver``, ``sweep``."""
+    """The node's tasks on one Huey instance: ``check_study``, ``run_job``, ``deliver``.
+
+    The sweep is not a task: the worker runs it on its own thread every ``queue.sweep_seconds``
+    (:func:`node.flow.worker.sweep_every`), more often than Huey's once-a-minute periodic tasks could.
+    """
 
     def __init__(self, cfg: NodeConfig) -> None:
         self.huey = make_huey(cfg)
@@ -44,7 +48,6 @@ class Queue:
         self.check_study = h.task(name="check_study")(self._dispatch("check_study"))
         self.run_job = h.task(name="run_job")(self._dispatch("run_job"))
         self.deliver = h.task(name="deliver")(self._dispatch("deliver"))
-        self.sweep = h.periodic_task(crontab(minute="*"), name="sweep")(self._dispatch("sweep"))
 
     def bind(self, bodies: Mapping[str, Callable[..., Any]]) -> None:
         """Give the task bodies (one per name of :data:`TASK_NAMES`) to the process that runs the consumer."""
@@ -83,6 +86,6 @@ class Queue:
         Each hop of a study (check -> job -> delivery) waits for a poll; at 0.5 s that was up to 1.5 s per study.
         An idle poll is one read of the queue table per worker thread (about 80 small reads a second).
         """
-        return self.huey.create_consumer(workers=workers, worker_type="thread", periodic=True,
+        return self.huey.create_consumer(workers=workers, worker_type="thread", periodic=False,
                                          initial_delay=0.01, backoff=1.5, max_delay=0.05,
                                          scheduler_interval=1, check_worker_health=True)

@@ -28,7 +28,6 @@ def bind_tasks(svc: Services) -> None:
         "check_study": functools.partial(decide.check_study, svc),
         "run_job": functools.partial(run.run_job, svc),
         "deliver": functools.partial(deliver.deliver, svc),
-        "sweep": functools.partial(sweep.sweep, svc),
     })
 
 
