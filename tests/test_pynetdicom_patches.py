@@ -12,7 +12,7 @@ from pathlib import Path
 import pynetdicom
 import pytest
 
-from node.dicom import netpoll, pynetdicom_patches, receive_guard
+from node.dicom import pynetdicom_patches, receive_guard
 from node.dicom.pynetdicom_patches import PATCHES, PYNETDICOM_CHECKED, source_digest
 
 TARGETS = [(patch, target, digest) for patch in PATCHES for target, digest in patch.sources.items()]
@@ -58,7 +58,7 @@ def test_configure_installs_every_patch() -> None:
     assert _config.STORE_RECV_CHUNKED_DATASET is True
     assert _config.LOG_REQUEST_IDENTIFIERS is False and _config.LOG_RESPONSE_IDENTIFIERS is False
     assert _config.LOG_HANDLER_LEVEL == "none"
-    assert dul.time.sleep is netpoll.adaptive_sleep and association.time.sleep is netpoll.adaptive_sleep
+    assert dul.time.sleep is pynetdicom_patches._reactor_sleep is association.time.sleep
     from pynetdicom.transport import AssociationSocket
     assert AssociationSocket.recv is pynetdicom_patches._recv_exact
     from pynetdicom.dimse import DIMSEServiceProvider

@@ -1,58 +1,145 @@
-"""Adaptive polling for pynetdicom's reactor threads.
+"""Event-driven waits for pynetdicom's reactor threads, in place of their polling sleeps.
 
 pynetdicom 3 runs two polling loops per association: the DUL thread sleeps 1 ms whenever the socket has nothing
 and no primitive waits to be sent, and the association thread sleeps 1 ms before every look at the DIMSE queue.
 One C-STORE crosses those loops three times (request complete -> handler -> response sent -> next request
-seen), so on one association about 3 ms of every instance were spent asleep: profiled (py-spy, a no-op handler,
-1,024 CT slices) the DUL thread slept ~60 % and the association thread ~80 % of the wall time, at ~240
-instances/s where dcmtk's storescp takes ~600.
+seen), so on one association about 3 ms of every instance were spent asleep (~240 instances/s where dcmtk's
+storescp takes ~600).
 
-This module is the policy; :func:`node.dicom.pynetdicom_patches.install_adaptive_polling` installs it. It gives those loops a sleep that stays short (0.1 ms) while an association is busy and falls back
-to pynetdicom's own 1 ms once it has been idle for a while, so an idle association costs what it did before.
-"Busy" is read from the loop itself: when more than ``WORK_GAP`` passed between the end of one sleep and the
-next call, the thread did work in between.
+The node first shortened those sleeps to 0.1 ms while an association was busy. That bought the latency back
+but paid for it in CPU: each reactor woke ~10,000 times a second, and on a quiet machine (perf and /proc, 1,024
+CT slices, one association) the wake-ups and their GIL hand-overs were ~1.5 ms of the ~6 ms of CPU per instance.
+With several busy associations fast polling had to be switched off altogether. Here a reactor instead waits
+until there is work, and otherwise for the same 1 ms pynetdicom sleeps (so an idle association costs what it
+always did, and every check pynetdicom makes per loop still runs at least once a millisecond):
 
-Fast polling is for one busy association at a time (its two reactor threads): with several busy associations,
-sixteen threads waking every 0.1 ms fight over the GIL and the whole process gets slower (measured: 4
-associations, no-op handler, ~1.4x the CPU per instance), so beyond ``MAX_FAST_THREADS`` recently busy threads
-every loop keeps pynetdicom's 1 ms, as before.
+* the DUL thread waits in ``select`` on its socket and on a :class:`Waker` that is set whenever a primitive is
+  queued for it to send (:func:`wait_readable`);
+* the association thread waits on its DIMSE message queue's condition (:func:`wait_for_queue`).
+
+Both waits release the GIL. :func:`node.dicom.pynetdicom_patches.install_reactor_waits` wires them into the
+reactors; this module knows nothing of pynetdicom.
 """
 
 from __future__ import annotations
 
+import os
+import queue
+import select
+import socket
 import threading
 import time as _time
+import weakref
+from typing import Any
 
-FAST_SLEEP = 0.0001  # seconds, while busy
-WORK_GAP = 0.0002  # a loop iteration longer than this did some work
-FAST_STREAK = 200  # idle iterations polled fast after the last work (~20-40 ms), then pynetdicom's own delay
-MAX_FAST_THREADS = 2  # one association's DUL and association threads
-BUSY_WINDOW = 0.05  # a thread that worked within this many seconds counts as busy
-
-_state = threading.local()
-_last_work: dict[int, float] = {}  # thread ident -> when it last did work (perf_counter)
+_EVENTFD = hasattr(os, "eventfd")
+_ONE = (1).to_bytes(8, "little")
 
 
-def _few_busy(now: float) -> bool:
-    busy = sum(1 for t in list(_last_work.values()) if now - t < BUSY_WINDOW)
-    if len(_last_work) > 256:  # forget threads of finished associations
-        for ident, t in list(_last_work.items()):
-            if now - t > 1.0:
-                _last_work.pop(ident, None)
-    return busy <= MAX_FAST_THREADS
+class Waker:
+    """A file descriptor a producer sets (:meth:`wake`) and a reactor waits on with ``select``.
+
+    An eventfd on Linux, a non-blocking pipe elsewhere. Setting it when it is already set is harmless, and a
+    wake that comes before the wait is not lost: the descriptor stays readable until :meth:`clear`.
+    """
+
+    def __init__(self) -> None:
+        if _EVENTFD:
+            self.read_fd = self.write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:
+            self.read_fd, self.write_fd = os.pipe()
+            os.set_blocking(self.read_fd, False)
+            os.set_blocking(self.write_fd, False)
+        self.closed = False
+
+    def fileno(self) -> int:
+        """The descriptor that becomes readable when woken (for ``select``)."""
+        return self.read_fd
+
+    def wake(self) -> None:
+        """Make the next (or current) wait return at once."""
+        if self.closed:
+            return
+        try:
+            os.write(self.write_fd, _ONE if _EVENTFD else b"\x01")
+        except OSError:  # already set (pipe full), or closed meanwhile
+            pass
+
+    def clear(self) -> None:
+        """Reset after a wake was seen."""
+        try:
+            os.read(self.read_fd, 8 if _EVENTFD else 4096)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Release the descriptor(s); later wakes do nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        for fd in {self.read_fd, self.write_fd}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
-def adaptive_sleep(seconds: float) -> None:
-    """``time.sleep`` for pynetdicom's reactors: short while busy, unchanged once idle (see the module docs)."""
-    now = _time.perf_counter()
-    last = getattr(_state, "last", 0.0)
-    streak = getattr(_state, "streak", FAST_STREAK)
-    if now - last > WORK_GAP:
-        streak = 0
-        _last_work[threading.get_ident()] = now
-    else:
-        streak += 1
-    _state.streak = streak
-    fast = streak < FAST_STREAK and _few_busy(now)
-    _time.sleep(min(seconds, FAST_SLEEP) if fast else seconds)
-    _state.last = _time.perf_counter()
+def wait_readable(sock: socket.socket | None, waker: Waker, seconds: float) -> None:
+    """Return when ``sock`` has data (or was closed), ``waker`` was woken, or after ``seconds``.
+
+    A TLS socket may hold decrypted data that ``select`` cannot see: then it returns at once.
+    """
+    if sock is None:
+        _time.sleep(seconds)
+        return
+    pending: Any = getattr(sock, "pending", None)
+    if pending is not None:
+        try:
+            if pending():
+                return
+        except (OSError, ValueError):
+            return
+    try:
+        readable, _, _ = select.select([sock, waker], [], [], seconds)
+    except (OSError, ValueError):  # the socket was closed under us: the reactor finds out on its next loop
+        _time.sleep(seconds)
+        return
+    if waker in readable:
+        waker.clear()
+
+
+def wait_for_queue(q: "queue.Queue[Any]", seconds: float) -> None:
+    """Return when ``q`` holds an item, or after ``seconds`` (nothing is taken off the queue)."""
+    with q.not_empty:
+        if not q.queue:
+            q.not_empty.wait(seconds)
+
+
+_wakers: "weakref.WeakKeyDictionary[Any, Waker]" = weakref.WeakKeyDictionary()
+_wakers_lock = threading.Lock()
+
+
+def waker_of(owner: Any, q: "queue.Queue[Any]") -> Waker:
+    """The :class:`Waker` of ``owner`` (made on first use), woken by every ``q.put`` from then on.
+
+    ``q.put`` is wrapped on that queue object only; the waker's descriptor is closed when ``owner`` is
+    garbage-collected. The waker is set once when made, so an item put before the wrapping is not waited past.
+    """
+    waker = _wakers.get(owner)
+    if waker is not None:
+        return waker
+    with _wakers_lock:
+        waker = _wakers.get(owner)
+        if waker is None:
+            made = waker = Waker()
+            put = q.put
+
+            def put_and_wake(item: Any, block: bool = True, timeout: float | None = None) -> None:
+                put(item, block, timeout)
+                made.wake()
+
+            q.put = put_and_wake  # type: ignore[method-assign]
+            _wakers[owner] = waker
+            weakref.finalize(owner, waker.close)
+            waker.wake()
+    return waker

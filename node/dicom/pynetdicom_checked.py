@@ -37,16 +37,23 @@ PATCHES: tuple[Patch, ...] = (
         {},
     ),
     Patch(
-        "adaptive polling",
+        "reactor waits",
         "the DUL and association reactors sleep 1 ms per idle loop: ~3 ms asleep per instance on one association "
-        "(~240 instances/s); polled at 0.1 ms while busy (node.dicom.netpoll)",
+        "(~240 instances/s); they now wait for work instead (select on the socket and an eventfd woken by "
+        "to_provider_queue.put; the DIMSE queue's condition), at most the same 1 ms (node.dicom.netpoll)",
         ("the module global `time` of pynetdicom.dul and pynetdicom.association (replaced by a proxy whose sleep "
-         "is netpoll.adaptive_sleep)",),
+         "waits in reactor threads and sleeps elsewhere)",
+         "the DUL thread is the DULServiceProvider; its socket is AssociationSocket.socket; every primitive for it "
+         "to send arrives through to_provider_queue.put",
+         "the acceptor's association thread is the Association; complete messages arrive through "
+         "dimse.msg_queue.put"),
         {
             "pynetdicom.dul:DULServiceProvider.run_reactor":
                 "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
             "pynetdicom.association:Association._run_reactor":
                 "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
+            "pynetdicom.dul:DULServiceProvider.send_pdu":
+                "7cbce5da8594124e9e70c790a68df640d21df11af4220783e752bc607de8dde6",
         },
     ),
     Patch(

@@ -9,7 +9,7 @@ test names the patch to re-check (and then its digest is recorded anew there).
 Patches and where their code lives:
 
 * settings (``_config``): chunked receive to a file, no identifier logging (PHI), no handler logging;
-* adaptive reactor polling: the policy is :mod:`node.dicom.netpoll`, installed here into ``dul`` and ``association``;
+* reactor waits: the waits are :mod:`node.dicom.netpoll`, installed here into ``dul`` and ``association``;
 * buffered receive: ``AssociationSocket.recv`` fills one buffer with ``recv_into`` (:mod:`node.dicom.sockio`); P-DATA in Sta6 skips the queues;
 * direct encodings (:mod:`node.dicom.dimse_fast`): C-STORE responses and received files' meta as bytes;
 * full disk while receiving: the guarded file is :mod:`node.dicom.receive_guard`, installed here into
@@ -29,6 +29,7 @@ import logging
 import socket
 import ssl
 import struct
+import threading
 import time as _time
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -71,37 +72,51 @@ def configure_pynetdicom() -> None:
     _config.STORE_RECV_CHUNKED_DATASET = True
     quiet_identifiers()
     _config.LOG_HANDLER_LEVEL = "none"
-    install_adaptive_polling()
+    install_reactor_waits()
     install_buffered_receive()
     install_direct_encodings()
     install_receive_guard()
 
 
-# --- adaptive polling ----------------------------------------------------------------------------------------
+# --- reactor waits -------------------------------------------------------------------------------------------
 
-class _TimeProxy(SimpleNamespace):
-    """The ``time`` module with :func:`node.dicom.netpoll.adaptive_sleep` in place of ``sleep``."""
+class _ReactorTime(SimpleNamespace):
+    """The ``time`` module with :func:`_reactor_sleep` in place of ``sleep``."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_time, name)
 
 
-_polling_installed = False
+def _reactor_sleep(seconds: float) -> None:
+    """``time.sleep`` as pynetdicom's reactors call it: wait for work, never longer than ``seconds``."""
+    thread = threading.current_thread()
+    if isinstance(thread, dul.DULServiceProvider):
+        assoc_socket = thread.socket
+        sock = getattr(assoc_socket, "socket", None) if assoc_socket is not None else None
+        netpoll.wait_readable(sock, netpoll.waker_of(thread, thread.to_provider_queue), seconds)
+    elif isinstance(thread, association.Association):
+        netpoll.wait_for_queue(thread.dimse.msg_queue, seconds)
+    else:
+        _time.sleep(seconds)
 
 
-def install_adaptive_polling() -> None:
-    """Give pynetdicom's DUL and association reactors the adaptive sleep (idempotent, process-wide).
+_waits_installed = False
+
+
+def install_reactor_waits() -> None:
+    """Give pynetdicom's DUL and association reactors event-driven waits (idempotent, process-wide).
 
     pynetdicom's reactors call ``time.sleep`` through their modules' global ``time``; only that global is
-    replaced, so ``time.sleep`` everywhere else is untouched.
+    replaced, so ``time.sleep`` everywhere else is untouched, and in those modules a thread other than a
+    reactor sleeps exactly as before.
     """
-    global _polling_installed
-    if _polling_installed:
+    global _waits_installed
+    if _waits_installed:
         return
-    proxy = _TimeProxy(sleep=netpoll.adaptive_sleep)
+    proxy = _ReactorTime(sleep=_reactor_sleep)
     dul.time = proxy  # type: ignore[attr-defined]
     association.time = proxy  # type: ignore[attr-defined]
-    _polling_installed = True
+    _waits_installed = True
 
 
 # --- buffered receive ---------------------------------------------------------------------------------------
