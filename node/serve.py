@@ -26,7 +26,7 @@ from node.flow.queue import Queue
 from node.http.context import worker_pidfile
 from node.ops.hardening import harden_process
 from node.ops.metricsdir import mark_dead
-from node.ops.process import die_with_parent, setup_logging
+from node.ops.process import die_with_parent, freeze_startup_heap, setup_logging
 from node.store.spool import Spool
 from node.store.state import Store
 
@@ -92,6 +92,7 @@ class Node:
 
             self.sources = [ChangeFeedPoller(self.cfg, src, self.store, self.spool, self.intake).start()
                             for src in self.cfg.sources]
+        freeze_startup_heap()
 
     def request_stop(self, *_args) -> None:
         self._stop.set()
@@ -173,6 +174,7 @@ def run_receiver(cfg: NodeConfig, index: int, parent_pid: int, rearm_timers: boo
     scp = StorageSCP(cfg, store, spool, intake)
     scp.serve_tls = False  # the TLS port stays with receiver 0 (serve)
     scp.start()
+    freeze_startup_heap()
     log.info("receiver %d (process %d) listening on %s:%s", index, os.getpid(), cfg.node.host, scp.port)
     if ready_fd is not None:
         try:

@@ -17,7 +17,7 @@ from node.flow import decide, deliver, run, sweep
 from node.flow.services import Services
 from node.models import registry
 from node.ops.hardening import harden_process
-from node.ops.process import die_with_parent
+from node.ops.process import die_with_parent, freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def _run_worker(cfg: NodeConfig, parent_pid: int | None) -> None:
     bind_tasks(svc)
     sweep.sweep(svc, fresh_start=True)  # resume at once what the previous run left (a job released at restart too)
     consumer = svc.queue.consumer(cfg.queue.workers)
+    freeze_startup_heap()
     stop = threading.Event()
     sweep_every(svc, cfg.sweep_seconds, stop)
     log.info("worker started: %d threads, lease owner %s, sweep every %.1f s", cfg.queue.workers, svc.owner,
