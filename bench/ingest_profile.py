@@ -41,7 +41,7 @@ ITEMS: list[tuple[str, str]] = [  # first match wins (a stack is counted once); 
                                        r"decode \(pynetdicom/dsutils"),
     ("fragments -> file (assembly, writes)", r"GuardedTempFile|_TemporaryFileWrapper|tempfile|decode_msg"),
     ("PDU read + decode", r"_read_pdu_data|recv_exact|AssociationSocket.recv|QuickAck|_decode_pdu|pdu.py|pdu_items|"
-                          r"to_primitive|_split_pdvs"),
+                          r"to_primitive|split_pdvs"),
     ("queue hops, FSM, events", r"fsm.py|do_action|queue.py|events.py|trigger|receive_primitive|"
                                 r"_process_recv_primitive|get_msg|send_pdu"),
     ("reactor loops (polling)", r"run_reactor|_run_reactor|adaptive_sleep|netpoll|ready|Timer"),

@@ -64,7 +64,7 @@ def test_p_data_items_split_as_pynetdicom_decodes_them() -> None:
     from pynetdicom.pdu import P_DATA_TF
     from pynetdicom.pdu_primitives import P_DATA
 
-    from node.dicom.pynetdicom_patches import _split_pdvs
+    from node.dicom.dimse_fast import split_pdvs
 
     pdvs = [(1, b"\x03" + b"c" * 11), (3, b"\x00" + bytes(range(256)) * 40), (3, b"\x02" + b"x")]
     primitive = P_DATA()
@@ -72,10 +72,10 @@ def test_p_data_items_split_as_pynetdicom_decodes_them() -> None:
     encoded = P_DATA_TF(primitive).encode()
     expected = P_DATA_TF()
     expected.decode(encoded)
-    got = _split_pdvs(bytearray(encoded[6:]))
+    got = split_pdvs(bytearray(encoded[6:]))
     assert got is not None
     assert [(c, bytes(d)) for c, d in got] == list(expected.to_primitive().presentation_data_value_list)
     # malformed: an item shorter than its header says, or with no control header -> pynetdicom's own path
-    assert _split_pdvs(bytearray(encoded[6:-1])) is None
-    assert _split_pdvs(bytearray(b"\x00\x00\x00\x01\x01")) is None
-    assert _split_pdvs(bytearray()) is None
+    assert split_pdvs(bytearray(encoded[6:-1])) is None
+    assert split_pdvs(bytearray(b"\x00\x00\x00\x01\x01")) is None
+    assert split_pdvs(bytearray()) is None

@@ -67,6 +67,9 @@ def test_configure_installs_every_patch() -> None:
     assert DIMSEServiceProvider.send_msg is pynetdicom_patches._send_msg
     assert dimse_messages.write_file_meta_info is pynetdicom_patches._write_file_meta_info
     assert dimse_messages.NamedTemporaryFile is receive_guard.GuardedTempFile
+    from pynetdicom import pdu_items, pdu_primitives, presentation, utils
+    assert pdu_items.set_uid is pdu_primitives.set_uid is presentation.set_uid is pynetdicom_patches._uid_memo
+    assert utils.set_uid is pynetdicom_patches._uid_memo.set_uid  # everywhere else: pynetdicom's own
 
 
 NODE = Path(__file__).resolve().parents[1] / "node"

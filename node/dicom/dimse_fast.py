@@ -1,4 +1,5 @@
-"""Byte-level encoders for the two small structures the receive path writes for every instance.
+"""Byte-level encoders for the two small structures the receive path writes for every instance, and the split of
+a P-DATA-TF body into its presentation data values (:func:`split_pdvs`).
 
 pynetdicom builds both with pydicom datasets: the C-STORE response's command set is a ``Dataset`` filled element by
 element, encoded once to compute its group length and again to send it; the file meta of each received file is a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import struct
 
+_UINT4 = struct.Struct(">L")
 _IMPLICIT = struct.Struct("<HHL")  # group, element, value length (Implicit VR Little Endian)
 _US = struct.Struct("<HHLH")
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length (Explicit VR Little Endian)
@@ -67,3 +69,23 @@ def file_meta_group(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
         _explicit(0x0013, b"SH", version),
     ))
     return _EXPLICIT_SHORT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<L", len(body)) + body
+
+
+def split_pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
+    """The (context ID, message control header + fragment) items of a P-DATA-TF body, as views into it.
+
+    None when an item is malformed (shorter than 2 bytes or overrunning the PDU): pynetdicom's own decoder
+    then handles the PDU, as it always did.
+    """
+    view = memoryview(body)
+    items = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if offset + 6 > end:
+            return None
+        (length,) = _UINT4.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > end:
+            return None
+        items.append((body[offset + 4], view[offset + 5:offset + 4 + length]))
+        offset += 4 + length
+    return items or None

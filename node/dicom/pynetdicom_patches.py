@@ -12,6 +12,7 @@ Patches and where their code lives:
 * reactor waits: the waits are :mod:`node.dicom.netpoll`, installed here into ``dul`` and ``association``;
 * buffered receive: ``AssociationSocket.recv`` fills one buffer with ``recv_into`` (:mod:`node.dicom.sockio`); P-DATA in Sta6 skips the queues;
 * direct encodings (:mod:`node.dicom.dimse_fast`): C-STORE responses and received files' meta as bytes;
+* negotiation's UIDs checked once per process (:mod:`node.dicom.uidmemo`);
 * full disk while receiving: the guarded file is :mod:`node.dicom.receive_guard`, installed here into
   ``dimse_messages``;
 * the Storage SCP's server classes (:class:`NodeAssociationServer`, :class:`SharedPortAssociationServer`, and the
@@ -35,13 +36,14 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import pynetdicom
-from pynetdicom import _config, association, dimse, dimse_messages, dul, evt, transport
+from pynetdicom import (_config, association, dimse, dimse_messages, dul, evt, pdu_items, pdu_primitives,
+                        presentation, transport, utils)
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.dicom import dimse_fast, netpoll, receive_guard, sockio
+from node.dicom import dimse_fast, netpoll, receive_guard, sockio, uidmemo
 from node.dicom.pynetdicom_checked import (PATCHES, PYNETDICOM_CHECKED, Patch, changed_sources,  # noqa: F401
                                           source_digest)
 
@@ -75,6 +77,7 @@ def configure_pynetdicom() -> None:
     install_reactor_waits()
     install_buffered_receive()
     install_direct_encodings()
+    install_uid_memo()
     install_receive_guard()
 
 
@@ -121,33 +124,12 @@ def install_reactor_waits() -> None:
 
 # --- buffered receive ---------------------------------------------------------------------------------------
 
-_UINT4 = struct.Struct(">L")
 _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 
 
 def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
     """``AssociationSocket.recv``: ``nr_bytes`` read into one buffer (short only if the peer closed)."""
     return sockio.recv_exact(self.socket, nr_bytes)
-
-
-def _split_pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
-    """The (context ID, message control header + fragment) items of a P-DATA-TF body, as views into it.
-
-    None when an item is malformed (shorter than 2 bytes or overrunning the PDU): pynetdicom's own decoder
-    then handles the PDU, as it always did.
-    """
-    view = memoryview(body)
-    items = []
-    offset, end = 0, len(body)
-    while offset < end:
-        if offset + 6 > end:
-            return None
-        (length,) = _UINT4.unpack_from(body, offset)
-        if length < 2 or offset + 4 + length > end:
-            return None
-        items.append((body[offset + 4], view[offset + 5:offset + 4 + length]))
-        offset += 4 + length
-    return items or None
 
 
 def _fast_p_data(provider: Any) -> bool:
@@ -198,7 +180,7 @@ def _read_pdu_data(self: Any) -> None:
         self.event_queue.put("Evt17")
         return
     if pdu_type == 0x04 and _fast_p_data(self):
-        pdvs = _split_pdvs(body)
+        pdvs = dimse_fast.split_pdvs(body)
         if pdvs is not None:
             primitive = P_DATA()
             primitive._presentation_data_value_list = pdvs  # the setter accepts bytes only; views are read alike
@@ -283,6 +265,18 @@ def install_buffered_receive() -> None:
     """Read PDUs with :func:`_recv_exact`, P-DATA through :func:`_read_pdu_data` (idempotent, process-wide)."""
     _replace(transport.AssociationSocket, "recv", _recv_exact)
     _replace(dul.DULServiceProvider, "_read_pdu_data", _read_pdu_data)
+
+
+_uid_memo: uidmemo.ValidUidMemo | None = None
+
+
+def install_uid_memo() -> None:
+    """Negotiation's UIDs checked once per process (:mod:`node.dicom.uidmemo`), not twice per association."""
+    global _uid_memo
+    if _uid_memo is None:
+        _uid_memo = uidmemo.ValidUidMemo(_original(utils.set_uid))
+    for module in (pdu_items, pdu_primitives, presentation):
+        _replace(module, "set_uid", _uid_memo)
 
 
 # --- receive guard -------------------------------------------------------------------------------------------
