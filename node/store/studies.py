@@ -8,14 +8,25 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sqlalchemy import and_, delete, exists, insert, select, update
+from sqlalchemy import and_, bindparam, delete, exists, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from node.store.priors import PriorsPart
 from node.store.records import InstanceRecord
 from node.store.compat import SchemaGuard
 from node.store.conflicts import retry_on_conflict
-from node.store.schema import instances, jobs, now, quarantine, studies
+from node.store.schema import instances, jobs, now, priors, quarantine, studies
+
+# The common case of every received instance, as one statement: its study is already receiving, its quiet-timer
+# check is scheduled, and no prior lookup waits for it; only the time of the last instance moves.
+_TOUCH_RECEIVING = (
+    update(studies)
+    .where(and_(studies.c.study_uid == bindparam("uid"), studies.c.state == "receiving",
+                studies.c.check_due_at.is_not(None),
+                ~exists().where(priors.c.prior_study_uid == bindparam("uid"))))
+    .values(last_received_at=bindparam("t"))
+)
 
 #: A study closed this long ago whose version still has no job lost its decider (killed between closing the study
 #: and creating its jobs): it is decided again. A decision takes milliseconds; deciding twice is harmless anyway
@@ -43,12 +54,14 @@ class StudiesPart(PriorsPart):
     def _record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
         t = now()
         to_schedule: dict[str, float] = {}
-        # One statement per kind of row, one read and one update per study: a group commit brings many
-        # records of few studies. A SOP Instance UID twice in one batch (a resend racing itself): the last wins.
+        # One statement for the instance rows; per study one UPDATE when it is already receiving (the common
+        # case), else a read and a write: a group commit brings many records of few studies. A SOP Instance UID
+        # twice in one batch (a resend racing itself): the last wins.
         latest = list({rec.sop_instance_uid: rec for rec in records}.values())
+        own_studies = {rec.study_uid for rec in latest if not rec.is_prior}
         with self.engine.begin() as conn:
-            prior_studies = {uid for uid in {rec.study_uid for rec in latest if not rec.is_prior}
-                             if self._expected_prior(conn, uid)}
+            touched = {uid for uid in own_studies if conn.execute(_TOUCH_RECEIVING, {"uid": uid, "t": t}).rowcount == 1}
+            prior_studies = {uid for uid in own_studies - touched if self._expected_prior(conn, uid)}
             own = []
             for rec in latest:
                 if rec.is_prior or rec.study_uid in prior_studies:
@@ -57,12 +70,13 @@ class StudiesPart(PriorsPart):
                     own.append(rec)
             if not own:
                 return []
-            conn.execute(delete(instances).where(instances.c.sop_instance_uid.in_([r.sop_instance_uid for r in own])))
-            conn.execute(insert(instances), [dict(received_at=t, **rec.__dict__) for rec in own])
+            self._replace_instances(conn, [dict(received_at=t, **rec.__dict__) for rec in own])
             first_of_study: dict[str, InstanceRecord] = {}
             for rec in own:
                 first_of_study.setdefault(rec.study_uid, rec)
             for study_uid, rec in first_of_study.items():
+                if study_uid in touched:
+                    continue
                 row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
                 due = t + quiet_seconds
                 if row is None:
@@ -80,6 +94,20 @@ class StudiesPart(PriorsPart):
                         to_schedule[study_uid] = due
                     conn.execute(update(studies).where(studies.c.study_uid == study_uid).values(**values))
         return list(to_schedule.items())
+
+    @staticmethod
+    def _replace_instances(conn: Any, rows: list[dict[str, Any]]) -> None:
+        """Insert instance rows; a row with the same SOP Instance UID (a resend) is replaced, in one statement
+        where the database has an upsert."""
+        dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
+        if dialect is None:
+            conn.execute(delete(instances).where(instances.c.sop_instance_uid.in_([r["sop_instance_uid"] for r in rows])))
+            conn.execute(insert(instances), rows)
+            return
+        stmt = dialect.insert(instances)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[instances.c.sop_instance_uid],
+            set_={c.name: stmt.excluded[c.name] for c in instances.c if c.name != "sop_instance_uid"}), rows)
 
     def record_quarantine(self, path: str, reason: str, sop_instance_uid: str | None, calling_ae: str) -> None:
         """Log a file that was refused and kept aside (its reason; the file stays where ``path`` says)."""
