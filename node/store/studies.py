@@ -6,6 +6,7 @@ studies still receiving (their quiet-timer checks, rescheduled at start).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 from sqlalchemy import and_, bindparam, delete, exists, insert, select, update
@@ -99,15 +100,12 @@ class StudiesPart(PriorsPart):
     def _replace_instances(conn: Any, rows: list[dict[str, Any]]) -> None:
         """Insert instance rows; a row with the same SOP Instance UID (a resend) is replaced, in one statement
         where the database has an upsert."""
-        dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
-        if dialect is None:
+        upsert = _upsert_instances(conn.dialect.name)
+        if upsert is None:
             conn.execute(delete(instances).where(instances.c.sop_instance_uid.in_([r["sop_instance_uid"] for r in rows])))
             conn.execute(insert(instances), rows)
             return
-        stmt = dialect.insert(instances)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[instances.c.sop_instance_uid],
-            set_={c.name: stmt.excluded[c.name] for c in instances.c if c.name != "sop_instance_uid"}), rows)
+        conn.execute(upsert, rows)
 
     def record_quarantine(self, path: str, reason: str, sop_instance_uid: str | None, calling_ae: str) -> None:
         """Log a file that was refused and kept aside (its reason; the file stays where ``path`` says)."""
@@ -176,6 +174,19 @@ class StudiesPart(PriorsPart):
             return [(r[0], r[1] + quiet_seconds) for r in conn.execute(
                 select(studies.c.study_uid, studies.c.last_received_at).where(and_(
                     studies.c.state == "receiving", studies.c.last_received_at + quiet_seconds > t)))]
+
+
+@functools.cache
+def _upsert_instances(dialect_name: str) -> Any:
+    """INSERT ... ON CONFLICT (sop_instance_uid) DO UPDATE of every column, built once per database kind (None
+    where SQLAlchemy has no upsert for it)."""
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(dialect_name)
+    if dialect is None:
+        return None
+    stmt = dialect.insert(instances)
+    return stmt.on_conflict_do_update(
+        index_elements=[instances.c.sop_instance_uid],
+        set_={c.name: stmt.excluded[c.name] for c in instances.c if c.name != "sop_instance_uid"})
 
 
 def _has_jobs(conn: Any, study_uid: str, version: int) -> bool:
