@@ -47,7 +47,7 @@ class Target:
         try:
             if self.http:
                 _wait_http(port)
-            time.sleep(0.5)  # the worker finishes importing
+            node.wait_worker_started()  # its imports would share the CPUs with the measurement
             if self.poll is not None:
                 scraper = threading.Thread(target=self._scrape, args=(port, stop), daemon=True)
                 scraper.start()

@@ -50,7 +50,7 @@ class NodeTarget:
         node = NodeProcess(work, cfg)
         node.start()
         try:
-            time.sleep(0.5)  # let the worker process finish importing
+            node.wait_worker_started()  # its imports would otherwise share the CPUs with the measurement
             elapsed = push(node.port, groups, self.aet, nodelay=nodelay)
             self.peak_rss_kb = _peak_rss(node.proc.pid)
         finally:

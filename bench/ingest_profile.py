@@ -127,7 +127,7 @@ def run_once(count: int, assoc: int, spy_out: Path | None) -> float:
     node.start()
     spy = None
     try:
-        time.sleep(1.0)
+        node.wait_worker_started()
         push(node.port, [files[:8]], "AINODE", nodelay=True)  # warm-up association
         assert node.proc is not None
         pids = process_tree(node.proc.pid)

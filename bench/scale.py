@@ -165,7 +165,8 @@ def _node_cluster(base: Path, size: int, ct: list[Path], studies: list[list[Path
     with EmulatorServer("127.0.0.1", 0) as emulator, Storescp(base / "pacs", extra=["--fork"]) as pacs, \
             Cluster(base, size=size, endpoint_url=emulator.url, pacs=(pacs.ae_title, pacs.port), quiet=1.0,
                     lease_seconds=20.0, http=False) as cluster:
-        time.sleep(1.0)  # the workers finish importing
+        for n in cluster.nodes:
+            n.wait_worker_started()  # their imports would share the CPUs with the measurement
         meter = _CpuMeter({"node": [n.proc.pid for n in cluster.nodes if n.proc],
                            "postgres": [_postmaster(cluster.pg)], "haproxy": [cluster.balancer.proc.pid]})
         spy = _profile(cluster.nodes[0].proc.pid, 8, base / "pyspy.txt") if profile else None

@@ -83,6 +83,14 @@ class NodeProcess:
                 time.sleep(0.1)
         raise RuntimeError("node did not start listening")
 
+    def wait_worker_started(self, timeout: float = 60) -> None:
+        """Wait until this run's worker process logged that it started (its imports are done)."""
+        deadline = time.monotonic() + timeout
+        while "worker started" not in self.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
+                raise RuntimeError(f"the worker did not start:\n{self.log_path.read_text(errors='replace')}")
+            time.sleep(0.05)
+
     def kill(self) -> None:
         """SIGKILL the whole process group: the SCP and its worker die at once, as in a power cut."""
         if self.proc is not None and self.proc.poll() is None:
