@@ -83,7 +83,9 @@ def test_echo_and_store_every_transfer_syntax(tmp_path: Path, data: Path) -> Non
         assert _count_rows(h.store, "instances") == len({pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
                                                          for f in files})
         assert h.scheduled, "the quiet-timer check of the new study was not scheduled"
-        assert not list(h.spool.tmp.iterdir()), "temporary receive files were left behind"
+        # only the empty files made ahead for the next instances (node.dicom.spare_files) may be there
+        assert not [p for p in h.spool.tmp.iterdir() if not p.name.startswith("spare-")], \
+            "temporary receive files were left behind"
 
 
 def test_resend_replaces_and_never_duplicates(tmp_path: Path, data: Path) -> None:

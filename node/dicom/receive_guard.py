@@ -9,6 +9,7 @@ DIMSE reactor thread. :func:`node.dicom.pynetdicom_patches.install_receive_guard
   the space back, and the Storage SCP answers 0xA700 (out of resources);
 * writes each fragment with one ``os.write`` on the file descriptor, with no Python-level buffer to flush after
   every fragment (pynetdicom calls ``.file.flush()`` each time: a no-op here);
+* starts from a file made ahead of need (:mod:`node.dicom.spare_files`) when one is ready;
 * keeps the first :data:`HEAD_BYTES` written (preamble, file meta and the start of the data set) in memory, so
   the SCP parses the header from bytes it already has instead of reading the file again (:attr:`head`);
 * lets the SCP fsync the descriptor it already holds (:meth:`sync`) before the rename.
@@ -21,6 +22,8 @@ import os
 import tempfile
 import threading
 from typing import Any
+
+from node.dicom.spare_files import take_spare
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,13 @@ class GuardedTempFile:
         self.failed = False
         self.size = 0  # bytes written (the file's size unless failed)
         self.head = bytearray()
+        folder = dir or tempfile.gettempdir()
+        spare = take_spare(folder)  # made ahead by node.dicom.spare_files, when the SCP keeps some there
+        if spare is not None:
+            self.fd, self.name = spare
+            return
         try:
-            self.fd, self.name = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=dir)
+            self.fd, self.name = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=folder)
         except OSError as exc:
             # not even the file could be created: remember a name that does not exist
             self.name = os.path.join(dir or tempfile.gettempdir(), f"unwritable-{os.getpid()}-{id(self)}.dcm")

@@ -28,6 +28,7 @@ from node.config import NodeConfig
 from node.dicom.pynetdicom_patches import (NodeAssociationServer, SharedPortAssociationServer, configure_pynetdicom,
                                            received_file, track_server)
 from node.dicom.receive_guard import GuardedTempFile, write_failed
+from node.dicom.spare_files import SpareFiles
 from node.dicom.access import ScpSecurity
 from node.store.spool import DirSyncer, Spool, SpoolFullError, is_valid_uid, move_durably
 from node.store.state import InstanceRecord, Store
@@ -89,6 +90,7 @@ class StorageSCP:
         self.received = 0
         self._committer = GroupCommitter(self._commit_batch)
         self._dir_syncer = DirSyncer()  # concurrent renames into one series folder share its fsync
+        self._spares: SpareFiles | None = None  # receive files made ahead (node.dicom.spare_files)
         self.serve_tls = True  # receiver processes other than the main one leave the TLS port to it
 
     def _commit_batch(self, records: Sequence[InstanceRecord]) -> list[list[tuple[str, float]]]:
@@ -209,6 +211,7 @@ class StorageSCP:
         """Listen on the configured address in a background thread."""
         configure_pynetdicom()
         tempfile.tempdir = str(self.spool.tmp)  # chunked receive files on the spool's filesystem
+        self._spares = SpareFiles(self.spool.tmp, self.cfg.node.instance_id).start()
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association),
                     (evt.EVT_N_EVENT_REPORT, report_handler(self._commitment_report)),
                     *self.security.handlers()]
@@ -253,3 +256,6 @@ class StorageSCP:
             assoc.abort()
         self._tls_server = None
         self._server = None
+        if self._spares is not None:
+            self._spares.stop()
+            self._spares = None
