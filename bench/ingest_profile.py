@@ -64,13 +64,18 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (0 once it is gone)."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` ((0, 0) once it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / HZ
+        return 0.0, 0.0
+    return int(fields[11]) / HZ, int(fields[12]) / HZ
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (0 once it is gone)."""
+    return sum(cpu_split(pid))
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -99,9 +104,10 @@ def itemise(collapsed: Path) -> tuple[int, collections.Counter[str]]:
     return total, counts
 
 
-def table(columns: list[tuple[str, Path, float, int]]) -> str:
+def table(columns: list[tuple[str, Path, float, int]], split_ms: list[tuple[float, float]] | None = None) -> str:
     """Markdown table, one column per (label, recording, SCP CPU ms per instance, instances): each item's Python
-    time per instance (GIL-held samples x the sampling period / instances), then the rest of the measured CPU."""
+    time per instance (GIL-held samples x the sampling period / instances), then the rest of the measured CPU;
+    with ``split_ms`` (user, system ms per instance of each column, from /proc) also that split."""
     loaded = [(label, cpu, count, *itemise(path)) for label, path, cpu, count in columns]
     period_ms = 1000.0 / RATE
     lines = ["| ms CPU per instance | " + " | ".join(label for label, *_ in loaded) + " |", "|---|" + "---|" * len(loaded)]
@@ -113,11 +119,17 @@ def table(columns: list[tuple[str, Path, float, int]]) -> str:
     lines.append("| outside the GIL (kernel: socket and page-cache copies, fsync; SQLite's C code) | "
                  + " | ".join(f"{cpu - p:.2f}" for (_, cpu, *_), p in zip(loaded, python)) + " |")
     lines.append("| **SCP process, measured (/proc)** | " + " | ".join(f"**{cpu:.2f}**" for _, cpu, *_ in loaded) + " |")
+    if split_ms is not None:
+        lines.append("| of which user time (Python, pydicom, SQLite, libc) | "
+                     + " | ".join(f"{u:.2f}" for u, _ in split_ms) + " |")
+        lines.append("| of which system time (kernel: socket and page-cache copies, file creation, fsync) | "
+                     + " | ".join(f"{k:.2f}" for _, k in split_ms) + " |")
     return "\n".join(lines)
 
 
-def run_once(count: int, assoc: int, spy_out: Path | None) -> float:
-    """One fresh node, one push; prints the figures; returns the SCP process's CPU ms per instance."""
+def run_once(count: int, assoc: int, spy_out: Path | None) -> tuple[float, float, float]:
+    """One fresh node, one push; prints the figures; returns the SCP process's CPU, user and system ms per
+    instance."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from support.nodeproc import NodeProcess, node_config
 
@@ -132,6 +144,7 @@ def run_once(count: int, assoc: int, spy_out: Path | None) -> float:
         assert node.proc is not None
         pids = process_tree(node.proc.pid)
         before = [cpu_seconds(p) for p in pids]
+        scp_before = cpu_split(pids[0])
         if spy_out is not None:
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(node.proc.pid), "--rate", str(RATE), "--gil",
                                     "--format", "raw", "--nonblocking", "-o", str(spy_out)],
@@ -139,6 +152,8 @@ def run_once(count: int, assoc: int, spy_out: Path | None) -> float:
             time.sleep(1.0)
         elapsed = push(node.port, split(files, assoc), "AINODE", nodelay=True)
         per = [1000 * (cpu_seconds(p) - b) / count for p, b in zip(pids, before)]
+        scp_after = cpu_split(pids[0])
+        user, system = (1000 * (a - b) / count for a, b in zip(scp_after, scp_before))
         print(f"{count} instances, {assoc} association(s): {count / elapsed:.0f}/s; node CPU {sum(per):.2f} ms per "
               f"instance (per process: {', '.join(f'{x:.2f}' for x in per)}); peak RSS "
               f"{', '.join(f'{peak_rss_mib(p):.0f}' for p in pids)} MiB")
@@ -148,7 +163,7 @@ def run_once(count: int, assoc: int, spy_out: Path | None) -> float:
             spy.wait()
         node.kill()
         shutil.rmtree(base, ignore_errors=True)
-    return per[0]
+    return per[0], user, system
 
 
 def main() -> None:
@@ -170,9 +185,10 @@ def main() -> None:
         print(table(cols))
         return
     for _ in range(args.runs):
-        scp_ms = run_once(args.count, args.assoc, args.py_spy)
+        scp_ms, user, system = run_once(args.count, args.assoc, args.py_spy)
+        print(f"SCP process: user {user:.2f} + system {system:.2f} ms per instance")
         if args.py_spy is not None:
-            print(table([(args.py_spy.stem, args.py_spy, scp_ms, args.count)]))
+            print(table([(args.py_spy.stem, args.py_spy, scp_ms, args.count)], [(user, system)]))
 
 
 if __name__ == "__main__":
