@@ -3,7 +3,7 @@
 One receiving process is bound by its GIL (pynetdicom and the node's own per-instance work run in Python), so with
 parallel senders each receiver can keep about one core busy. The rest of the node needs cores too: the worker
 (conversion, model calls), the HTTP side, and the kernel's share of every instance (loopback or NIC, fsync).
-And each receiver costs ~90 MB of memory and shares the port with SO_REUSEPORT. So:
+And each receiver costs ~120 MB of memory (measured with `bench ingest`) and shares the port with SO_REUSEPORT. So:
 
 * fewer than 4 usable cores: 1 receiver (the port bound exclusively, memory as before);
 * otherwise half of them, at most :data:`MAX_AUTO_RECEIVERS` (4 cover four parallel senders; set
