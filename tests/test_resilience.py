@@ -6,6 +6,8 @@ is checked on the store and on ``run_job`` with a scripted pipeline, quickly.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -247,3 +249,25 @@ def test_a_heartbeat_keeps_an_outbox_batch_leased(tmp_path: Path) -> None:
         assert store.claim_outbox("pacs", "t:2:b", lease) == [], "a renewed batch is never taken over"
     time.sleep(lease * 1.5)
     assert len(store.claim_outbox("pacs", "t:2:b", lease)) == 1
+
+
+def test_the_sweep_removes_what_dead_receives_left_in_tmp_and_nothing_else(svc: Services,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from node.flow import sweep
+
+    tmp = svc.spool.tmp
+    tmp.mkdir(parents=True, exist_ok=True)
+    two_days_ago = time.time() - 2 * 86400
+    files = {
+        "tmpab12cd.dcm": (two_days_ago, False),  # a receive killed mid-transfer, two days ago: removed
+        "stow-body-0f0f": (two_days_ago, False),  # a STOW upload that died: removed
+        "tmpnow.dcm": (time.time(), True),  # a receive in progress: kept
+        "spare-other_node-4242-x.dcm": (two_days_ago, True),  # an idle node's spare: its node's business
+    }
+    for name, (mtime, _) in files.items():
+        (tmp / name).write_bytes(b"partial" if not name.startswith("spare-") else b"")
+        os.utime(tmp / name, (mtime, mtime))
+    with caplog.at_level(logging.WARNING, logger="node.flow.sweep"):
+        sweep.sweep(svc)
+    assert {p.name for p in tmp.iterdir()} == {name for name, (_, kept) in files.items() if kept}
+    assert "removed 2 file(s) left in the spool's tmp folder" in caplog.text

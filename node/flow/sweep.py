@@ -30,6 +30,9 @@ def sweep(svc: Services, fresh_start: bool = False) -> None:
     resolve_all(svc)
     purged = svc.store.purge_delivered(svc.cfg.retention.purge_delivered_after_hours * 3600.0,
                                        svc.cfg.retention.keep_failed_hours * 3600.0)
+    leftovers = svc.spool.remove_stale_tmp()
+    if leftovers:
+        log.warning("sweep: removed %d file(s) left in the spool's tmp folder by receives that died", leftovers)
     if any(stale.values()) or purged:
         log.info("sweep: re-enqueued %d studies, %d jobs, %d destinations; purged %d studies",
                  len(stale["studies"]), len(stale["jobs"]), len(stale["destinations"]), purged)

@@ -1,7 +1,9 @@
 """Where files live under ``storage_dir``, and how they get there durably.
 
     storage_dir/
-      tmp/          pynetdicom's chunked receive files (same filesystem as the spool, so renames stay atomic)
+      tmp/          pynetdicom's chunked receive files (same filesystem as the spool, so renames stay atomic),
+                    spare ones made ahead, STOW and retrieve downloads; what a killed process left there is
+                    removed by the sweep after a day (Spool.remove_stale_tmp)
       spool/<study>/<series>/<sop>.dcm    received instances
       results/<study>/<sop>.dcm           objects the node wrote
       quarantine/<time>-<n>.dcm + .reason.txt   instances that could not be accepted, kept until purged by hand
@@ -123,6 +125,11 @@ def write_durably(dst: Path, data: bytes) -> None:
     fsync_dir(dst.parent)
 
 
+#: A file in ``tmp`` untouched for this long was left by a receive, STOW or retrieve that died with its process
+#: (none of them takes a day: the network timeouts end them first).
+STALE_TMP_SECONDS = 24 * 3600.0
+
+
 class Spool:
     """The node's folders under ``storage_dir``."""
 
@@ -142,6 +149,27 @@ class Spool:
                 make_dirs_durable(d)
         finally:
             os.umask(old)
+
+    def remove_stale_tmp(self, older_than: float = STALE_TMP_SECONDS) -> int:
+        """Remove the files a killed receive, STOW or retrieve left in ``tmp`` (untouched for ``older_than``
+        seconds); returns how many. Spare receive files (``node.dicom.spare_files``) are left to their node: an
+        idle node's spare may wait for days, and its node removes those of its dead processes when it starts."""
+        cutoff = time.time() - older_than
+        removed = 0
+        try:
+            entries = list(os.scandir(self.tmp))
+        except OSError:
+            return 0
+        for entry in entries:
+            if entry.name.startswith("spare-"):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:  # gone meanwhile (another node's sweep), or not ours to remove
+                pass
+        return removed
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         for uid in (study_uid, series_uid, sop_uid):
