@@ -40,7 +40,7 @@ def _test_database(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
 
 
 #: Test modules that never open the node's database (converters, DICOM writers, the test harnesses themselves, the
-#: setup script): marked ``nodb``, so that the PostgreSQL pass of scripts/test.sh (-m "not nodb") leaves them out.
+#: setup script): marked ``nodb``.
 NO_DATABASE_MODULES = frozenset({
     "test_cxr_views", "test_emulator", "test_gsps_writer", "test_invoke_client", "test_key_rotation", "test_kos",
     "test_netpoll", "test_orthanc_fixture", "test_parse_contract", "test_pynetdicom_patches",
@@ -48,11 +48,84 @@ NO_DATABASE_MODULES = frozenset({
     "test_setup_script", "test_sr_writer", "test_support_pacs", "test_volume",
 })
 
+# ---- engine: the tests the PostgreSQL pass of scripts/test.sh runs (-m "engine and not sqlite") ---------------------
+# The rule, mechanical: a test is `engine` when
+#   (a) it opens the node's database in the test process: the node's store (Store, Services, Intake, an in-process
+#       SCP, the HTTP app, migrations) or SQLAlchemy on the node's database. Checked at every run of the SQLite pass
+#       (which runs every test): a test that makes a SQLAlchemy connection and is marked neither `engine` nor
+#       `sqlite` fails in its teardown, naming this list (see _store_connections below); or
+#   (b) its subject is what the database guarantees between processes: several nodes or receivers on one database
+#       (clusters, rolling upgrades, concurrent senders), or a node killed and restarted, where what resumes and
+#       what is sent once rests on the database's transactions and leases.
+# End-to-end tests that only run one node to check something else (a viewer, a converter, an endpoint's replies,
+# TLS, bad input) are not `engine`: the node's queries they go through are the ones (a) and (b) run on both engines.
+# Whole modules go in ENGINE_MODULES; in a module that also holds other tests, the test names go in ENGINE_TESTS.
+# A new test module: put it here, or mark its tests `@pytest.mark.engine` yourself.
+ENGINE_MODULES = frozenset({
+    # (a) the store in the test process
+    "test_commit", "test_cluster_store", "test_http_app", "test_insight", "test_migrations", "test_outbox",
+    "test_outbox_verify", "test_receive", "test_resilience", "test_retract_unsent", "test_rolling_upgrade_worker",
+    "test_security_logging", "test_security_tls", "test_store_concurrency",
+    # (b) what the database guarantees between processes
+    "test_cluster", "test_cluster_failover", "test_exactly_once", "test_faults_kill", "test_load", "test_receivers",
+    "test_rolling_upgrade",
+})
+ENGINE_TESTS = frozenset({
+    "test_dicomweb_changefeed.py::test_a_failing_source_backs_off_and_shows_in_status",
+    "test_dicomweb_changefeed.py::test_new_instances_are_ingested_once_and_deletions_ignored",
+    "test_dicomweb_priors.py::test_a_dicomweb_service_that_accepts_and_never_answers_costs_the_timeout_only",
+    "test_dicomweb_priors.py::test_a_dicomweb_service_that_is_down_ends_well",
+    "test_dicomweb_priors.py::test_priors_from_the_emulated_azure_dicom_service",
+    "test_dicomweb_stow.py::test_partial_success_delivers_the_good_instance_and_parks_the_invalid_one",
+    "test_dicomweb_stow.py::test_refused_credentials_and_missing_service_park",
+    "test_dicomweb_stow.py::test_stow_to_the_azure_emulator_delivers_once_and_a_resend_is_already_stored",
+    "test_dicomweb_stow.py::test_unavailable_service_is_retried_then_delivered",
+    "test_dicomweb_stow_in.py::test_each_instance_is_stored_durably_and_listed",
+    "test_dicomweb_stow_in.py::test_partial_failure_quarantines_the_bad_part_and_keeps_the_good_one",
+    "test_dicomweb_stow_in.py::test_token_media_type_and_size_are_checked",
+    "test_priors.py::test_a_pacs_that_accepts_and_then_stalls_a_query_costs_the_timeout_only",
+    "test_priors.py::test_instances_of_an_expected_prior_are_kept_apart_and_purged",
+    "test_priors.py::test_report_choice_and_the_configured_text_sources",
+    "test_priors.py::test_the_latest_prior_without_a_frontal_gives_way_to_an_older_one",
+})
+
+# ---- per-test timeouts (pytest-timeout; the default is `timeout` in pyproject.toml) ---------------------------------
+# A test that legitimately needs longer says so: @pytest.mark.timeout(SECONDS) in its file, or, for the modules
+# other engineers own, here (test node id without the "tests/" prefix -> seconds).
+LONG_TESTS: dict[str, int] = {
+}
+
+# ---- pytest-xdist: tests that must run in one worker ---------------------------------------------------------------
+# scripts/test.sh runs `-n N --dist loadgroup`: every test goes to any free worker, except those of one xdist_group,
+# which run in one worker, in order. Modules whose tests share a module-scoped fixture (an Orthanc, a node, a
+# browser) are grouped by module here, so that fixture starts once; mark a new one `xdist_group("name")` yourself.
+GROUPED_MODULES = frozenset({
+    "test_badinput", "test_faults_endpoint", "test_faults_outage", "test_http_side", "test_parse_pipelines",
+    "test_security_tls", "test_sr_writer", "test_store_concurrency", "test_viewer_ohif", "test_volume",
+})
+
+
+def _module_name(item: pytest.Item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in NO_DATABASE_MODULES:
+        module = _module_name(item)
+        test_id = item.nodeid.removeprefix("tests/")
+        if module in NO_DATABASE_MODULES:
             item.add_marker(pytest.mark.nodb)
+        if module in ENGINE_MODULES or test_id.split("[", 1)[0] in ENGINE_TESTS:
+            item.add_marker(pytest.mark.engine)
+        if module in GROUPED_MODULES and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(module))
+        seconds = LONG_TESTS.get(test_id.split("[", 1)[0])
+        if seconds is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(seconds))
+
+
+# The check of rule (a) (tests/support/engine_rule.py): its hooks, taken into this conftest by name.
+from support.engine_rule import pytest_configure, pytest_runtest_makereport, pytest_runtest_setup  # noqa: E402,F401
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

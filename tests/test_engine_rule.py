@@ -1,0 +1,76 @@
+"""The PostgreSQL pass runs only `engine` tests: the check that no store-touching test is left out can fail.
+
+tests/support/engine_rule.py fails, in its teardown, a test that opens the node's database in the test process while
+marked neither `engine` nor `sqlite` (and a `nodb` test that opens one). Here it runs, as a pytest plugin, on a test
+file of its own: the unmarked store-opening test fails naming the fix, the marked ones and one without a database
+pass. The markers the suite uses are all registered (``--strict-markers``) and the PostgreSQL pass's selection is
+not empty.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from support.data import REPO
+
+SAMPLE = '''
+import pytest
+from node.store.state import Store
+
+
+def _open(tmp_path):
+    Store.open(f"sqlite:///{tmp_path / 'node.db'}").engine.dispose()
+
+
+def test_unmarked_opens_the_store(tmp_path):
+    _open(tmp_path)
+
+
+@pytest.mark.engine
+def test_marked_engine(tmp_path):
+    _open(tmp_path)
+
+
+@pytest.mark.sqlite
+def test_marked_sqlite(tmp_path):
+    _open(tmp_path)
+
+
+@pytest.mark.nodb
+def test_marked_nodb_but_opens_it(tmp_path):
+    _open(tmp_path)
+
+
+def test_without_a_database():
+    assert True
+'''
+
+
+def test_a_test_that_opens_the_store_unmarked_fails_naming_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "test_sample.py").write_text(SAMPLE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+           "DICOM_NODE_TEST_DATABASE": ""}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "support.engine_rule", "-p", "no:cacheprovider",
+                          "-p", "no:xdist", "-q", "-rA", "test_sample.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=240)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert re.search(r"\b5 passed\b.* 2 errors", text), text
+    assert ("ERROR test_sample.py::test_unmarked_opens_the_store" in text
+            and "ERROR test_sample.py::test_marked_nodb_but_opens_it" in text), text
+    assert "add its module to ENGINE_MODULES" in text and "is marked nodb" in text, text
+
+
+def test_the_postgresql_pass_selects_the_engine_tests() -> None:
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          "-m", "engine and not sqlite", "tests"], cwd=REPO, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    selected = [line for line in out.stdout.splitlines() if "::" in line]
+    assert any("test_store_concurrency.py::" in line for line in selected)
+    assert any("test_rolling_upgrade.py::" in line for line in selected)
+    assert not any("test_sr_writer.py::" in line for line in selected)
