@@ -53,7 +53,7 @@ NO_DATABASE_MODULES = frozenset({
 #   (a) it opens the node's database in the test process: the node's store (Store, Services, Intake, an in-process
 #       SCP, the HTTP app, migrations) or SQLAlchemy on the node's database. Checked at every run of the SQLite pass
 #       (which runs every test): a test that makes a SQLAlchemy connection and is marked neither `engine` nor
-#       `sqlite` fails in its teardown, naming this list (see _store_connections below); or
+#       `sqlite` fails in its teardown, naming this list (tests/support/marker_rules.py); or
 #   (b) its subject is what the database guarantees between processes: several nodes or receivers on one database
 #       (clusters, rolling upgrades, concurrent senders), or a node killed and restarted, where what resumes and
 #       what is sent once rests on the database's transactions and leases.
@@ -89,10 +89,26 @@ ENGINE_TESTS = frozenset({
     "test_priors.py::test_the_latest_prior_without_a_frontal_gives_way_to_an_older_one",
 })
 
+# ---- slow: tests that start other programs ---------------------------------------------------------------------------
+# The rule, mechanical: a test that starts another program (a node process, storescu, Orthanc, a browser, dciodvfy,
+# PixelMed, PostgreSQL, a shell script, a multiprocessing worker) is `slow`; `pytest -m "not slow"` is the quick,
+# in-process part of the suite. Checked at every run (support/marker_rules.py). Most modules say so in their own
+# `pytestmark`; these are the ones marked from here (whole modules, or single tests of mixed modules).
+SLOW_MODULES = frozenset({
+})
+SLOW_TESTS = frozenset({
+})
+
 # ---- per-test timeouts (pytest-timeout; the default is `timeout` in pyproject.toml) ---------------------------------
 # A test that legitimately needs longer says so: @pytest.mark.timeout(SECONDS) in its file, or, for the modules
-# other engineers own, here (test node id without the "tests/" prefix -> seconds).
+# other engineers own, here (test id without "tests/" and parameters, or a module's file name -> seconds). The
+# figure: about five times the test's duration on a loaded 2-core machine running the suite in parallel.
 LONG_TESTS: dict[str, int] = {
+    "test_soak.py::test_short_soak_loses_nothing_and_duplicates_nothing": 900,
+    "test_bench_smoke.py::test_bench_quick_runs_and_writes_rows": 900,
+    "test_cluster_failover.py": 600,
+    "test_viewer_ohif.py": 600,
+    "test_badinput.py::test_good_study_is_served_while_the_bad_ones_arrive": 600,
 }
 
 # ---- pytest-xdist: tests that must run in one worker ---------------------------------------------------------------
@@ -117,15 +133,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.nodb)
         if module in ENGINE_MODULES or test_id.split("[", 1)[0] in ENGINE_TESTS:
             item.add_marker(pytest.mark.engine)
+        if module in SLOW_MODULES or test_id.split("[", 1)[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
         if module in GROUPED_MODULES and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(module))
-        seconds = LONG_TESTS.get(test_id.split("[", 1)[0])
+        seconds = LONG_TESTS.get(test_id.split("[", 1)[0], LONG_TESTS.get(test_id.split("::", 1)[0]))
         if seconds is not None and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(seconds))
 
 
-# The check of rule (a) (tests/support/engine_rule.py): its hooks, taken into this conftest by name.
-from support.engine_rule import pytest_configure, pytest_runtest_makereport, pytest_runtest_setup  # noqa: E402,F401
+# The checks of the engine and slow rules (tests/support/marker_rules.py): its hooks, taken in by name.
+from support.marker_rules import pytest_configure, pytest_runtest_makereport, pytest_runtest_setup  # noqa: E402,F401
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

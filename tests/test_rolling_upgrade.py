@@ -183,6 +183,7 @@ def _result_study_counts(pacs: Storescp) -> tuple[Counter, Counter]:
     return by_sop, by_study
 
 
+@pytest.mark.timeout(600)
 def test_nodes_upgraded_one_at_a_time_under_load_deliver_every_result_once(tmp_path: Path, data: Path) -> None:
     from node.emulator.server import EmulatorServer
 
@@ -260,6 +261,7 @@ def test_an_old_node_starting_on_an_additively_upgraded_database_runs_with_a_war
         assert _db(url, "SELECT version_num FROM alembic_version") == [(NEXT,)]
 
 
+@pytest.mark.timeout(600)
 def test_a_non_additive_upgrade_stops_the_old_node_and_it_refuses_to_start_again(tmp_path: Path,
                                                                                   data: Path) -> None:
     from node.emulator.server import EmulatorServer

@@ -31,6 +31,8 @@ import yaml
 
 from support.ports import free_port
 
+pytestmark = pytest.mark.slow  # starts worker processes
+
 #: the bit of SIGINT in the masks of /proc/PID/status (signal N is bit N-1)
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
 # trap '' INT: SIGINT ignored, as a shell starts a background job; exec keeps that (and the pid)

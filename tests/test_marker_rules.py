@@ -1,6 +1,6 @@
 """The PostgreSQL pass runs only `engine` tests: the check that no store-touching test is left out can fail.
 
-tests/support/engine_rule.py fails, in its teardown, a test that opens the node's database in the test process while
+tests/support.marker_rules.py fails, in its teardown, a test that opens the node's database in the test process while
 marked neither `engine` nor `sqlite` (and a `nodb` test that opens one). Here it runs, as a pytest plugin, on a test
 file of its own: the unmarked store-opening test fails naming the fix, the marked ones and one without a database
 pass. The markers the suite uses are all registered (``--strict-markers``) and the PostgreSQL pass's selection is
@@ -15,9 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from support.data import REPO
 
+pytestmark = pytest.mark.slow  # runs pytest as a program
+
 SAMPLE = '''
+import subprocess
+
 import pytest
 from node.store.state import Store
 
@@ -47,22 +53,32 @@ def test_marked_nodb_but_opens_it(tmp_path):
 
 def test_without_a_database():
     assert True
+
+
+def test_unmarked_starts_a_program():
+    subprocess.run(["true"], check=True)
+
+
+@pytest.mark.slow
+def test_marked_slow_starts_a_program():
+    subprocess.run(["true"], check=True)
 '''
 
 
-def test_a_test_that_opens_the_store_unmarked_fails_naming_the_fix(tmp_path: Path) -> None:
+def test_a_test_that_opens_the_store_or_starts_a_program_unmarked_fails_naming_the_fix(tmp_path: Path) -> None:
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
            "DICOM_NODE_TEST_DATABASE": ""}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "support.engine_rule", "-p", "no:cacheprovider",
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "support.marker_rules", "-p", "no:cacheprovider",
                           "-p", "no:xdist", "-q", "-rA", "test_sample.py"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=240)
     text = out.stdout + out.stderr
     assert out.returncode == 1, text
-    assert re.search(r"\b5 passed\b.* 2 errors", text), text
-    assert ("ERROR test_sample.py::test_unmarked_opens_the_store" in text
-            and "ERROR test_sample.py::test_marked_nodb_but_opens_it" in text), text
-    assert "add its module to ENGINE_MODULES" in text and "is marked nodb" in text, text
+    assert re.search(r"\b7 passed\b.* 3 errors", text), text
+    errors = sorted(re.findall(r"^ERROR test_sample.py::(\w+)", text, re.M))
+    assert errors == ["test_marked_nodb_but_opens_it", "test_unmarked_opens_the_store",
+                      "test_unmarked_starts_a_program"], text
+    assert "not marked `engine`" in text and "is marked nodb" in text and "not marked `slow`" in text, text
 
 
 def test_the_postgresql_pass_selects_the_engine_tests() -> None:

@@ -1,0 +1,104 @@
+"""The checks of two marker rules (tests/conftest.py), read from what each test does while it runs:
+
+* ``engine``: a test that opens the node's database in the test process and is marked neither ``engine`` nor
+  ``sqlite`` fails (so no store-touching test is left out of the PostgreSQL pass, which runs only ``engine`` tests);
+  a ``nodb`` test that opens one fails too. "Opens the node's database" is read from SQLAlchemy itself: every new
+  DBAPI connection of any engine's pool in the test process (the node's store, Services, an in-process SCP or HTTP
+  app, migrations, a test's own SQL), except those ``support/testdb.py`` makes to create the databases of the
+  PostgreSQL pass. Nodes started as processes are not seen: that part of the rule is a judgment, in the lists.
+  Checked in the SQLite pass, which runs every test (on PostgreSQL the tests' helpers connect through SQLAlchemy).
+* ``slow``: a test that starts another program (``subprocess``: a node, storescu, Orthanc, a browser, dciodvfy,
+  PixelMed, a server; or a ``multiprocessing`` process) and is not marked ``slow`` fails: ``pytest -m "not slow"``
+  is the quick, in-process part of the suite.
+
+The failure is the test's teardown error, naming the fix. A pytest plugin: tests/conftest.py takes its hooks;
+``pytest -p support.marker_rules`` loads it alone (tests/test_marker_rules.py does, on a test file of its own).
+"""
+
+from __future__ import annotations
+
+import multiprocessing.process
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import testdb
+
+_HARNESS_FILES = (str(Path(__file__).parent / "testdb.py"),)
+_AT_START = pytest.StashKey[tuple[int, int]]()
+WHERE = "in tests/conftest.py (ENGINE_MODULES / ENGINE_TESTS, SLOW_MODULES / SLOW_TESTS), or mark it yourself"
+
+
+class Seen:
+    """What the test process did: SQLAlchemy connections made (the harness's own left out), programs started."""
+
+    connections = 0
+    programs = 0
+
+    @classmethod
+    def on_connect(cls, *_args: object) -> None:
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_filename in _HARNESS_FILES:
+                return
+            frame = frame.f_back
+        cls.connections += 1
+
+
+def verdict(connections: int, programs: int, markers: set[str]) -> str | None:
+    """Why a test that made ``connections`` and started ``programs`` breaks a rule, given its ``markers``."""
+    why = []
+    if connections and "nodb" in markers:
+        why.append("is marked nodb (its module is in NO_DATABASE_MODULES) but opened a database")
+    elif connections and not markers & {"engine", "sqlite"}:
+        why.append("opened the node's database in the test process (a SQLAlchemy connection) but is not marked "
+                   f"`engine`: add it {WHERE}, so that the PostgreSQL pass runs it")
+    if programs and "slow" not in markers:
+        why.append(f"started {programs} program(s) (subprocess / multiprocessing) but is not marked `slow`: add it "
+                   f"{WHERE}")
+    return "; ".join(why) or None
+
+
+def _count_programs(original):
+    def start(self, *args, **kwargs):
+        Seen.programs += 1
+        return original(self, *args, **kwargs)
+
+    start.__wrapped__ = original  # type: ignore[attr-defined]
+    return start
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    config.addinivalue_line("markers", "engine: the outcome can depend on the database engine")
+    config.addinivalue_line("markers", "slow: starts other programs")
+    if not event.contains(Pool, "connect", Seen.on_connect):
+        event.listen(Pool, "connect", Seen.on_connect)
+    if not hasattr(subprocess.Popen.__init__, "__wrapped__"):
+        subprocess.Popen.__init__ = _count_programs(subprocess.Popen.__init__)  # type: ignore[method-assign]
+    if not hasattr(multiprocessing.process.BaseProcess.start, "__wrapped__"):
+        multiprocessing.process.BaseProcess.start = _count_programs(  # type: ignore[method-assign]
+            multiprocessing.process.BaseProcess.start)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_AT_START] = (Seen.connections, Seen.programs)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if call.when != "teardown" or report.failed:
+        return report
+    connections, programs = item.stash.get(_AT_START, (Seen.connections, Seen.programs))
+    connections = 0 if testdb.on_postgresql() else Seen.connections - connections
+    why = verdict(connections, Seen.programs - programs, {m.name for m in item.iter_markers()})
+    if why is not None:
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} {why}"
+    return report
