@@ -87,6 +87,8 @@ ENGINE_TESTS = frozenset({
     "test_priors.py::test_instances_of_an_expected_prior_are_kept_apart_and_purged",
     "test_priors.py::test_report_choice_and_the_configured_text_sources",
     "test_priors.py::test_the_latest_prior_without_a_frontal_gives_way_to_an_older_one",
+    "test_dicomweb_priors.py::test_priors_from_orthanc_over_qido_and_wado",
+    "test_dicomweb_stow.py::test_stow_to_orthanc_dicomweb_read_back_by_qido_and_wado",
 })
 
 # ---- slow: tests that start other programs ---------------------------------------------------------------------------
@@ -95,8 +97,22 @@ ENGINE_TESTS = frozenset({
 # in-process part of the suite. Checked at every run (support/marker_rules.py). Most modules say so in their own
 # `pytestmark`; these are the ones marked from here (whole modules, or single tests of mixed modules).
 SLOW_MODULES = frozenset({
+    "test_gsps_writer", "test_kos", "test_parse_pipelines", "test_receive", "test_rule_tester", "test_sc_writer",
+    "test_security_tls", "test_seg_writer", "test_sr_writer", "test_store_concurrency", "test_volume",
 })
 SLOW_TESTS = frozenset({
+    "test_architecture.py::test_the_command_line_imports_no_metrics_before_serve_sets_them_up",
+    "test_cluster_compose.py::test_haproxy_accepts_the_compose_balancer_config",
+    "test_insight.py::test_classification_sr_is_valid",
+    "test_migrations.py::test_an_empty_postgresql_database_gets_the_tables_of_schema_py",
+    "test_migrations.py::test_processes_opening_an_empty_database_at_once_all_find_head",
+    "test_migrations.py::test_processes_opening_an_empty_postgresql_database_at_once_all_find_head",
+    "test_priors.py::test_report_text_of_a_radiologist_sr_and_of_the_nodes_own_sr",
+    "test_priors.py::test_the_latest_prior_without_a_frontal_gives_way_to_an_older_one",
+    "test_security_logging.py::test_pydicom_value_warnings_do_not_quote_values_in_a_node_process",
+    "test_security_logging.py::test_serve_logging_masks_the_endpoint_key_from_the_environment",
+    "test_security_logging.py::test_storage_database_and_audit_files_are_owner_only",
+    "test_spare_files.py::test_start_removes_this_nodes_spares_left_by_dead_processes_only",
 })
 
 # ---- per-test timeouts (pytest-timeout; the default is `timeout` in pyproject.toml) ---------------------------------
@@ -121,10 +137,30 @@ GROUPED_MODULES = frozenset({
 })
 
 
+# The longest tests and groups start first, so that the run does not end waiting on one of them begun last (xdist
+# hands out tests in collection order). Test ids or module file names; about 30 s or more on a loaded machine.
+RUN_FIRST = (
+    "test_bench_smoke.py", "test_soak.py", "test_viewer_ohif.py", "test_sr_writer.py", "test_badinput.py",
+    "test_faults_pacs.py", "test_retract_rerun.py", "test_cluster_failover.py", "test_rolling_upgrade.py",
+    "test_exactly_once.py", "test_faults_outage.py", "test_faults_endpoint.py", "test_http_side.py",
+    "test_insight.py::test_classification_sr_is_valid", "test_dicomweb_changefeed.py", "test_load.py",
+    "test_priors.py", "test_faults_kill.py", "test_cluster.py", "test_end_to_end_cxr.py",
+)
+
+
+def _run_first_rank(item: pytest.Item) -> int:
+    test_id = item.nodeid.removeprefix("tests/").split("[", 1)[0]
+    for rank, key in enumerate(RUN_FIRST):
+        if test_id == key or test_id.split("::", 1)[0] == key:
+            return rank
+    return len(RUN_FIRST)
+
+
 def _module_name(item: pytest.Item) -> str:
     return item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = _module_name(item)
@@ -140,6 +176,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         seconds = LONG_TESTS.get(test_id.split("[", 1)[0], LONG_TESTS.get(test_id.split("::", 1)[0]))
         if seconds is not None and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(seconds))
+    items.sort(key=_run_first_rank)  # stable: the order within a module (and a group) stays
 
 
 # The checks of the engine and slow rules (tests/support/marker_rules.py): its hooks, taken in by name.

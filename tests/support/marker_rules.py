@@ -11,6 +11,9 @@
   PixelMed, a server; or a ``multiprocessing`` process) and is not marked ``slow`` fails: ``pytest -m "not slow"``
   is the quick, in-process part of the suite.
 
+What module- or session-scoped fixtures do while they are set up is nobody's in particular (it would land on
+whichever test happens to come first) and is not counted.
+
 The failure is the test's teardown error, naming the fix. A pytest plugin: tests/conftest.py takes its hooks;
 ``pytest -p support.marker_rules`` loads it alone (tests/test_marker_rules.py does, on a test file of its own).
 """
@@ -36,9 +39,12 @@ class Seen:
 
     connections = 0
     programs = 0
+    shared_fixtures = 0  # > 0 while a module- or session-scoped fixture is set up: not one test's doing
 
     @classmethod
     def on_connect(cls, *_args: object) -> None:
+        if cls.shared_fixtures:
+            return
         frame = sys._getframe(1)
         while frame is not None:
             if frame.f_code.co_filename in _HARNESS_FILES:
@@ -63,7 +69,8 @@ def verdict(connections: int, programs: int, markers: set[str]) -> str | None:
 
 def _count_programs(original):
     def start(self, *args, **kwargs):
-        Seen.programs += 1
+        if not Seen.shared_fixtures:
+            Seen.programs += 1
         return original(self, *args, **kwargs)
 
     start.__wrapped__ = original  # type: ignore[attr-defined]
@@ -83,6 +90,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(multiprocessing.process.BaseProcess.start, "__wrapped__"):
         multiprocessing.process.BaseProcess.start = _count_programs(  # type: ignore[method-assign]
             multiprocessing.process.BaseProcess.start)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
+    shared = fixturedef.scope != "function"
+    Seen.shared_fixtures += shared
+    try:
+        return (yield)
+    finally:
+        Seen.shared_fixtures -= shared
 
 
 @pytest.hookimpl(tryfirst=True)
