@@ -14,6 +14,9 @@ instance storescu sends, the trace must show, in this order:
 5. only then, the first ``sendto`` on the association's socket carrying the instance's SOP Instance UID: the
    C-STORE response.
 
+STOW-RS into the node's HTTP side (its own process, traced the same way) must show the same order before the
+200 response (there the file is fsynced by its path, ``node.store.spool.fsync_file``).
+
 The same analysis of a node configured ``sqlite_synchronous: NORMAL`` (``unsafe_fast_sqlite``) must find step 4
 missing (a test of this test). The ``PRAGMA synchronous`` of the database connections a node makes is read back from
 the node ``serve`` builds (``node.serve.Node``), in a process of its own.
@@ -105,7 +108,7 @@ def order_faults(calls: list[Call], sop_uid: str) -> list[str]:
     """What is missing or out of order, for one instance, in the sequence the module docstring lists."""
     ok = [c for c in calls if c.ret is not None and c.ret >= 0]
     renames = [c for c in ok if c.name.startswith("rename") and c.rename_paths()[1].endswith(f"/{sop_uid}.dcm")]
-    responses = [c for c in ok if c.name in ("sendto", "sendmsg", "write") and sop_uid.encode() in c.payload()]
+    responses = [c for c in ok if c.name in ("sendto", "sendmsg") and sop_uid.encode() in c.payload()]
     if len(renames) != 1 or not responses:
         return [f"{sop_uid}: {len(renames)} rename(s) into the spool and {len(responses)} response(s) in the trace"]
     rename, response = renames[0], min(responses, key=lambda c: c.start)
@@ -124,41 +127,67 @@ def order_faults(calls: list[Call], sop_uid: str) -> list[str]:
     return faults
 
 
-def _trace_while_sending(tmp: Path, data: Path, database: dict | None) -> tuple[list[Call], list[str]]:
-    """Start a node, attach strace to its SCP process (every thread), send a three-instance study; the calls and
-    the SOP Instance UIDs sent."""
-    cfg = node_config(tmp, endpoint_url="http://127.0.0.1:9/score", pacs=None, quiet=30.0)
-    cfg.pop("database", None)  # SQLite whatever the pass: the WAL's flush is what this test reads
-    if database:
-        cfg["database"] = database
+class Tracer:
+    """``strace -f -p PID`` on a running process (every thread), for the calls this test reads; ``with`` block."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out = pid, out
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Tracer":
+        self.proc = subprocess.Popen([require_tool("strace"), "-f", "-p", str(self.pid), "-o", str(self.out), "-y",
+                                      "-xx", "-s", "65536",
+                                      "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,sendto,sendmsg"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not _traced(self.pid):  # every thread of the process attached
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)  # detaches, leaving the process running
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def calls(self) -> list[Call]:
+        return parse_trace(self.out.read_text(errors="replace"))
+
+
+def _study(tmp: Path, data: Path) -> tuple[list[Path], list[str]]:
+    """Three instances in two studies (so new study and series folders are made on the way)."""
     files = derive_cxr_study(tmp / "study", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm", patient_id="DURABLE-1")
     files += derive_cxr_study(tmp / "study2", data / "cxr" / "cr_pa_jpeg_baseline.dcm", patient_id="DURABLE-2")
-    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
-    node = NodeProcess(tmp, cfg).start()
-    trace_path = tmp / "strace.txt"
+    return files, [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+
+
+def _node(tmp: Path, database: dict | None, **extra: object) -> NodeProcess:
+    cfg = node_config(tmp, endpoint_url="http://127.0.0.1:9/score", pacs=None, quiet=30.0, **extra)
+    cfg.pop("database", None)  # SQLite whatever the pass: the WAL's flush is what this test reads
+    if database:
+        cfg["database"] = database
+    return NodeProcess(tmp, cfg)
+
+
+def _trace_while_sending(tmp: Path, data: Path, database: dict | None) -> tuple[list[Call], list[str]]:
+    """Start a node, trace its SCP's process, send three instances (one association each); the calls and the
+    SOP Instance UIDs sent."""
+    files, uids = _study(tmp, data)
+    node = _node(tmp, database).start()
     assert node.proc is not None
-    tracer = subprocess.Popen([require_tool("strace"), "-f", "-p", str(node.proc.pid), "-o", str(trace_path),
-                               "-y", "-xx", "-s", "65536",
-                               "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,sendto,sendmsg"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while not _traced(node.proc.pid):  # every thread of the SCP's process attached
-            assert tracer.poll() is None, tracer.stderr.read() if tracer.stderr else ""
-            assert time.monotonic() < deadline, "strace did not attach"
-            time.sleep(0.05)
-        for f in files:  # one association per file: each answered before the next is sent
-            assert_ok(storescu("127.0.0.1", node.port, [f], extra=[transfer_syntax_flag(f)], timeout=60))
+        with Tracer(node.proc.pid, tmp / "strace.txt") as tracer:
+            for f in files:  # each answered before the next is sent
+                assert_ok(storescu("127.0.0.1", node.port, [f], extra=[transfer_syntax_flag(f)], timeout=60))
     finally:
-        tracer.send_signal(signal.SIGINT)  # detaches, leaving the node running
-        try:
-            tracer.wait(30)
-        except subprocess.TimeoutExpired:
-            tracer.kill()
-            tracer.wait()
         node.stop()
-    return parse_trace(trace_path.read_text(errors="replace")), uids
+    return tracer.calls(), uids
 
 
 def _traced(pid: int) -> bool:
@@ -172,6 +201,56 @@ def test_each_instance_is_flushed_file_directory_and_commit_before_its_response(
     calls, uids = _trace_while_sending(tmp_path, data, None)
     faults = [fault for uid in uids for fault in order_faults(calls, uid)]
     assert faults == [], "\n".join(faults)
+
+
+@pytest.mark.timeout(400)
+def test_each_stowed_instance_is_flushed_before_the_stow_rs_response(tmp_path: Path, data: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """STOW-RS into the node's HTTP side (its own process, traced): the same order before the 200 response, here
+    with the file fsynced by its path (node.store.spool.fsync_file) before the rename."""
+    import httpx
+
+    from node.dicomweb import multipart
+    from support.ports import free_port
+
+    files, uids = _study(tmp_path, data)
+    monkeypatch.setenv("NODE_HTTP_TOKEN", "durable-token")
+    port = free_port()
+    node = _node(tmp_path, None, http={"host": "127.0.0.1", "port": port, "token_env": "NODE_HTTP_TOKEN"}).start()
+    assert node.proc is not None
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the HTTP side is a child process of serve: wait until it answers
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, node.logs()
+            time.sleep(0.2)
+        http_pid = _child_running(node.proc.pid, b"http")
+        body, content_type = multipart.encode(f.read_bytes() for f in files)
+        with Tracer(http_pid, tmp_path / "strace-http.txt") as tracer:
+            rsp = httpx.post(f"http://127.0.0.1:{port}/dicomweb/studies", content=body, timeout=60, trust_env=False,
+                             headers={"Content-Type": content_type, "Authorization": "Bearer durable-token"})
+        assert rsp.status_code == 200, rsp.text
+    finally:
+        node.stop()
+    faults = [fault for uid in uids for fault in order_faults(tracer.calls(), uid)]
+    assert faults == [], "\n".join(faults)
+
+
+def _child_running(parent: int, word: bytes) -> int:
+    """The pid of the child process of ``parent`` whose command line holds ``word`` (serve's HTTP side)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and word in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError(f"no child of {parent} runs {word!r}")
 
 
 @pytest.mark.timeout(400)
