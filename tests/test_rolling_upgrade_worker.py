@@ -8,10 +8,10 @@ failed to create its jobs and dropped the task, again and again, so the study wa
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from node.config import parse_config
 from node.flow.queue import Queue
@@ -22,13 +22,12 @@ from node.store.state import InstanceRecord
 STUDY = "1.2.826.0.1.3680043.10.511.22.1"
 
 
-def _from_the_future(db: Path) -> None:
+def _from_the_future(svc: Services) -> None:
     """What a newer node's non-additive upgrade leaves: an unknown revision whose floor this code does not know."""
-    con = sqlite3.connect(db)
-    con.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
-    con.execute("UPDATE schema_compat SET revision = '0099_from_the_future', compatible_from = '0099_from_the_future'")
-    con.commit()
-    con.close()
+    with svc.store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099_from_the_future'")
+        conn.exec_driver_sql("UPDATE schema_compat SET revision = '0099_from_the_future', "
+                             "compatible_from = '0099_from_the_future'")
 
 
 @pytest.fixture()
@@ -50,14 +49,14 @@ def svc(tmp_path: Path) -> Services:
 
 def _study_state(svc: Services) -> str:
     with svc.store.engine.connect() as conn:
-        return conn.exec_driver_sql("SELECT state FROM studies WHERE study_uid = ?", (STUDY,)).scalar()
+        return conn.execute(text("SELECT state FROM studies WHERE study_uid = :u"), {"u": STUDY}).scalar()
 
 
 def test_a_refused_worker_dequeues_nothing_and_leaves_the_task_to_the_other_nodes(svc: Services) -> None:
     svc.queue.consume_only_while(lambda: compatible(svc))
     svc.queue.check_study(STUDY)
     assert svc.queue.huey.pending_count() == 1
-    _from_the_future(svc.cfg.storage_dir / "node.db")
+    _from_the_future(svc)
     assert not compatible(svc)
     assert svc.queue.huey.dequeue() is None, "a refused worker must not take shared work"
     assert svc.queue.huey.pending_count() == 1, "the task stays in the queue for a node that can run it"
@@ -72,7 +71,7 @@ def test_a_task_taken_just_before_the_refusal_is_handed_back_untouched(svc: Serv
     svc.queue.check_study(STUDY)
     task = svc.queue.huey.dequeue()  # taken while the schema was still fine
     assert task is not None
-    _from_the_future(svc.cfg.storage_dir / "node.db")
+    _from_the_future(svc)
     svc.queue.huey.execute(task)  # the body meets the refusal at its first store write
     assert _study_state(svc) == "receiving", "the old node must not close a study it cannot create jobs for"
     again = Queue(svc.cfg).huey.dequeue()

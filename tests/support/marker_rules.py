@@ -12,7 +12,8 @@
   is the quick, in-process part of the suite.
 
 What module- or session-scoped fixtures do while they are set up is nobody's in particular (it would land on
-whichever test happens to come first) and is not counted.
+whichever test happens to come first) and is not counted; nor is what ``support/testdb.py`` does (the PostgreSQL
+server of the PostgreSQL pass, its databases).
 
 The failure is the test's teardown error, naming the fix. A pytest plugin: tests/conftest.py takes its hooks;
 ``pytest -p support.marker_rules`` loads it alone (tests/test_marker_rules.py does, on a test file of its own).
@@ -42,15 +43,21 @@ class Seen:
     shared_fixtures = 0  # > 0 while a module- or session-scoped fixture is set up: not one test's doing
 
     @classmethod
-    def on_connect(cls, *_args: object) -> None:
+    def by_a_test(cls) -> bool:
+        """Is what is happening now a test's own doing (not a shared fixture's, not the harness's)?"""
         if cls.shared_fixtures:
-            return
-        frame = sys._getframe(1)
+            return False
+        frame = sys._getframe(2)
         while frame is not None:
             if frame.f_code.co_filename in _HARNESS_FILES:
-                return
+                return False
             frame = frame.f_back
-        cls.connections += 1
+        return True
+
+    @classmethod
+    def on_connect(cls, *_args: object) -> None:
+        if cls.by_a_test():
+            cls.connections += 1
 
 
 def verdict(connections: int, programs: int, markers: set[str]) -> str | None:
@@ -69,7 +76,7 @@ def verdict(connections: int, programs: int, markers: set[str]) -> str | None:
 
 def _count_programs(original):
     def start(self, *args, **kwargs):
-        if not Seen.shared_fixtures:
+        if Seen.by_a_test():
             Seen.programs += 1
         return original(self, *args, **kwargs)
 
