@@ -171,7 +171,10 @@ def _resolve_security_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
              for name, d in cfg.destinations.items()}
     audit = fix(cfg.audit, "path")
     endpoints = {name: fix(e, "key_file") for name, e in cfg.endpoints.items()}
-    return cfg.model_copy(update={"node": node, "destinations": dests, "audit": audit, "endpoints": endpoints})
+    http = cfg.http.model_copy(update={"tls": fix(cfg.http.tls, "cert_file", "key_file"),
+                                       "oidc": fix(cfg.http.oidc, "ca_file")})
+    return cfg.model_copy(update={"node": node, "destinations": dests, "audit": audit, "endpoints": endpoints,
+                                  "http": http})
 
 
 def parse_config(data: Any, source: Path | str = "<memory>", base_dir: Path | None = None) -> NodeConfig:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from node.dicom.cores import auto_receivers
+from node.http.auth_settings import HttpTlsSection, OidcSection, check_http_auth
 from node.models import registry
 
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
@@ -401,6 +402,9 @@ class HttpSection(_Strict):
         None, ge=0, description="/readyz fails below this free space on the spool; default node.min_free_disk_mb")
     stow_max_request_mb: float = Field(
         1024.0, gt=0, description="STOW-RS in (POST /dicomweb/studies): the largest request body accepted (413 above)")
+    tls: HttpTlsSection | None = Field(None, description="HTTPS on the HTTP side (node/http/auth_settings.py)")
+    oidc: OidcSection | None = Field(None, description="Sign-in and machine JWTs (node/http/auth_settings.py)")
+    check_auth = model_validator(mode="after")(check_http_auth)
 
 
 class LoggingSection(_Strict):
