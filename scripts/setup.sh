@@ -7,6 +7,8 @@
 #     npm (to fetch OHIF); for the cluster tests: postgresql, redis-server, haproxy (the tests start their own
 #     servers on free loopback ports; the Debian services are left as the package set them up)
 #   - OHIF 3.13.2's prebuilt viewer: `npm pack @ohif/app@3.13.2`, its dist/ unpacked into .cache/ohif/3.13.2/
+#   - the tests' identity provider: oidc-provider (npm, OpenID Certified), the version pinned in
+#     tests/support/oidc/package.json + package-lock.json, `npm ci` into .cache/oidc-provider/<version>/
 #   - the Debian orthanc service is disabled and its own process stopped (scripts/disable_orthanc_service.sh):
 #     tests start their own Orthanc on free ports; no other Orthanc is touched
 #   - this project, editable, with its test extra: python3 -m pip install -e ".[test]"
@@ -79,6 +81,20 @@ else
     mkdir -p "$(dirname "${OHIF_DIR}")"
     mv "${tmp}/x/package" "${OHIF_DIR}"
     rm -rf "${tmp}"
+fi
+
+# 3b. The tests' identity provider, oidc-provider from the npm registry (cached: nothing fetched when installed) ------
+OIDC_SRC="${REPO}/tests/support/oidc"
+OIDC_VERSION="$("${PYTHON}" -c 'import json,sys; print(json.load(open(sys.argv[1]))["dependencies"]["oidc-provider"])' "${OIDC_SRC}/package.json")"
+OIDC_DIR="${REPO}/.cache/oidc-provider/${OIDC_VERSION}"
+if [[ -f "${OIDC_DIR}/node_modules/oidc-provider/package.json" ]] && cmp -s "${OIDC_SRC}/package-lock.json" "${OIDC_DIR}/package-lock.json"; then
+    step "oidc-provider ${OIDC_VERSION}: cached in ${OIDC_DIR}"
+else
+    step "oidc-provider ${OIDC_VERSION}: npm ci -> ${OIDC_DIR}"
+    rm -rf "${OIDC_DIR}"
+    mkdir -p "${OIDC_DIR}"
+    cp "${OIDC_SRC}/package.json" "${OIDC_SRC}/package-lock.json" "${OIDC_DIR}/"
+    (cd "${OIDC_DIR}" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --silent)
 fi
 
 # 4. This project, editable, with the test extra ----------------------------------------------------------------
