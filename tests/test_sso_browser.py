@@ -214,9 +214,9 @@ def test_https_with_the_dicom_tls_settings(site: Site) -> None:
     tls12_gcm.maximum_version = ssl.TLSVersion.TLSv1_2
     tls12_gcm.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384")
     assert handshake(tls12_gcm) == "accepted TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384"
-    cbc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS 1.2 with CBC suites only: not in BCP 195's list
-    cbc.maximum_version = ssl.TLSVersion.TLSv1_2
-    cbc.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:AES128-SHA256:AES128-SHA")
+    cbc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS 1.2 with CBC suites only: not in BCP 195's list (the
+    cbc.maximum_version = ssl.TLSVersion.TLSv1_2  # SHA-256/384 ones are in Python's and OpenSSL's defaults)
+    cbc.set_ciphers("ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA:AES128-SHA256")
     assert handshake(cbc).startswith("refused"), "a CBC-only TLS 1.2 client must be refused"
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS 1.1 (the client allows it: security level 0)
     old.set_ciphers("ALL:@SECLEVEL=0")
