@@ -33,7 +33,7 @@ from node.store.schema import jobs, outbox, results
 from node.store.spool import Spool
 from node.store.state import Store
 
-from support.oidc_provider import Machine, OidcProvider
+from support.oidc_provider import Machine, OidcProvider, User
 from support.studies import derive_cxr_study
 from support.tlscerts import make_ca
 
@@ -41,6 +41,8 @@ pytestmark = [pytest.mark.security, pytest.mark.slow]
 
 AUDIENCE = "api://dicom-node"
 STATIC = "static-token-for-simple-setups-0123"
+WEB_CLIENT = {"client_id": "dicom-node", "client_secret": "web-secret",
+              "redirect_uris": ["https://dicom-node.hospital.test/auth/callback"]}
 ROLE_MAP = {"DicomNode.Viewer": "viewer", "DicomNode.PhiViewer": "phi-viewer", "DicomNode.Operator": "operator",
             "DicomNode.Uploader": "uploader"}
 
@@ -58,7 +60,8 @@ class Site:
                       "dashboard": Machine("dash-secret", ["DicomNode.Viewer"]),
                       "nobody-bot": Machine("nobody-secret", ["Something.Else"]),
                       "brief-bot": Machine("brief-secret", ["DicomNode.Operator"], ttl=1)},
-            resources={AUDIENCE: AUDIENCE, "api://another-api": "api://another-api"}, default_resource=AUDIENCE)
+            resources={AUDIENCE: AUDIENCE, "api://another-api": "api://another-api"}, default_resource=AUDIENCE,
+            users={"otto": User("pw-otto", "Otto Operator", ["DicomNode.Operator"])}, web_clients=[WEB_CLIENT])
         self.idp.start()
         self.cfg = parse_config({
             "node": {"storage_dir": str(tmp / "var"), "min_free_disk_mb": 0},
@@ -228,3 +231,16 @@ def test_new_provider_keys_are_fetched_when_a_token_names_one(site: Site, monkey
         assert site.idp.jwks()["keys"][0]["kid"] != old_kid
         reply = client.post("/actions/retry", headers=bearer(site.idp.machine_token("ops-bot")))
         assert reply.status_code == 200, reply.text
+
+
+def test_a_persons_id_token_is_no_bearer_token(site: Site) -> None:
+    """With audience = client_id (Entra ID's v2 default), a person's ID token has the right issuer, audience and
+    roles: it is still refused, for it proves a sign-in, not a grant to call the node."""
+    import asyncio
+
+    id_token = site.idp.id_token("otto", WEB_CLIENT)
+    _, claims, _ = _parts(id_token)
+    assert claims["aud"] == "dicom-node" and claims["roles"] == ["DicomNode.Operator"] and claims["nonce"]
+    oidc = site.cfg.http.oidc.model_copy(update={"audience": None})
+    with pytest.raises(tokens.TokenRefused, match="an ID token is not an access token"):
+        asyncio.run(tokens.TokenVerifier(oidc).verify(id_token))
