@@ -39,3 +39,29 @@ def test_a_role_map_value_may_give_several_roles() -> None:
     assert roles_from_claims({"realm_access": {"roles": ["Radiologist", "Other"]}}, oidc) == {"phi-viewer", "operator"}
     assert roles_from_claims({"realm_access": {"roles": "IT Other"}}, oidc) == {"viewer"}
     assert roles_from_claims({"roles": ["Radiologist"]}, oidc) == frozenset()  # not at roles_claim's path
+
+
+def test_the_configuration_refuses_what_cannot_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.config import ConfigError, parse_config
+    from node.http.checks import check_http_auth
+
+    tls = {"cert_file": "c.pem", "key_file": "k.pem"}
+    oidc = {"issuer": "https://login.microsoftonline.com/t/v2.0", "client_id": "app"}
+    cases = {
+        "http.oidc needs HTTPS": {"oidc": oidc},
+        "http.show_phi applies to the open status page": {"tls": tls, "show_phi": True, "oidc": oidc},
+        "http.oidc.issuer: must be an https:// URL": {"tls": tls, "oidc": {**oidc, "issuer": "http://idp.hospital"}},
+        "http.oidc.role_map.G[0]: allowed: 'viewer'": {"tls": tls, "oidc": {**oidc, "role_map": {"G": "admin"}}},
+        "http.oidc.scopes: must include openid": {"tls": tls, "oidc": {**oidc, "scopes": ["profile"]}},
+    }
+    for message, http in cases.items():
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            parse_config({"http": {"port": 8443, **http}})
+    # behind a TLS proxy: public_url says https, and the node itself may speak plain HTTP
+    assert parse_config({"http": {"port": 8081, "oidc": {**oidc, "public_url": "https://node.hospital"}}}).http.oidc
+    cfg = parse_config({"http": {"port": 8443, "tls": tls, "oidc": {**oidc, "client_secret_env": "SSO_UNSET_X"}}})
+    monkeypatch.delenv("SSO_UNSET_X", raising=False)
+    with pytest.raises(ConfigError, match="http.oidc.client_secret_env: the environment variable SSO_UNSET_X"):
+        check_http_auth(cfg)
+    monkeypatch.setenv("SSO_UNSET_X", "s3cret")
+    assert "login.microsoftonline.com" in check_http_auth(cfg)[0]
