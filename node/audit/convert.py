@@ -75,6 +75,13 @@ class Converter:
         del self.expired[:-MAX_EXPIRED]
         return out
 
+    def rebase(self) -> None:
+        """The trail was rotated: offsets from now on are the new file's (open transfers resume from its start)."""
+        self.done = 0
+        self.expired = []
+        for t in self.transfers.open.values():
+            t.first_offset = t.last_offset = 0
+
     def cursor(self, inode: int | None, read_to: int) -> dict[str, Any]:
         """The position to write with the messages made so far; lines before ``read_to`` made theirs."""
         self.done = max(self.done, read_to)

@@ -33,6 +33,7 @@ from node.audit.tail import Trail
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 5.0
+STEP_BYTES = 64 * 1024  # of the trail per step: what one spool append holds stays small next to its bound
 POLL_SECONDS = 0.2
 ALERT_REPEAT_SECONDS = 300.0
 
@@ -72,6 +73,8 @@ class Forwarder:
                       site_id=self.syslog.enterprise_site_id, endpoint_urls=_endpoint_urls(cfg),
                       patient_of=self.patients.of_study, max_bytes=self.syslog.max_message_bytes)
         self.converter = Converter(ctx, self.syslog.app_name, cursor, self.patients.forget)
+        if cursor.get("inode") not in (None, self.trail.inode):  # replaced while the forwarder was not running
+            self.converter.rebase()
         self.sender = Sender(self.syslog, self.spool)
         self._blocked: tuple[list[bytes], dict[str, Any]] | None = None
         self._alerted_at = 0.0
@@ -88,8 +91,12 @@ class Forwarder:
             self._blocked = None
         made: list[bytes] = []
         read = False
-        for offset, ev in self.trail.lines():
+        inode = self.trail.inode
+        for offset, ev in self.trail.lines(STEP_BYTES):
             made += self.converter.feed(offset, ev)
+            read = True
+        if self.trail.inode != inode:  # rotated: the next lines are the new file's
+            self.converter.rebase()
             read = True
         made += self.converter.expire()
         if made:

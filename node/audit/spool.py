@@ -73,6 +73,7 @@ class Spool:
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
+        self.segment_bytes = max(65536, min(SEGMENT_BYTES, max_bytes // 8))  # a consumed segment goes soon
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Condition()
         head = self._read_head()
@@ -143,7 +144,7 @@ class Spool:
             if messages and self.pending_bytes + len(data) > self.max_bytes and self.pending:
                 return False
             n = self.segments[-1]
-            if self._end.offset >= SEGMENT_BYTES:
+            if self._end.offset >= self.segment_bytes:
                 n += 1
                 self.segments.append(n)
             path = self._path(n)
