@@ -137,7 +137,9 @@ def test_an_association_whose_receiver_died_is_sent_once_with_what_it_stored(tmp
     pid = int(dead.stdout)  # a process that is gone (SIGKILLed receivers leave no association-end)
     cfg = _cfg(tmp_path)
     cfg.audit_path.parent.mkdir(parents=True)
-    lines = [
+    lines = [  # an association still open (this process is alive) makes a restart read all the lines again
+        {"event": "association-start", "calling_ae": "OPEN", "peer_host": "10.0.0.6", "peer_port": 8,
+         "pid": os.getpid()},
         {"event": "association-start", "calling_ae": "MOD", "peer_host": "10.0.0.5", "peer_port": 7, "pid": pid},
         *[{"event": "instance-received", "calling_ae": "MOD", "peer_host": "10.0.0.5", "peer_port": 7, "pid": pid,
            "study_uid": STUDY, "sop_instance_uid": f"{STUDY}.{i}", "sop_class_uid": "1.2"} for i in range(2)],
@@ -153,6 +155,7 @@ def test_an_association_whose_receiver_died_is_sent_once_with_what_it_stored(tmp
     fwd.step()
     first = _take(fwd)
     fwd2 = Forwarder(cfg)  # a restart reads those lines again: nothing is made twice
+    assert fwd2.trail.offset == 0
     fwd2.step()
     assert _take(fwd2) == []
     assert len(first) == 2

@@ -22,6 +22,7 @@ from node.audit.rfc5424 import frame
 from node.audit.settings import SyslogSection
 
 TCP_ESTABLISHED, TCP_CLOSE_WAIT = 1, 8
+POST_HANDSHAKE_SECONDS = 0.5
 
 
 class TransportError(OSError):
@@ -68,9 +69,24 @@ class Connection:
                     raise
             raw.settimeout(cfg.connect_timeout_seconds)
             self.sock = raw
+            if self.context is not None and self._refused_after_handshake():
+                self.close()
+                raise TransportError("the audit repository refused this node after the TLS handshake (a client "
+                                     "certificate it does not accept?)")
         except (OSError, ssl.SSLError) as exc:
+            if isinstance(exc, TransportError):
+                raise
             raise TransportError(f"cannot connect to the audit repository {cfg.host}:{cfg.port} "
                                  f"({cfg.transport}): {exc}") from None
+
+    def _refused_after_handshake(self) -> bool:
+        """TLS 1.3: a server checks the client's certificate after the client's side of the handshake is done and
+        refuses with an alert that may come after the first data; wait that long before sending anything."""
+        deadline = time.monotonic() + POST_HANDSHAKE_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self.sock], [], [], left)[0] and self.closed_by_peer():
+                return True
+        return False
 
     def close(self) -> None:
         if self.sock is not None:

@@ -1,9 +1,9 @@
 """A throwaway audit record repository for the tests: Debian's ``rsyslogd`` with ``rsyslog-gnutls``.
 
 ``start(folder, tls=True, mutual=False)`` runs rsyslogd in the foreground on a free loopback port: imtcp with
-the gtls stream driver (RFC 5425) and a test CA (``tests/support/tlscerts.py``), or plain TCP; octet-counted
-frames; ``maxMessageSize`` raised to 32 KiB as IHE ATNA needs (rsyslog's default is 8 KiB). Every message it
-receives is written by rsyslog itself as one JSON line: its own parse of the RFC 5424 header (PRI, VERSION,
+the gtls stream driver (RFC 5425) and a test CA (``tests/support/tlscerts.py``), or plain TCP (``tls=False``),
+or imudp (``udp=True``); octet-counted frames on TCP; ``maxMessageSize`` raised to 32 KiB as IHE ATNA needs
+(rsyslog's default is 8 KiB). Every message it receives is written by rsyslog itself as one JSON line: its own parse of the RFC 5424 header (PRI, VERSION,
 TIMESTAMP, HOSTNAME, APP-NAME, PROCID, MSGID, STRUCTURED-DATA), the MSG and the raw message, so a test checks
 what the repository understood, not what the node meant. ``messages()`` reads them, ``wait_for(n)`` waits for
 them, ``stop()`` stops the process the test started (``restart()`` starts it again on the same port, same file).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -81,15 +82,17 @@ _TEMPLATE = """template(name="received" type="list" option.jsonf="on") {
 class Rsyslog:
     """rsyslogd on ``127.0.0.1:<port>``; received messages in ``folder/received.jsonl``."""
 
-    def __init__(self, folder: Path, *, tls: bool = True, mutual: bool = False, port: int | None = None) -> None:
+    def __init__(self, folder: Path, *, tls: bool = True, mutual: bool = False, port: int | None = None,
+                 udp: bool = False) -> None:
         self.folder = Path(folder)
-        self.tls = tls
+        self.tls = tls and not udp
+        self.udp = udp
         self.mutual = mutual
-        self.port = port or free_port()
+        self.port = port or (_free_udp_port() if udp else free_port())
         self.proc: subprocess.Popen | None = None
         self.folder.mkdir(parents=True, exist_ok=True)
         self.received_path = self.folder / "received.jsonl"
-        if tls:
+        if self.tls:
             pki = self.folder / "pki"
             self.ca = make_ca(pki, "audit-ca")
             self.server = self.ca.issue(pki, "audit-repository", server=True)
@@ -98,7 +101,8 @@ class Rsyslog:
 
     def syslog_config(self, **extra: Any) -> dict[str, Any]:
         """The node's ``audit.syslog`` block for this repository."""
-        cfg: dict[str, Any] = {"host": HOST, "port": self.port, "transport": "tls" if self.tls else "tcp",
+        cfg: dict[str, Any] = {"host": HOST, "port": self.port,
+                               "transport": "udp" if self.udp else "tls" if self.tls else "tcp",
                                "connect_timeout_seconds": 5, "retry_max_seconds": 1}
         if self.tls:
             cfg["ca_file"] = str(self.ca.cert)
@@ -119,12 +123,15 @@ class Rsyslog:
             auth = "x509/certvalid" if self.mutual else "anon"
             lines.append(f'module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" '
                          f'streamDriver.authMode="{auth}")')
+        elif self.udp:
+            lines.append('module(load="imudp")')
         else:
             lines.append('module(load="imtcp")')
         lines += [_TEMPLATE,
                   'ruleset(name="atna") {',
                   f'  action(type="omfile" file="{self.received_path}" template="received" flushOnTXEnd="on")',
                   "}",
+                  f'input(type="imudp" address="{HOST}" port="{self.port}" ruleset="atna")' if self.udp else
                   f'input(type="imtcp" address="{HOST}" port="{self.port}" ruleset="atna" '
                   'supportOctetCountedFraming="on")',
                   f'*.* action(type="omfile" file="{self.folder / "rsyslogd.log"}")']
@@ -140,7 +147,7 @@ class Rsyslog:
         self.proc = subprocess.Popen([exe, "-n", "-f", str(conf), "-i", str(self.folder / "rsyslogd.pid")],
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not _listening(self.port):
+        while not _listening(self.port, udp=self.udp):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 log = (self.folder / "stderr.log").read_text(errors="replace")
                 self.stop()
@@ -185,17 +192,25 @@ class Rsyslog:
         self.stop()
 
 
-def start(folder: Path, *, tls: bool = True, mutual: bool = False, port: int | None = None) -> Rsyslog:
-    """A started repository (see the module docstring)."""
-    return Rsyslog(folder, tls=tls, mutual=mutual, port=port).start()
+def start(folder: Path, *, tls: bool = True, mutual: bool = False, port: int | None = None,
+          udp: bool = False) -> Rsyslog:
+    """A started repository (see the module docstring): TLS (``mutual``: client certificates required), plain
+    TCP (``tls=False``) or UDP (``udp=True``)."""
+    return Rsyslog(folder, tls=tls, mutual=mutual, port=port, udp=udp).start()
 
 
-def _listening(port: int) -> bool:
-    """Whether rsyslogd listens on the loopback port yet (from /proc/net/tcp: a probe connection would be a
-    session rsyslog logs as broken)."""
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _listening(port: int, udp: bool = False) -> bool:
+    """Whether rsyslogd listens on the loopback port yet (from /proc/net: a probe connection would be a session
+    rsyslog logs as broken)."""
     target = f"0100007F:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+    for line in Path("/proc/net/udp" if udp else "/proc/net/tcp").read_text().splitlines()[1:]:
         parts = line.split()
-        if parts[1] == target and parts[3] == "0A":  # 0A: LISTEN
+        if parts[1] == target and (udp or parts[3] == "0A"):  # 0A: LISTEN
             return True
     return False
