@@ -13,9 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from node.audit.settings import AuditSection
 from node.config_sections import (  # the sections of the one model below
     CLASSIFIED_KEY,
-    AuditSection,
     DatabaseSection,
     DestinationSection,
     EndpointSection,
@@ -170,6 +170,8 @@ def _resolve_security_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
     dests = {name: d.model_copy(update={"tls": fix(d.tls, "ca_file", "cert_file", "key_file")})
              for name, d in cfg.destinations.items()}
     audit = fix(cfg.audit, "path")
+    if audit.syslog is not None:
+        audit = audit.model_copy(update={"syslog": fix(audit.syslog, "ca_file", "cert_file", "key_file")})
     endpoints = {name: fix(e, "key_file") for name, e in cfg.endpoints.items()}
     http = cfg.http.model_copy(update={"tls": fix(cfg.http.tls, "cert_file", "key_file"),
                                        "oidc": fix(cfg.http.oidc, "ca_file")})

@@ -81,13 +81,6 @@ class TlsClientSection(_Strict):
         return self
 
 
-class AuditSection(_Strict):
-    """The audit trail: ATNA-style events as JSON lines (UIDs, AE titles, addresses; never names)."""
-
-    enabled: bool = True
-    path: Path | None = Field(None, description="Default <storage_dir>/audit.jsonl")
-
-
 def _check_host_allowlist(hosts: dict[str, list[str]]) -> dict[str, list[str]]:
     import ipaddress
 

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from node.audit.supervise import AuditSide
 from node.config import NodeConfig
 from node.dicom.receivers import ReceiverPool
 from node.dicom.scp import StorageSCP
@@ -55,6 +56,7 @@ class Node:
         self.worker: subprocess.Popen | None = None
         self.http: subprocess.Popen | None = None  # the HTTP side (node/http), when http.port is set
         self.receivers = ReceiverPool(cfg, cfg.node.receivers)  # children when node.receivers > 1
+        self.audit = AuditSide(cfg)  # start/stop events, configuration changes, the ATNA forwarder (node/audit)
         self._stop = threading.Event()
 
     def _start_worker(self) -> None:
@@ -83,6 +85,7 @@ class Node:
         self.http = subprocess.Popen(cmd)
 
     def start(self) -> None:
+        self.audit.start()
         self._start_worker()
         self._start_http()
         self.receivers.start()  # node.receivers > 1: the others listen before this one, see node.receivers
@@ -110,6 +113,7 @@ class Node:
                 log.error("HTTP side exited with %s; restarting it", self.http.returncode)
                 self._start_http()
             self.receivers.restart_dead()
+            self.audit.poll()
         self.stop()
 
     def stop(self, drain_seconds: float = 30.0) -> None:
@@ -134,6 +138,7 @@ class Node:
                 self.http.kill()
                 self.http.wait()
         self.store.engine.dispose()
+        self.audit.stop()
         log.info("stopped")
 
 
