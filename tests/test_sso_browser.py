@@ -5,7 +5,8 @@ Chromium (selenium) as the person, the emulator and a mini PACS behind the node.
 What each role may see and do is read from the README's role table (tests/support/roles.py) and checked in the
 browser: the pages, the patient's name, the write forms and what a POST gets. What the operator's forms did is
 counted at the PACS (the rejection note and the re-run's results it received), never in the node's database.
-Sign-ins, refusals, sign-outs and actions are looked up in the audit trail the node wrote.
+Sign-ins, refusals, sign-outs and actions are looked up in the audit trail the node wrote, and in the audit record
+repository (rsyslogd over RFC 5425 TLS, tests/support/rsyslog.py) as the ATNA messages it received and parsed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from node.config import load_config
 from node.dicom.tls import BCP195_CIPHERS
 from node.ops.audit import read_events
 
+from support import rsyslog
 from support.nodekit import send, wait_until
 from support.nodeproc import NodeProcess, node_config
 from support.oidc_provider import OidcProvider, User
@@ -72,6 +74,7 @@ class Site:
         self.emulator = EmulatorServer("127.0.0.1", 0).start()
         (tmp / "pacs").mkdir()
         self.pacs = MiniPACS(folder=tmp / "pacs").start()
+        self.repository = rsyslog.start(tmp / "rsyslog", tls=True)
         os.environ["SSO_BROWSER_CLIENT_SECRET"] = CLIENT_SECRET
         cfg = node_config(tmp, endpoint_url=self.emulator.url, pacs=("PACS", self.pacs.port), http={
             "host": "127.0.0.1", "port": self.port,
@@ -79,6 +82,7 @@ class Site:
             "oidc": {"issuer": self.idp.issuer, "client_id": "dicom-node",
                      "client_secret_env": "SSO_BROWSER_CLIENT_SECRET", "ca_file": str(self.ca.cert),
                      "role_map": ROLE_MAP}})
+        cfg["audit"] = {"syslog": self.repository.syslog_config()}
         self.node = NodeProcess(tmp, cfg).start()
         self.audit_path = load_config(self.node.config_path).audit_path
         wait_until(lambda: self.get("/healthz") == 200, 60, "the HTTPS side to answer")
@@ -110,6 +114,7 @@ class Site:
         self.pacs.stop()
         self.emulator.stop()
         self.idp.stop()
+        self.repository.stop()
         os.environ.pop("SSO_BROWSER_CLIENT_SECRET", None)
 
 
@@ -261,7 +266,7 @@ def test_each_role_sees_and_does_what_the_readme_table_says(site: Site, role: st
         assert site.at_pacs("KO") == kos
         refused = [e for e in site.events("action") if e["user"] == login]
         assert {e["action"] for e in refused} == {"retract", "rerun", "retry"}
-        assert all(e["outcome"] == 8 and "lacks the role operator" in e["reason"] for e in refused)
+        assert all(e["outcome"] == 8 and "lacks the role operator" in e["error"] for e in refused)
     # STOW-RS in takes a bearer token only: never a person's session (uploader included)
     assert fetch(site, "POST", "/dicomweb/studies", headers={"X-CSRF-Token": page_csrf(site)}) == 401
     if allowed["actions"]:
@@ -291,7 +296,8 @@ def operator_uses_the_forms(site: Site, login: str) -> None:
     assert by_id(d, "flash").text == "retry done: requeued 0"
     done = [e for e in site.events("action") if e["user"] == login]
     assert [(e["action"], e["outcome"]) for e in done] == [("retract", 0), ("rerun", 0), ("retry", 0)]
-    assert done[0]["study_uid"] == site.study_uid and done[0]["rejection_reason"] == "safety"
+    assert done[0]["study_uid"] == site.study_uid and done[0]["reason"] == "safety" and done[0]["via"] == "http"
+    assert done[0]["user_name"] == USERS[login].name
 
 
 def test_refused_sign_ins_are_refused_and_audited(site: Site) -> None:
@@ -336,7 +342,7 @@ def test_session_cookie_csrf_and_sign_out(site: Site) -> None:
     assert fetch(site, "POST", "/actions/retract", json_body='{"study": "%s", "reason": "quality"}'
                  % site.study_uid) == 403
     refused = [e for e in site.events("action") if e["user"] == "otto" and e["outcome"] == 8]
-    assert len(refused) >= 3 and all("CSRF" in e["reason"] for e in refused[-3:])
+    assert len(refused) >= 3 and all("CSRF" in e["error"] for e in refused[-3:])
     # another site's page posting to the node: the SameSite cookie does not go with it
     d.get("data:text/html,<form method=post action='%s/actions/retry'><input name=csrf value=x></form>"
           "<script>document.forms[0].submit()</script>" % site.base)
@@ -355,3 +361,61 @@ def test_session_cookie_csrf_and_sign_out(site: Site) -> None:
     assert site.events("user-logout")[-1]["user"] == "otto"
     d.get(site.base + "/")
     by_id(d, "login")  # the provider's session ended too: the form again, no silent sign-in
+
+
+#: the HTTP side's events and the DICOM audit message each one makes: (EventID, EventTypeCode or None)
+ATNA_OF = {"user-login": ("110114", "110122"), "user-login-failed": ("110114", "110122"),
+           "user-logout": ("110114", "110123"), "action": ("110103", None), "token-refused": ("110113", "110132")}
+
+
+def atna_summary(message: rsyslog.Received) -> tuple[str, str | None, str, int]:
+    """(EventID, EventTypeCode, the acting person's UserID, EventOutcomeIndicator) of one received message."""
+    import xml.etree.ElementTree as ET
+
+    doc = ET.fromstring(message.xml)
+    ident = doc.find("EventIdentification")
+    event_type = ident.find("EventTypeCode")
+    requestor = next(p for p in doc.findall("ActiveParticipant") if p.get("UserIsRequestor") == "true")
+    return (ident.find("EventID").get("csd-code"), None if event_type is None else event_type.get("csd-code"),
+            requestor.get("UserID"), int(ident.get("EventOutcomeIndicator")))
+
+
+def test_every_sign_in_refusal_and_action_reaches_the_audit_repository_naming_the_user(site: Site) -> None:
+    from collections import Counter
+
+    from node.audit import schema
+
+    d = site.driver
+    sign_in(site, "pia")
+    d.find_element("id", "logout").click()
+    d.find_element("css selector", "button[name=logout]").click()
+    by_id(d, "error-title")
+    at_login_form(site)
+    d.find_element("id", "cancel").click()
+    by_id(d, "error-title")
+    sign_in(site, "otto", "/outbox")
+    d.find_element("css selector", "#retry-form button").click()
+    by_id(d, "flash")
+    assert httpx.post(site.base + "/actions/retry", headers={"Authorization": "Bearer forged.token.value"},
+                      verify=site.tls(), timeout=10).status_code == 401
+    # what the node recorded, as the repository must have it: every such event of this module so far
+    trail = [e for e in read_events(site.audit_path) if e["event"] in ATNA_OF]
+    expected = Counter((*ATNA_OF[e["event"]], e.get("user") or e.get("peer_host") if e["event"] == "token-refused"
+                        else e.get("user") or "unknown", e["outcome"]) for e in trail)
+    for key in (("110114", "110122", "pia", 0), ("110114", "110123", "pia", 0), ("110114", "110122", "unknown", 4),
+                ("110103", None, "otto", 0), ("110113", "110132", "127.0.0.1", 8)):
+        assert expected[key] >= 1, (key, expected)  # pia in and out, a cancelled sign-in, otto's retry, the token
+
+    def received() -> Counter:
+        got = Counter()
+        for m in site.repository.messages():
+            summary = atna_summary(m)
+            if summary[0] in ("110114", "110103") or summary[1] == "110132":
+                got[summary[:1] + ((summary[1],) if summary[0] != "110103" else (None,)) + summary[2:]] += 1
+        return got
+
+    wait_until(lambda: received() == expected, 60, "the repository to hold one ATNA message per event")
+    for m in site.repository.messages():
+        if atna_summary(m)[0] in ("110114", "110103"):
+            assert m.msgid == "IHE+RFC-3881" and m.facility == 10
+            assert schema.errors(m.xml) == [], schema.errors(m.xml)

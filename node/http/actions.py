@@ -78,15 +78,19 @@ def _params(form: dict[str, Any]) -> dict[str, Any]:
 
 
 def _audit(request: Request, name: str, principal: Principal | None, params: dict[str, Any], outcome: str,
-           reason: str = "") -> None:
+           error: str = "") -> None:
+    """One ``action`` event (the fields of ``dicom-node retract|rerun|retry``'s, ``via`` http); ``error``: why it
+    was refused or failed."""
     fields: dict[str, Any] = {"action": name, "user": principal.name if principal else None,
-                              "peer_host": peer_host(request)}
+                              "peer_host": peer_host(request), "via": "http"}
+    if principal is not None and principal.display:
+        fields["user_name"] = principal.display
     for key, field in (("study", "study_uid"), ("destination", "destination"), ("rule", "rule"),
-                       ("reason", "rejection_reason")):
+                       ("reason", "reason")):
         if params.get(key):
             fields[field] = str(params[key])
-    if reason:
-        fields["reason"] = reason
+    if error:
+        fields["error"] = error
     request.app.state.auth.audit.record("action", outcome, **fields)
 
 

@@ -49,6 +49,7 @@ class Principal:
     roles: frozenset[str]
     via: str
     csrf: str | None = None
+    display: str | None = None  # a person's full name, when the provider gave one
 
     def may(self, capability: str) -> bool:
         return bool(self.roles & NEEDS[capability])
@@ -139,7 +140,8 @@ class Auth:
         if float(session.get("exp", 0)) < time.time() or str(session.get("sid")) in self.revoked:
             session.clear()
             return None
-        return Principal(str(session["user"]), frozenset(session.get("roles", ())), "session", session.get("csrf"))
+        return Principal(str(session["user"]), frozenset(session.get("roles", ())), "session", session.get("csrf"),
+                         session.get("user_name"))
 
     async def principal(self, request: Request) -> Principal | Decision | None:
         """The request's principal; a Decision when a bearer value was refused; None when nobody signed in."""
