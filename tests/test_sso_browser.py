@@ -191,6 +191,20 @@ def fetch(site: Site, method: str, path: str, form: dict[str, str] | None = None
     return site.driver.execute_async_script(script, method, site.base + path, form, headers, json_body)
 
 
+def flash(site: Site, expected: str) -> str:
+    """The message at the top of the page a form led to, once it says ``expected`` (the page before may linger)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def text() -> str | None:
+        try:
+            found = site.driver.find_elements("id", "flash")
+            return found[0].text if found and expected in found[0].text else None
+        except StaleElementReferenceException:
+            return None
+
+    return wait_until(text, 30, f"the page to say {expected!r}")
+
+
 def page_csrf(site: Site) -> str:
     return site.driver.find_element("css selector", "#signed-in input[name=csrf]").get_attribute("value")
 
@@ -283,17 +297,17 @@ def operator_uses_the_forms(site: Site, login: str) -> None:
     kos, results = site.at_pacs("KO"), len(site.pacs.stored)
     Select(d.find_element("css selector", "#retract-form select[name=reason]")).select_by_value("safety")
     d.find_element("css selector", "#retract-form button").click()
-    assert "retract done" in by_id(d, "flash").text
+    flash(site, "retract done")
     wait_until(lambda: site.at_pacs("KO") == kos + 1, 60, "the rejection note at the PACS")
     note = pydicom.dcmread(next(p for p in site.pacs.received if p.name.startswith("KO_")))
     assert note.StudyInstanceUID == site.study_uid
     assert note.ConceptNameCodeSequence[0].CodeValue == "113037"  # Rejected for Patient Safety Reasons
     d.find_element("css selector", "#rerun-form button").click()
-    assert "rerun done" in by_id(d, "flash").text
+    flash(site, "rerun done")
     wait_until(lambda: len(site.pacs.stored) >= results + 1 + 2, 120, "the re-run's SR and GSPS at the PACS")
     d.get(site.base + "/outbox")
     d.find_element("css selector", "#retry-form button").click()
-    assert by_id(d, "flash").text == "retry done: requeued 0"
+    assert flash(site, "retry done") == "retry done: requeued 0"
     done = [e for e in site.events("action") if e["user"] == login]
     assert [(e["action"], e["outcome"]) for e in done] == [("retract", 0), ("rerun", 0), ("retry", 0)]
     assert done[0]["study_uid"] == site.study_uid and done[0]["reason"] == "safety" and done[0]["via"] == "http"
@@ -388,6 +402,7 @@ def test_every_sign_in_refusal_and_action_reaches_the_audit_repository_naming_th
     d = site.driver
     sign_in(site, "pia")
     d.find_element("id", "logout").click()
+    by_id(d, "op.logoutForm")
     d.find_element("css selector", "button[name=logout]").click()
     by_id(d, "error-title")
     at_login_form(site)
@@ -395,7 +410,7 @@ def test_every_sign_in_refusal_and_action_reaches_the_audit_repository_naming_th
     by_id(d, "error-title")
     sign_in(site, "otto", "/outbox")
     d.find_element("css selector", "#retry-form button").click()
-    by_id(d, "flash")
+    flash(site, "retry done")
     assert httpx.post(site.base + "/actions/retry", headers={"Authorization": "Bearer forged.token.value"},
                       verify=site.tls(), timeout=10).status_code == 401
     # what the node recorded, as the repository must have it: every such event of this module so far

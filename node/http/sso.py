@@ -122,9 +122,10 @@ class SignIn:
             return self._failed(request, "minor-failure", f"{user} has no role on this node", user=user, status=403)
         target = safe_next(request.session.get("next"))
         request.session.clear()  # nothing from before the sign-in survives it
-        request.session.update(user=user, roles=roles, sid=new_secret(), csrf=new_secret(),
+        display = claims.get("name") if isinstance(claims.get("name"), str) else None
+        request.session.update(user=user, user_name=display, roles=roles, sid=new_secret(), csrf=new_secret(),
                                exp=time.time() + self.oidc.session_minutes * 60)
-        self.auth.audit.record("user-login", peer_host=peer_host(request), user=user, roles=roles)
+        self.auth.audit.record("user-login", peer_host=peer_host(request), user=user, user_name=display, roles=roles)
         log.info("%s signed in from %s (roles %s)", user, peer_host(request), ", ".join(roles))
         return RedirectResponse(target, status_code=303)
 
