@@ -76,12 +76,13 @@ class Site:
         self.pacs = MiniPACS(folder=tmp / "pacs").start()
         self.repository = rsyslog.start(tmp / "rsyslog", tls=True)
         os.environ["SSO_BROWSER_CLIENT_SECRET"] = CLIENT_SECRET
+        os.environ["SSO_BROWSER_SESSION_KEY"] = "session-signing-key-of-the-tests-0123456789"
         cfg = node_config(tmp, endpoint_url=self.emulator.url, pacs=("PACS", self.pacs.port), http={
             "host": "127.0.0.1", "port": self.port,
             "tls": {"cert_file": str(self.cert.cert), "key_file": str(self.cert.key)},
             "oidc": {"issuer": self.idp.issuer, "client_id": "dicom-node",
                      "client_secret_env": "SSO_BROWSER_CLIENT_SECRET", "ca_file": str(self.ca.cert),
-                     "role_map": ROLE_MAP}})
+                     "session_secret_env": "SSO_BROWSER_SESSION_KEY", "role_map": ROLE_MAP}})
         cfg["audit"] = {"syslog": self.repository.syslog_config()}
         self.node = NodeProcess(tmp, cfg).start()
         self.audit_path = load_config(self.node.config_path).audit_path
@@ -116,6 +117,24 @@ class Site:
         self.idp.stop()
         self.repository.stop()
         os.environ.pop("SSO_BROWSER_CLIENT_SECRET", None)
+        os.environ.pop("SSO_BROWSER_SESSION_KEY", None)
+
+    def cookie_works(self, value: str) -> bool:
+        """Does a copy of a session cookie still sign its holder in (200), or is it sent to sign in (302)?"""
+        reply = httpx.get(self.base + "/", verify=self.tls(), timeout=10, headers={"Accept": "text/html"},
+                          cookies={"__Host-dicom-node-session": value})
+        assert reply.status_code in (200, 302), reply.status_code
+        return reply.status_code == 200
+
+    def restart_http_side(self) -> None:
+        """SIGKILL the HTTP side's process; serve starts a new one."""
+        import signal
+
+        children = Path(f"/proc/{self.node.proc.pid}/task/{self.node.proc.pid}/children").read_text().split()
+        pid = next(int(p) for p in children if b"\0http\0" in Path(f"/proc/{p}/cmdline").read_bytes())
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: self.get("/healthz") is None, 30, "the HTTP side to go away")
+        wait_until(lambda: self.get("/healthz") == 200, 60, "serve to restart the HTTP side")
 
 
 def spki_hash(cert_path: Path) -> str:
@@ -341,10 +360,17 @@ def test_refused_sign_ins_are_refused_and_audited(site: Site) -> None:
     assert not [e for e in site.events("user-login") if e["user"] == "nora"]
 
 
+def _session_cookie(site: Site) -> dict[str, Any]:
+    (cookie,) = [c for c in site.driver.get_cookies() if c["name"] == "__Host-dicom-node-session"]
+    return cookie
+
+
 def test_session_cookie_csrf_and_sign_out(site: Site) -> None:
     d = site.driver
+    sign_in(site, "vera")
+    kept = _session_cookie(site)["value"]  # vera's session: never signed out
     sign_in(site, "otto", f"/studies/{site.study_uid}")
-    (cookie,) = [c for c in d.get_cookies() if c["name"] == "__Host-dicom-node-session"]
+    cookie = _session_cookie(site)
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/"
     assert "domain" not in cookie or cookie["domain"] in ("127.0.0.1", ".127.0.0.1")
     assert "dicom-node-session" not in d.execute_script("return document.cookie")
@@ -369,10 +395,12 @@ def test_session_cookie_csrf_and_sign_out(site: Site) -> None:
     d.find_element("css selector", "button[name=logout]").click()
     assert by_id(d, "error-title").text == "Signed out"
     assert d.current_url == site.base + "/auth/signed-out"
-    stale = httpx.get(site.base + "/", verify=site.tls(), timeout=10, headers={"Accept": "text/html"},
-                      cookies={"__Host-dicom-node-session": cookie["value"]})
-    assert stale.status_code == 302 and stale.headers["location"].startswith("/auth/login")
+    assert not site.cookie_works(cookie["value"]), "a copy of the signed-out cookie"
     assert site.events("user-logout")[-1]["user"] == "otto"
+    # the HTTP side restarts (session_secret_env set): sessions go on, the sign-out is still remembered
+    site.restart_http_side()
+    assert site.cookie_works(kept), "vera's session survives a restart of the HTTP side"
+    assert not site.cookie_works(cookie["value"]), "otto's signed-out cookie after a restart"
     d.get(site.base + "/")
     by_id(d, "login")  # the provider's session ended too: the form again, no silent sign-in
 

@@ -85,7 +85,7 @@ def build_app(cfg: NodeConfig, *, ctx: HttpContext | None = None,
               extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The HTTP side's application for ``cfg`` (opens the database and spool unless ``ctx`` is given)."""
     ctx = ctx or HttpContext.open(cfg)
-    auth = Auth(cfg, lambda: ctx.token)
+    auth = Auth(cfg, lambda: ctx.token, ctx.store.engine)
     middleware = [Middleware(SecurityHeaders, hsts=cfg.http.tls is not None)]
     sign_in: list[BaseRoute] = []
     if cfg.http.oidc is not None:

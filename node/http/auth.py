@@ -7,7 +7,7 @@ A request is made by one :class:`Principal`:
   other bearer value is refused (401) and recorded (``token-refused``);
 - with ``http.oidc``, the signed session cookie of a person who signed in (:mod:`node.http.sso`): refused once it
   is older than ``session_minutes`` or its sign-out was recorded; a POST it makes must carry the session's CSRF
-  token (form field ``csrf`` or header ``X-CSRF-Token``);
+  token (form field ``csrf`` or header ``X-CSRF-Token``); sign-outs are kept in the node's database;
 - without ``http.oidc``, nobody signed in: the pages are open (patient identifiers per ``http.show_phi``), writes
   need the static token.
 
@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from node.http.render import render
 from node.http.tokens import ProviderUnreachable, TokenRefused, TokenVerifier, machine_name, roles_from_claims
 from node.ops.audit import audit_log
+from node.store.sessions import end_session, session_ended
 
 #: capability -> the roles that give it (any one of them)
 NEEDS: dict[str, frozenset[str]] = {
@@ -86,25 +88,24 @@ def new_secret() -> str:
 class Auth:
     """The access control of one app (``request.app.state.auth``)."""
 
-    def __init__(self, cfg: Any, static_token: Callable[[], str | None]) -> None:
+    def __init__(self, cfg: Any, static_token: Callable[[], str | None], engine: Any = None) -> None:
         self.cfg = cfg
         self.oidc = cfg.http.oidc
         self.static_token = static_token
+        self.engine = engine  # the node's database: sign-outs are kept there (node/store/sessions.py)
         self.verifier = TokenVerifier(self.oidc) if self.oidc is not None else None
         self.audit = audit_log(cfg)
-        self.revoked: dict[str, float] = {}  # session id -> when the session would have expired
 
     @property
     def writes_possible(self) -> bool:
         """Can anybody run a write action: a static token is set, or people and machines sign in through OIDC."""
         return self.oidc is not None or self.static_token() is not None
 
-    def revoke(self, session: dict[str, Any]) -> None:
-        """Refuse this session's cookie from now on (sign-out), even if a copy of it is presented again."""
-        now = time.time()
-        self.revoked = {sid: exp for sid, exp in self.revoked.items() if exp > now}
+    async def revoke(self, session: dict[str, Any]) -> None:
+        """Refuse this session's cookie from now on (sign-out), even if a copy of it is presented again: recorded in
+        the node's database, so every HTTP side on it refuses it, across restarts, until it would have expired."""
         if session.get("sid"):
-            self.revoked[str(session["sid"])] = float(session.get("exp", now))
+            await run_in_threadpool(end_session, self.engine, str(session["sid"]), float(session.get("exp", 0)))
 
     async def _bearer(self, request: Request, value: str) -> Principal | Decision:
         static = self.static_token()
@@ -133,11 +134,13 @@ class Auth:
         return Decision(None, JSONResponse({"error": f"token refused: {reason}"}, status_code=status,
                                            headers={"WWW-Authenticate": f'Bearer error="{error}"'}), reason)
 
-    def session_principal(self, request: Request) -> Principal | None:
+    async def session_principal(self, request: Request) -> Principal | None:
+        """The person of the session cookie; None when there is none, or it ended (expired or signed out)."""
         session = request.session
         if not session.get("user"):
             return None
-        if float(session.get("exp", 0)) < time.time() or str(session.get("sid")) in self.revoked:
+        if float(session.get("exp", 0)) < time.time() or await run_in_threadpool(
+                session_ended, self.engine, str(session.get("sid"))):
             session.clear()
             return None
         return Principal(str(session["user"]), frozenset(session.get("roles", ())), "session", session.get("csrf"),
@@ -152,7 +155,7 @@ class Auth:
                 return self._refused(request, "not a bearer token")
             return await self._bearer(request, value.strip())
         if self.oidc is not None:
-            return self.session_principal(request)
+            return await self.session_principal(request)
         roles = {"viewer"} | ({"phi-viewer"} if self.cfg.http.show_phi else set())
         return Principal("anonymous", frozenset(roles), "open")
 

@@ -91,7 +91,7 @@ class SignIn:
 
     async def login(self, request: Request) -> Response:
         """To the provider's sign-in page; back to ``next`` afterwards."""
-        self.auth.revoke(request.session)  # signing in again ends the session before
+        await self.auth.revoke(request.session)  # signing in again ends the session before
         request.session.clear()
         request.session["next"] = safe_next(request.query_params.get("next"))
         try:
@@ -131,13 +131,13 @@ class SignIn:
 
     async def logout(self, request: Request) -> Response:
         """End the session here, then at the provider when it offers RP-Initiated Logout."""
-        me = self.auth.session_principal(request)
+        me = await self.auth.session_principal(request)
         if me is None:
             return RedirectResponse("/auth/signed-out", status_code=303)
         if not await self.auth.csrf_ok(request, me):  # a page of another site posted here
             return self.auth.forbidden(request, me, "the form's CSRF token is missing or wrong")
         self.auth.audit.record("user-logout", peer_host=peer_host(request), user=me.name)
-        self.auth.revoke(request.session)
+        await self.auth.revoke(request.session)
         request.session.clear()
         done = self._url(request, "/auth/signed-out")
         try:
