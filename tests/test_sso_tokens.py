@@ -28,6 +28,7 @@ from node.config import parse_config
 from node.dicomweb import multipart
 from node.http import tokens
 from node.http.app import build_app
+from node.http.context import HttpContext
 from node.ops.audit import read_events
 from node.store.schema import jobs, outbox, results
 from node.store.spool import Spool
@@ -70,8 +71,9 @@ class Site:
                      "oidc": {"issuer": self.idp.issuer, "client_id": "dicom-node", "audience": AUDIENCE,
                               "ca_file": str(ca.cert), "role_map": ROLE_MAP, "clock_skew_seconds": 0,
                               "public_url": "https://dicom-node.hospital.test"}}}, tmp / "n.yaml", tmp)
-        Spool(self.cfg.storage_dir).create()
-        self.store = Store.open(self.cfg.database_url)
+        self.spool = Spool(self.cfg.storage_dir)
+        self.spool.create()
+        self.store = Store.open(self.cfg.database_url)  # module-wide: every app of the module gets this one
         t = time.time()
         with self.store.engine.begin() as conn:  # one parked result: what retry puts back
             conn.execute(insert(jobs).values(id=1, job_uid="2.25.1", study_uid="1.2.3.4", study_version=1,
@@ -85,7 +87,8 @@ class Site:
                                                error="gave up", created_at=t))
 
     def client(self) -> TestClient:
-        return TestClient(build_app(self.cfg), base_url="https://testserver")
+        ctx = HttpContext(cfg=self.cfg, store=self.store, spool=self.spool)
+        return TestClient(build_app(self.cfg, ctx=ctx), base_url="https://testserver")
 
     def events(self, name: str) -> list[dict]:
         return [e for e in read_events(self.cfg.audit_path) if e["event"] == name]
