@@ -78,6 +78,8 @@ def _events(path: Path) -> None:
              for_study_uid=STUDY, matches=0, query={"QueryRetrieveLevel": "STUDY", "StudyDate": "20200101-20240115",
                                                     "StudyInstanceUID": "", "ModalitiesInStudy": ["CR"]},
              patient_keys=["PatientID", "IssuerOfPatientID"], level="STUDY")
+    a.record("prior-retrieved", protocol="C-GET", destination="pacs", called_ae="PACS", url=None,
+             peer_host="10.0.0.2", study_uid=STUDY, instances=[[STUDY + ".7.1", CR]])
     a.record("study-deleted", study_uid=STUDY, sop_classes={CR: 3}, instances=3, reason="retention")
     a.record("action", action="retract", user="alice", peer_host="ws1.example.org", via="cli", study_uid=STUDY,
              rule="chest", reason="quality")
@@ -143,7 +145,7 @@ def test_every_event_type_makes_schema_valid_messages_as_the_standard_describes_
 
     # how many of each: 2 app activity, 1 transfer in + 1 quarantined + 2 results, 3 exports, 2 queries...
     assert {k: len(v) for k, v in by_event.items()} == {
-        "110100": 2, "110113": 4, "110104": 4, "110106": 3, "110112": 2, "110105": 1, "110103": 3, "110114": 3}
+        "110100": 2, "110113": 4, "110104": 5, "110106": 3, "110112": 2, "110105": 1, "110103": 3, "110114": 3}
 
     # A.5.3.1 Application Activity: E, type 110120/110121, the application (110150) and who started it (110151)
     start, stop = by_event["110100"]
@@ -175,6 +177,9 @@ def test_every_event_type_makes_schema_valid_messages_as_the_standard_describes_
     quarantined = [d for d in by_event["110104"] if d.find("EventIdentification").get("EventOutcomeIndicator") == "4"]
     assert len(quarantined) == 1 and "0xC000" in quarantined[0].findtext("EventIdentification/EventOutcomeDescription")
     outgoing = [d for d in by_event["110104"] if _participant(d, "110153").get("UserID") == "node1"]
+    [retrieved] = [d for d in by_event["110104"] if _participant(d, "110153").get("AlternativeUserID") == "AETITLES=PACS"]
+    assert _participant(retrieved, "110152").get("UserIsRequestor") == "true"  # the node asked for them
+    assert [i.get("UID") for i in retrieved.iter("Instance")] == [STUDY + ".7.1"]
     assert sorted(d.find("EventIdentification").get("EventOutcomeIndicator") for d in outgoing) == ["0", "8"]
     sent = next(d for d in outgoing if d.find("EventIdentification").get("EventOutcomeIndicator") == "0")
     assert _participant(sent, "110152").get("AlternativeUserID") == "AETITLES=PACS"

@@ -17,6 +17,8 @@ job-failed, job-parked 110106 Export with outcome 8
 result-sent            110104 DICOM Instances Transferred: the node source, the destination 110152
 result-parked          110104 with outcome 8
 prior-query            110112 Query: the node source, the PACS or DICOMweb service destination, the query
+prior-retrieved        110104 DICOM Instances Transferred: a prior study's instances retrieved by C-GET or
+                       WADO-RS (the PACS source, the node destination; a C-MOVE's come in through the SCP)
 study-deleted          110105 DICOM Study Deleted
 action                 110103 DICOM Instances Accessed with the person who acted (retract D, rerun C, retry U)
 user-login[-failed]    110114 User Authentication (110122 Login)
@@ -150,6 +152,23 @@ def result_transfer(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
     return [msg]
 
 
+def prior_retrieve(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
+    """Instances of a prior study the node retrieved (C-GET, WADO-RS): the PACS the source, the node the destination."""
+    msg = new(ctx, ev, x.INSTANCES_TRANSFERRED, "C")
+    if ev.get("protocol") == "WADO-RS":
+        msg.participant(ev.get("url") or ev.get("destination") or "unknown", False, [x.SOURCE],
+                        alt=ev.get("destination"), access_point=ev.get("peer_host"))
+    else:
+        peer(msg, ev.get("called_ae"), ev.get("peer_host"), [x.SOURCE], False)
+    node(msg, ctx, ev, [x.DESTINATION, x.APPLICATION], True)
+    by_class: dict[str, list[str]] = {}
+    for sop, sop_class in ev.get("instances") or []:
+        by_class.setdefault(sop_class, []).append(sop)
+    study(msg, ev["study_uid"], [x.SopClass(c, len(u), u) for c, u in sorted(by_class.items())])
+    patient(msg, ctx, ev["study_uid"])
+    return [msg]
+
+
 def query(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
     from node.audit.queries import query_bytes
 
@@ -215,6 +234,6 @@ CONVERTERS: dict[str, Callable[[Context, dict[str, Any]], list[AuditMessage]]] =
     "config-changed": security_alert,
     "model-request": export, "job-failed": export, "job-parked": export,
     "result-sent": result_transfer, "result-parked": result_transfer,
-    "prior-query": query, "study-deleted": study_deleted, "action": action,
+    "prior-query": query, "prior-retrieved": prior_retrieve, "study-deleted": study_deleted, "action": action,
     "user-login": user_authentication, "user-login-failed": user_authentication, "user-logout": user_authentication,
 }
