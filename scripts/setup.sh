@@ -5,7 +5,8 @@
 #     dcm2niix (reference NIfTI geometry); for the DICOMweb and viewer tests: orthanc-dicomweb (DICOMweb plugin: the STOW-RS/QIDO-RS/WADO-RS peer), chromium and
 #     chromium-driver (headless browser), pixelmed-apps + default-jre-headless (PixelMed's SR validator),
 #     npm (to fetch OHIF); for the cluster tests: postgresql, redis-server, haproxy (the tests start their own
-#     servers on free loopback ports; the Debian services are left as the package set them up)
+#     servers on free loopback ports; the Debian services are left as the package set them up); for the ATNA
+#     tests: rsyslog + rsyslog-gnutls (the audit record repository, started by the tests on a free loopback port)
 #   - OHIF 3.13.2's prebuilt viewer: `npm pack @ohif/app@3.13.2`, its dist/ unpacked into .cache/ohif/3.13.2/
 #   - the Debian orthanc service is disabled and its own process stopped (scripts/disable_orthanc_service.sh):
 #     tests start their own Orthanc on free ports; no other Orthanc is touched
@@ -18,7 +19,7 @@ export DEBIAN_FRONTEND=noninteractive
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(dcmtk orthanc dicom3tools dcm2niix orthanc-dicomweb chromium chromium-driver pixelmed-apps
-              default-jre-headless postgresql redis-server haproxy orthanc-postgresql)
+              default-jre-headless postgresql redis-server haproxy orthanc-postgresql rsyslog rsyslog-gnutls)
 OHIF_VERSION=3.13.2
 OHIF_DIR="${REPO}/.cache/ohif/${OHIF_VERSION}"
 
