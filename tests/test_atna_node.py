@@ -109,7 +109,14 @@ def test_every_event_of_a_real_run_reaches_the_repository_as_a_valid_atna_messag
                 finally:
                     node.stop()
         assert node.proc.returncode == 0
-        trail = read_events(load_config(node.config_path).audit_path)
+        own = load_config(node.config_path).node_dir
+        trail = read_events(own / "audit.jsonl")
+        # the node's own copy and its logs hold no patient identifier (the repository's messages do, below)
+        for where, text in (("audit trail", (own / "audit.jsonl").read_text()), ("node logs", node.logs())):
+            for phi in (str(frontal.PatientID), str(frontal.PatientName)):
+                assert phi not in text, f"{phi!r} in the {where}"
+        loose = [p for p in [own / "atna", *(own / "atna").rglob("*")] if p.stat().st_mode & 0o077]
+        assert not loose, f"ATNA files readable by others: {loose}"
         expected = _expected_messages(trail)
         got = repo.wait_for(expected, timeout=60)
     finally:
