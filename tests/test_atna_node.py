@@ -15,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from io import BytesIO
 from pathlib import Path
 
@@ -39,9 +38,9 @@ from support.tlscerts import make_pki
 
 pytestmark = [pytest.mark.slow, pytest.mark.security]
 
-FORWARDED = {"node-start", "node-stop", "config-changed", "association-rejected", "tls-failure", "instance-quarantined",
-             "model-request", "job-failed", "job-parked", "result-sent", "result-parked", "prior-query", "prior-retrieved",
-             "study-deleted", "action"}
+FORWARDED = {"node-start", "node-stop", "config-changed", "association-rejected", "tls-failure",
+             "instance-quarantined", "model-request", "job-failed", "job-parked", "result-sent", "result-parked",
+             "prior-query", "prior-retrieved", "study-deleted", "action"}
 
 
 def _doc(m: rsyslog.Received) -> etree._Element:
@@ -155,7 +154,8 @@ def test_every_event_of_a_real_run_reaches_the_repository_as_a_valid_atna_messag
     # the export to the model and the results sent to the PACS, for this study
     [export] = [d for d in docs if _event_id(d) == "110106"]
     assert _objects(export, "110180") == [frontal.StudyInstanceUID] and _objects(export, "2") == [frontal.PatientID]
-    outgoing = [d for d in docs if _event_id(d) == "110104" and d.find("EventIdentification").get("EventActionCode") == "R"]
+    outgoing = [d for d in docs if _event_id(d) == "110104"
+                and d.find("EventIdentification").get("EventActionCode") == "R"]
     assert len(outgoing) == 3  # SR, GSPS, then the retract's rejection note
     # the operator's retract, by the OS user who ran it; the configuration change; the purge of both studies
     [action] = [d for d in docs if _event_id(d) == "110103"]

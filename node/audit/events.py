@@ -94,7 +94,8 @@ def application(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
     start = ev["event"] == "node-start"
     msg = new(ctx, ev, x.APPLICATION_ACTIVITY, "E", types=[x.APPLICATION_START if start else x.APPLICATION_STOP])
     node(msg, ctx, ev, [x.APPLICATION], False)
-    msg.participant(ev.get("user") or getpass.getuser(), True, [x.APPLICATION_LAUNCHER], access_point=ev.get("node_host"))
+    msg.participant(ev.get("user") or getpass.getuser(), True, [x.APPLICATION_LAUNCHER],
+                    access_point=ev.get("node_host"))
     return [msg]
 
 
@@ -199,8 +200,9 @@ def study_deleted(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
 def action(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
     what = str(ev.get("action") or "")
     detail = ", ".join(f"{k} {ev[k]}" for k in ("rule", "reason", "destination", "jobs") if ev.get(k))
+    error = f" ({ev['error']})" if ev.get("error") else ""
     msg = new(ctx, ev, x.INSTANCES_ACCESSED, ACTION_CODES.get(what, "U"),
-              description=f"{what}{': ' + detail if detail else ''}{' (' + ev['error'] + ')' if ev.get('error') else ''}")
+              description=f"{what}{': ' + detail if detail else ''}{error}")
     msg.participant(ev.get("user") or "unknown", True, name=ev.get("user_name"), access_point=ev.get("peer_host"))
     node(msg, ctx, ev, [x.APPLICATION], False)
     if ev.get("study_uid"):
