@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -73,16 +72,27 @@ def esc(text: str) -> str:
 
 
 def lines(text: str) -> list[str]:
-    """``text`` escaped and wrapped at word boundaries into pieces hl7apy STRICT accepts (<= 199 characters)."""
+    """``text`` escaped and wrapped between words into pieces hl7apy STRICT accepts (<= 199 characters escaped).
+
+    Joining the unescaped pieces with one space gives the text back (a word longer than a piece is cut).
+    """
     out: list[str] = []
-    for piece in textwrap.wrap(" ".join(str(text).split()), width=150, break_long_words=True) or [""]:
-        escaped = esc(piece)
-        while len(escaped) > MAX_COMPONENT:  # many delimiters: cut before an escape sequence
-            cut = escaped.rfind("\\", 0, MAX_COMPONENT)
-            cut = cut if cut > 0 and escaped.count("\\", 0, cut) % 2 == 0 else MAX_COMPONENT
-            out.append(escaped[:cut])
-            escaped = escaped[cut:]
-        out.append(escaped)
+    line = ""
+    for word in " ".join(str(text).split()).split(" "):
+        candidate = f"{line} {word}" if line else word
+        if len(esc(candidate)) <= MAX_COMPONENT:
+            line = candidate
+            continue
+        if line:
+            out.append(esc(line))
+        while len(esc(word)) > MAX_COMPONENT:  # one word longer than a line: cut it by characters
+            cut = MAX_COMPONENT
+            while len(esc(word[:cut])) > MAX_COMPONENT:
+                cut -= 1
+            out.append(esc(word[:cut]))
+            word = word[cut:]
+        line = word
+    out.append(esc(line))
     return out
 
 
