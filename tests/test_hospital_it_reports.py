@@ -134,8 +134,9 @@ def test_long_sentences_large_messages_and_character_sets(data: Path) -> None:
     from dicom_out.sr import GroundedFinding
 
     long = "The " + " ".join(f"word{i}|^&~" for i in range(120)) + " end."
-    many = [GroundedFinding(long, ())] + [GroundedFinding(f"Finding {i}: nodule in segment {i} ≥ 5 mm.", ())
-                                          for i in range(600)]
+    words = "a nodule in the right lower lobe, unchanged in size and density since the prior study"
+    many = [GroundedFinding(long, ())] + [GroundedFinding(f"Finding {i}: nodule in segment {i} ≥ 5 mm, {words}.", ())
+                                          for i in range(260)]
     made = reports.cxr_report(data, findings=many)
     report = build_report(job=JOB, content=read_results(made.results, made.source), previous=None)
     oru = build_oru(report, hl7_dest())
@@ -145,7 +146,7 @@ def test_long_sentences_large_messages_and_character_sets(data: Path) -> None:
     first = rows(msg)[1]
     assert len(first[3]) > 1 and all(len(piece) <= 199 for piece in str(msg.segments("OBX")[1][5]).split("~"))
     assert " ".join(first[3]) == long
-    assert rows(msg)[3][3] == ["Finding 0: nodule in segment 0 ≥ 5 mm."]
+    assert rows(msg)[3][3] == [f"Finding 0: nodule in segment 0 ≥ 5 mm, {words}."]
 
 
 def test_report_json_round_trip(data: Path) -> None:

@@ -20,7 +20,7 @@ import hl7
 from hl7apy import parser
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
-from hl7apy.mllp import AbstractHandler, MLLPRequestHandler, MLLPServer
+from hl7apy.mllp import AbstractErrorHandler, AbstractHandler, MLLPRequestHandler, MLLPServer
 
 from .ports import HOST
 
@@ -69,6 +69,24 @@ class _Handler(AbstractHandler):
         return self.ris._answer(self.incoming_message)
 
 
+class _ErrorHandler(AbstractErrorHandler):
+    """A message the RIS does not take (another MSH-9, not HL7): recorded as such, answered AR."""
+
+    def __init__(self, exc: Exception, message: str, ris: "Ris") -> None:
+        super().__init__(exc, message)
+        self.ris = ris
+
+    def reply(self) -> str:
+        if isinstance(self.exc, ConnectionAbortedError):  # "silent": hl7apy closes without answering
+            raise self.exc
+        cid = _control_id(self.incoming_message)
+        with self.ris._lock:
+            self.ris.received.append(Received(raw=self.incoming_message.encode("latin-1"),
+                                              text=self.incoming_message, control_id=cid, answer="AR",
+                                              strict_error=f"not taken: {self.exc}"))
+        return "\x0b" + _ack(cid, "AR", f"not taken: {self.exc}") + "\x1c\x0d"
+
+
 class _RequestHandler(MLLPRequestHandler):
     encoding = "latin-1"  # lossless for the framing; the text is decoded again by its MSH-18
 
@@ -80,8 +98,8 @@ class Ris:
         self.received: list[Received] = []
         self._script: deque[str] = deque()
         self._lock = threading.Lock()
-        self.server = MLLPServer(HOST, 0, {"ORU^R01": (_Handler, self)}, timeout=timeout,
-                                 request_handler_class=_RequestHandler)
+        handlers = {"ORU^R01": (_Handler, self), "ORU^R01^ORU_R01": (_Handler, self), "ERR": (_ErrorHandler, self)}
+        self.server = MLLPServer(HOST, 0, handlers, timeout=timeout, request_handler_class=_RequestHandler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="ris")
