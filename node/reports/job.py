@@ -107,3 +107,18 @@ def report_result(*, job: dict[str, Any], results: Sequence[tuple[str, pydicom.D
     write_durably(path, report.to_json())
     return {"sop_instance_uid": report.uid, "study_uid": job["study_uid"], "series_uid": "", "sop_class_uid": "",
             "kind": KIND, "path": str(path)}
+
+
+def job_report_rows(svc: Any, job: dict[str, Any], send_to: Sequence[str],
+                    results: Sequence[tuple[str, pydicom.Dataset]], paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The ``report`` result of a job for :func:`node.flow.run.run_job`: [] unless a destination of the rule takes
+    reports (``type: hl7v2`` / ``fhir``) and the job wrote an SR or a SEG. ``svc``: the worker's services."""
+    cfg = svc.cfg
+    if not any(KIND in cfg.destinations[d].results for d in send_to if d in cfg.destinations):
+        return []
+    previous = svc.store.previous_result(job["study_uid"], job["rule_name"], job["study_version"], KIND)
+    row = report_result(job=job, results=results, source_path=paths[0] if paths else None,
+                        result_path=lambda uid: svc.spool.result_path(job["study_uid"], uid),
+                        previous_path=previous["path"] if previous else None,
+                        order_for=svc.store.order_for_accession)
+    return [row] if row else []
