@@ -116,9 +116,13 @@ def job_report_rows(svc: Any, job: dict[str, Any], send_to: Sequence[str],
     cfg = svc.cfg
     if not any(KIND in cfg.destinations[d].results for d in send_to if d in cfg.destinations):
         return []
-    previous = svc.store.previous_result(job["study_uid"], job["rule_name"], job["study_version"], KIND)
-    row = report_result(job=job, results=results, source_path=paths[0] if paths else None,
-                        result_path=lambda uid: svc.spool.result_path(job["study_uid"], uid),
-                        previous_path=previous["path"] if previous else None,
-                        order_for=svc.store.order_for_accession)
+    try:
+        previous = svc.store.previous_result(job["study_uid"], job["rule_name"], job["study_version"], KIND)
+        row = report_result(job=job, results=results, source_path=paths[0] if paths else None,
+                            result_path=lambda uid: svc.spool.result_path(job["study_uid"], uid),
+                            previous_path=previous["path"] if previous else None,
+                            order_for=svc.store.order_for_accession)
+    except Exception:  # a report bug must not hold back the DICOM results: they still go out
+        log.exception("job %s: the report for the RIS/EHR could not be built", job["id"])
+        return []
     return [row] if row else []
