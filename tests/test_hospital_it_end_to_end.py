@@ -209,6 +209,8 @@ def test_ae_ar_and_sigkill_during_oru_and_fhir_sends(tmp_path: Path, data: Path)
     with EmulatorServer("127.0.0.1", 0) as emulator, Ris() as ris, FhirReceiver() as ehr:
         cfg = hospital_config(tmp_path, emulator, ris, ehr, mllp_port, ct=False)
         cfg["rules"] = cfg["rules"][:1]  # CXRReportGen only: one ORU and one Bundle per study
+        for dest in cfg["destinations"].values():  # the node still waits for both answers when it is killed
+            dest["timeout_seconds"] = 90
         node = NodeProcess(tmp_path, cfg)
         node.start()
         try:
