@@ -184,3 +184,49 @@ def test_retention_purges_orders_with_their_study(node) -> None:
     time.sleep(0.05)
     assert store.purge_hl7(0.01, 0.01) == (2, 1)  # unmatched and old; messages past their time
     assert count(store, hl7_orders) == 0
+
+
+def test_mllp_over_tls_both_ways(tmp_path: Path, data: Path) -> None:
+    """The listener with TLS and client certificates; the hl7v2 sender with TLS sends it an ORU (AA, kept); a
+    client whose certificate another CA signed gets no ACK and nothing is kept."""
+    import ssl
+
+    from node.dicom.scu import OutgoingFile
+    from node.hl7.sender import send_hl7
+    from node.reports.job import build_report
+    from node.reports.read import read_results
+    from support import reports
+    from support.tlscerts import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    cfg = parse_config({"node": {"storage_dir": str(tmp_path / "var")},
+                        "mllp": {"host": "127.0.0.1", "port": 0,
+                                 "tls": {"cert_file": str(pki.server.cert), "key_file": str(pki.server.key),
+                                         "ca_file": str(pki.ca.cert)}}})
+    store = Store.open(cfg.database_url)
+    listener = MllpListener(cfg, store).start()
+    try:
+        dest = parse_config({"destinations": {"ris": {
+            "type": "hl7v2", "host": "127.0.0.1", "port": listener.port, "timeout_seconds": 10,
+            "tls": {"ca_file": str(pki.ca.cert), "cert_file": str(pki.client.cert), "key_file": str(pki.client.key),
+                    "server_name": "localhost"}}}}).destinations["ris"]
+        made = reports.cxr_report(data)
+        report = build_report(job={"id": 1, "job_uid": "f" * 32, "study_uid": "1.2", "rule_name": "r",
+                                   "study_version": 1}, content=read_results(made.results, made.source), previous=None)
+        path = tmp_path / "report.json"
+        path.write_bytes(report.to_json())
+        out = send_hl7(dest, "AINODE", [OutgoingFile(key=1, path=path, sop_class_uid="")])
+        assert out[1].verdict == "delivered", out[1]
+        assert [m["message_type"] for m in store.hl7_messages_of()] == ["ORU^R01"]
+        ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+        ctx.load_cert_chain(str(pki.rogue_client.cert), str(pki.rogue_client.key))
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"\x0b" + message("orm_o01.hl7") + b"\x1c\x0d")
+                    if not tls.recv(4096):
+                        raise ConnectionError("closed without an ACK")
+        assert store.order_for_accession("ACC-ORM-1") is None
+    finally:
+        listener.stop()
+        store.engine.dispose()
