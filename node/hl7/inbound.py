@@ -86,12 +86,12 @@ def build_ack(*, code: str, control_id: str, msh: list[str], reason: str = "", e
     ack.msa.msa_1 = code
     ack.msa.msa_2 = esc(control_id)
     if reason:
-        ack.msa.msa_3 = esc(reason)[:80]
+        ack.msa.msa_3 = esc(reason[:80])
         if version >= "2.5":
             err = ack.add_segment("ERR")
             err.err_3 = f"{error or INTERNAL}^{ERROR_TEXT.get(error or INTERNAL, '')}^HL70357"
             err.err_4 = "E"
-            err.err_8 = esc(reason)[:250]
+            err.err_8 = esc(reason[:250])
     return ack.to_er7()
 
 
