@@ -22,6 +22,8 @@ from node.reports.job import build_report, retraction_of
 from node.reports.read import read_results
 from support import reports
 
+pytestmark = pytest.mark.nodb
+
 JOB = {"id": 1, "job_uid": "a" * 32, "study_uid": "1.2.3", "rule_name": "chest", "study_version": 1}
 
 

@@ -23,6 +23,7 @@ resent with the same sender, MSH-10 and text is acknowledged AA again without ru
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import pkgutil
 from dataclasses import dataclass
