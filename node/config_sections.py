@@ -250,8 +250,7 @@ class DestinationSection(DicomWebAuth, Hl7DestinationKeys, FhirDestinationKeys):
     tls: TlsClientSection | None = None
     results: list[ResultKind] = Field(
         default_factory=lambda: list(DEFAULT_RESULT_KINDS),
-        description="Result kinds this destination receives: sr, gsps, seg, sc (burned-in Secondary Capture); "
-        "report (type: hl7v2 and fhir only, their default)")
+        description="Result kinds this destination receives: sr, gsps, seg, sc (burned-in SC); report (hl7v2, fhir)")
     storage_commitment: bool = Field(
         False, description="Ask the PACS to commit each result (N-ACTION); delivered only once it reports committed")
     commitment_timeout_seconds: float = Field(
