@@ -41,7 +41,8 @@ class JobContext:
 
     def uid(self, label: str) -> str:
         """A result UID derived from the job: the same on every re-run of the job, new for a new job."""
-        return generate_uid(prefix=None, entropy_srcs=[self.job["job_uid"], label])
+        # The default prefix: with prefix=None pydicom ignores entropy_srcs and returns a random 2.25 UID.
+        return generate_uid(entropy_srcs=[self.job["job_uid"], label])
 
     @property
     def request_id(self) -> str:
