@@ -32,7 +32,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         where = ep.url or f"workspace {ep.workspace} / endpoint {ep.endpoint_name}"
         print(f"  endpoint {name}: {ep.model} at {where} (auth {ep.auth})")
     for name, d in cfg.destinations.items():
-        print(f"  destination {name}: " + (f"STOW-RS {d.url}" if d.type == "dicomweb" else f"{d.ae_title}@{d.host}:{d.port}"))
+        how = {"dicomweb": f"STOW-RS {d.url}", "fhir": f"FHIR {d.url}", "hl7v2": f"HL7 v2 MLLP {d.host}:{d.port}"}
+        print(f"  destination {name}: " + how.get(d.type, f"{d.ae_title}@{d.host}:{d.port}"))
     for r in cfg.rules:
         print(f"  rule {r.name}: {r.match} -> {r.endpoint} -> {r.send_to}")
     if cfg.priors is not None:
@@ -325,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_audit import add_parsers as add_audit
 
     add_audit(sub)  # audit-forward, the ATNA forwarder serve starts (node/cli_audit.py)
+    from node.cli_hl7 import add_parsers as add_hl7
+
+    add_hl7(sub)  # mllp (node/cli_hl7.py)
     return p
 
 

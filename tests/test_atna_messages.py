@@ -78,6 +78,8 @@ def _events(path: Path) -> None:
              for_study_uid=STUDY, matches=0, query={"QueryRetrieveLevel": "STUDY", "StudyDate": "20200101-20240115",
                                                     "StudyInstanceUID": "", "ModalitiesInStudy": ["CR"]},
              patient_keys=["PatientID", "IssuerOfPatientID"], level="STUDY")
+    a.record("prior-retrieved", protocol="C-GET", destination="pacs", called_ae="PACS", url=None,
+             peer_host="10.0.0.2", study_uid=STUDY, instances=[[STUDY + ".7.1", CR]])
     a.record("study-deleted", study_uid=STUDY, sop_classes={CR: 3}, instances=3, reason="retention")
     a.record("action", action="retract", user="alice", peer_host="ws1.example.org", via="cli", study_uid=STUDY,
              rule="chest", reason="quality")
@@ -143,7 +145,7 @@ def test_every_event_type_makes_schema_valid_messages_as_the_standard_describes_
 
     # how many of each: 2 app activity, 1 transfer in + 1 quarantined + 2 results, 3 exports, 2 queries...
     assert {k: len(v) for k, v in by_event.items()} == {
-        "110100": 2, "110113": 4, "110104": 4, "110106": 3, "110112": 2, "110105": 1, "110103": 3, "110114": 3}
+        "110100": 2, "110113": 4, "110104": 5, "110106": 3, "110112": 2, "110105": 1, "110103": 3, "110114": 3}
 
     # A.5.3.1 Application Activity: E, type 110120/110121, the application (110150) and who started it (110151)
     start, stop = by_event["110100"]
@@ -155,7 +157,7 @@ def test_every_event_type_makes_schema_valid_messages_as_the_standard_describes_
         assert _participant(doc, "110151").get("UserID") == "svc-dicom"
 
     # A.5.3.7 DICOM Instances Transferred: one per study of the association, 3 instances, the peer as source
-    received = [d for d in by_event["110104"] if d.find("EventIdentification").get("EventOutcomeIndicator") == "0"
+    received = [d for d in by_event["110104"] if _outcome(d) == "0"
                 and _participant_or_none(d, "110153") is not None
                 and _participant(d, "110153").get("AlternativeUserID") == "AETITLES=MODALITY"]
     [transfer] = received
@@ -170,25 +172,31 @@ def test_every_event_type_makes_schema_valid_messages_as_the_standard_describes_
     assert sop.get("UID") == CR and sop.get("NumberOfInstances") == "3"
     assert [i.get("UID") for i in sop.iter("Instance")] == [f"{STUDY}.1.{i}" for i in range(3)]
     [patient] = _object(transfer, "2")
-    assert patient.get("ParticipantObjectID") == "PAT-77^^^HOSP-A" and patient.get("ParticipantObjectTypeCode") == "1"
-    assert patient.get("ParticipantObjectTypeCodeRole") == "1" and patient.findtext("ParticipantObjectName") == "DOE^JANE"
-    quarantined = [d for d in by_event["110104"] if d.find("EventIdentification").get("EventOutcomeIndicator") == "4"]
+    assert patient.get("ParticipantObjectID") == "PAT-77^^^HOSP-A"
+    assert patient.get("ParticipantObjectTypeCode") == "1" and patient.get("ParticipantObjectTypeCodeRole") == "1"
+    assert patient.findtext("ParticipantObjectName") == "DOE^JANE"
+    quarantined = [d for d in by_event["110104"] if _outcome(d) == "4"]
     assert len(quarantined) == 1 and "0xC000" in quarantined[0].findtext("EventIdentification/EventOutcomeDescription")
     outgoing = [d for d in by_event["110104"] if _participant(d, "110153").get("UserID") == "node1"]
-    assert sorted(d.find("EventIdentification").get("EventOutcomeIndicator") for d in outgoing) == ["0", "8"]
-    sent = next(d for d in outgoing if d.find("EventIdentification").get("EventOutcomeIndicator") == "0")
+    [retrieved] = [d for d in by_event["110104"]
+                   if _participant(d, "110153").get("AlternativeUserID") == "AETITLES=PACS"]
+    assert _participant(retrieved, "110152").get("UserIsRequestor") == "true"  # the node asked for them
+    assert [i.get("UID") for i in retrieved.iter("Instance")] == [STUDY + ".7.1"]
+    assert sorted(_outcome(d) for d in outgoing) == ["0", "8"]
+    sent = next(d for d in outgoing if _outcome(d) == "0")
     assert _participant(sent, "110152").get("AlternativeUserID") == "AETITLES=PACS"
     assert _participant(sent, "110152").get("NetworkAccessPointID") == "10.0.0.2"
     assert [i.get("UID") for i in sent.iter("Instance")] == [STUDY + ".9.1"]
 
     # A.5.3.11 Security Alert: type codes, the reporting node, the alert subject with its description
-    alerts = {tuple(_codes(d.find("EventIdentification"), "EventTypeCode")): d for d in by_event["110113"]}
+    alerts = {tuple(_types(d)): d for d in by_event["110113"]}
     assert set(alerts) == {("110126",), ("110132",), ("110131", "110129")}
-    assert len([d for d in by_event["110113"] if _codes(d.find("EventIdentification"), "EventTypeCode") == ["110126"]]) == 2
+    assert len([d for d in by_event["110113"] if _types(d) == ["110126"]]) == 2
     changed = alerts[("110131", "110129")]
     [subject] = _object(changed, "12")
     assert subject.get("ParticipantObjectID") == "file:///etc/dicom-node/node.yaml"
-    details = {d.get("type"): base64.b64decode(d.get("value")).decode() for d in subject.iter("ParticipantObjectDetail")}
+    details = {d.get("type"): base64.b64decode(d.get("value")).decode()
+               for d in subject.iter("ParticipantObjectDetail")}
     assert details["Changed"] == "node.tls, rules" and details["SHA-256"] == "ab" * 32
     token = alerts[("110132",)]
     assert token.find("EventIdentification").get("EventOutcomeIndicator") == "8"
@@ -196,7 +204,7 @@ def test_every_event_type_makes_schema_valid_messages_as_the_standard_describes_
 
     # A.5.3.4 Export: R, the node as source, the endpoint as destination (a URI), the study and the patient
     exports = by_event["110106"]
-    assert sorted(d.find("EventIdentification").get("EventOutcomeIndicator") for d in exports) == ["0", "8", "8"]
+    assert sorted(_outcome(d) for d in exports) == ["0", "8", "8"]
     for doc in exports:
         assert doc.find("EventIdentification").get("EventActionCode") == "R"
         dest = _participant(doc, "110152")
@@ -242,10 +250,18 @@ def test_every_event_type_makes_schema_valid_messages_as_the_standard_describes_
 
     # A.5.3.12 User Authentication: E, Login / Logout, the person authenticated, failures with their outcome
     auth = by_event["110114"]
-    assert [(_codes(d.find("EventIdentification"), "EventTypeCode"), d.find("EventIdentification")
+    assert [(_types(d), d.find("EventIdentification")
              .get("EventOutcomeIndicator")) for d in auth] == [(["110122"], "0"), (["110122"], "4"), (["110123"], "0")]
     person = next(p for p in auth[0].findall("ActiveParticipant") if p.get("UserIsRequestor") == "true")
     assert person.get("UserID") == "alice@example.org" and person.get("NetworkAccessPointID") == "10.1.1.1"
+
+
+def _outcome(doc: etree._Element) -> str:
+    return doc.find("EventIdentification").get("EventOutcomeIndicator")
+
+
+def _types(doc: etree._Element) -> list[str]:
+    return _codes(doc.find("EventIdentification"), "EventTypeCode")
 
 
 def _participant_or_none(doc: etree._Element, role: str) -> etree._Element | None:
@@ -329,10 +345,11 @@ def test_a_patient_is_read_from_the_study_files_and_kept_past_the_purge(tmp_path
     path = tmp_path / "i.dcm"
     src.save_as(path, enforce_file_format=True)
     store = Store.open(f"sqlite:///{tmp_path / 'node.db'}")
-    store.record_instances([InstanceRecord(sop_instance_uid=str(src.SOPInstanceUID), study_uid=str(src.StudyInstanceUID),
-                                           series_uid=str(src.SeriesInstanceUID), sop_class_uid=str(src.SOPClassUID),
-                                           transfer_syntax_uid=str(src.file_meta.TransferSyntaxUID), path=str(path),
-                                           size_bytes=path.stat().st_size, calling_ae="X")], quiet_seconds=10)
+    record = InstanceRecord(sop_instance_uid=str(src.SOPInstanceUID), study_uid=str(src.StudyInstanceUID),
+                            series_uid=str(src.SeriesInstanceUID), sop_class_uid=str(src.SOPClassUID),
+                            transfer_syntax_uid=str(src.file_meta.TransferSyntaxUID), path=str(path),
+                            size_bytes=path.stat().st_size, calling_ae="X")
+    store.record_instances([record], quiet_seconds=10)
     d = PatientDirectory(tmp_path / "patients.db", store.engine)
     assert d.of_study(str(src.StudyInstanceUID)) == Patient("PAT-9", "HOSP-B", "ROE^RICHARD")
     path.unlink()  # purged

@@ -88,8 +88,9 @@ class ConfigWatch:
         changed = sorted(k for k in set(old) | set(sections) if old.get(k) != sections.get(k))
         security = any(_is_security(k) for k in changed)
         when = "at start" if at_start else "while running (takes effect at the next start)"
-        audit_log(self.cfg).record("config-changed", path=str(self.path), sha256=sha, previous_sha256=seen.get("sha256"),
-                                   sections=changed, security=security, detected=when, user=_os_user(),
+        audit_log(self.cfg).record("config-changed", path=str(self.path), sha256=sha,
+                                   previous_sha256=seen.get("sha256"), sections=changed, security=security,
+                                   detected=when, user=_os_user(),
                                    reason=f"configuration file changed ({', '.join(changed) or 'formatting'}), "
                                           f"detected {when}")
         log.warning("configuration %s changed (%s), detected %s", self.path, ", ".join(changed) or "formatting", when)

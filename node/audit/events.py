@@ -17,6 +17,8 @@ job-failed, job-parked 110106 Export with outcome 8
 result-sent            110104 DICOM Instances Transferred: the node source, the destination 110152
 result-parked          110104 with outcome 8
 prior-query            110112 Query: the node source, the PACS or DICOMweb service destination, the query
+prior-retrieved        110104 DICOM Instances Transferred: a prior study's instances retrieved by C-GET or
+                       WADO-RS (the PACS source, the node destination; a C-MOVE's come in through the SCP)
 study-deleted          110105 DICOM Study Deleted
 action                 110103 DICOM Instances Accessed with the person who acted (retract D, rerun C, retry U)
 user-login[-failed]    110114 User Authentication (110122 Login)
@@ -92,7 +94,8 @@ def application(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
     start = ev["event"] == "node-start"
     msg = new(ctx, ev, x.APPLICATION_ACTIVITY, "E", types=[x.APPLICATION_START if start else x.APPLICATION_STOP])
     node(msg, ctx, ev, [x.APPLICATION], False)
-    msg.participant(ev.get("user") or getpass.getuser(), True, [x.APPLICATION_LAUNCHER], access_point=ev.get("node_host"))
+    msg.participant(ev.get("user") or getpass.getuser(), True, [x.APPLICATION_LAUNCHER],
+                    access_point=ev.get("node_host"))
     return [msg]
 
 
@@ -150,6 +153,23 @@ def result_transfer(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
     return [msg]
 
 
+def prior_retrieve(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
+    """Instances of a prior study the node retrieved (C-GET, WADO-RS): the PACS the source, the node the destination."""
+    msg = new(ctx, ev, x.INSTANCES_TRANSFERRED, "C")
+    if ev.get("protocol") == "WADO-RS":
+        msg.participant(ev.get("url") or ev.get("destination") or "unknown", False, [x.SOURCE],
+                        alt=ev.get("destination"), access_point=ev.get("peer_host"))
+    else:
+        peer(msg, ev.get("called_ae"), ev.get("peer_host"), [x.SOURCE], False)
+    node(msg, ctx, ev, [x.DESTINATION, x.APPLICATION], True)
+    by_class: dict[str, list[str]] = {}
+    for sop, sop_class in ev.get("instances") or []:
+        by_class.setdefault(sop_class, []).append(sop)
+    study(msg, ev["study_uid"], [x.SopClass(c, len(u), u) for c, u in sorted(by_class.items())])
+    patient(msg, ctx, ev["study_uid"])
+    return [msg]
+
+
 def query(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
     from node.audit.queries import query_bytes
 
@@ -180,8 +200,9 @@ def study_deleted(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
 def action(ctx: Context, ev: dict[str, Any]) -> list[AuditMessage]:
     what = str(ev.get("action") or "")
     detail = ", ".join(f"{k} {ev[k]}" for k in ("rule", "reason", "destination", "jobs") if ev.get(k))
+    error = f" ({ev['error']})" if ev.get("error") else ""
     msg = new(ctx, ev, x.INSTANCES_ACCESSED, ACTION_CODES.get(what, "U"),
-              description=f"{what}{': ' + detail if detail else ''}{' (' + ev['error'] + ')' if ev.get('error') else ''}")
+              description=f"{what}{': ' + detail if detail else ''}{error}")
     msg.participant(ev.get("user") or "unknown", True, name=ev.get("user_name"), access_point=ev.get("peer_host"))
     node(msg, ctx, ev, [x.APPLICATION], False)
     if ev.get("study_uid"):
@@ -215,6 +236,6 @@ CONVERTERS: dict[str, Callable[[Context, dict[str, Any]], list[AuditMessage]]] =
     "config-changed": security_alert,
     "model-request": export, "job-failed": export, "job-parked": export,
     "result-sent": result_transfer, "result-parked": result_transfer,
-    "prior-query": query, "study-deleted": study_deleted, "action": action,
+    "prior-query": query, "prior-retrieved": prior_retrieve, "study-deleted": study_deleted, "action": action,
     "user-login": user_authentication, "user-login-failed": user_authentication, "user-logout": user_authentication,
 }

@@ -99,4 +99,5 @@ def read_patient(path: Path) -> Patient | None:
     pid = str(ds.get("PatientID", "") or "").strip()
     if not pid:
         return None
-    return Patient(pid, str(ds.get("IssuerOfPatientID", "") or "").strip(), str(ds.get("PatientName", "") or "").strip())
+    issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+    return Patient(pid, issuer, str(ds.get("PatientName", "") or "").strip())

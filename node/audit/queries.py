@@ -89,3 +89,23 @@ def record_query(cfg: Any, name: str, dest: Any, query: Dataset, for_study_uid: 
         peer_host=urlsplit(dest.url).hostname if web and dest.url else dest.host, url=dest.url if web else None,
         sop_class_uid=STUDY_ROOT_FIND, for_study_uid=for_study_uid, matches=matches, reason=why or None,
         **query_fields(query))
+
+
+def record_retrieve(cfg: Any, priors: Any, dest: Any, rows: list[dict[str, Any]]) -> None:
+    """The trail's ``prior-retrieved`` line of the instances a lookup retrieved by C-GET or WADO-RS, per study.
+
+    A C-MOVE's instances come in through the Storage SCP, whose association makes their transfer event."""
+    from urllib.parse import urlsplit
+
+    from node.ops.audit import audit_log
+
+    web = getattr(dest, "type", None) == "dicomweb"
+    if not rows or (priors.method == "c-move" and not web):
+        return
+    for study in sorted({r["study_uid"] for r in rows}):
+        mine = [r for r in rows if r["study_uid"] == study]
+        audit_log(cfg).record(
+            "prior-retrieved", protocol="WADO-RS" if web else "C-GET", destination=priors.query,
+            called_ae=None if web else dest.ae_title, url=dest.url if web else None,
+            peer_host=urlsplit(dest.url).hostname if web and dest.url else dest.host, study_uid=study,
+            instances=[[r["sop_instance_uid"], r["sop_class_uid"]] for r in mine])

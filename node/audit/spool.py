@@ -99,6 +99,8 @@ class Spool:
 
     def _recover(self) -> None:
         """Count what waits after the head, find the last trail position, cut a torn tail back."""
+        if not self._path(self.head.segment).exists():  # its segment was never written (or removed by hand)
+            self.head = Pos(self.head.segment, 0)
         segments = [n for n in self._segments() if n >= self.head.segment]
         for n in self._segments():
             if n < self.head.segment:

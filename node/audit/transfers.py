@@ -110,7 +110,10 @@ def messages(ctx: e.Context, t: Transfer, end: dict[str, Any] | None) -> list[Au
         ev = {**t.first, "time": (end or {}).get("time") or last["time"], "outcome": 0}
         desc = None if end is not None else "transfer closed without its end (the receiving process stopped)"
         msg = e.new(ctx, ev, x.INSTANCES_TRANSFERRED, "C", description=desc)
-        e.peer(msg, t.first.get("calling_ae"), t.first.get("peer_host"), [x.SOURCE], True)
+        if t.key[1] == "STOW-RS":  # an HTTP client of the node's STOW-RS service, not a DICOM AE
+            msg.participant("STOW-RS client", True, [x.SOURCE], access_point=t.first.get("peer_host"))
+        else:
+            e.peer(msg, t.first.get("calling_ae"), t.first.get("peer_host"), [x.SOURCE], True)
         e.node(msg, ctx, ev, [x.DESTINATION, x.APPLICATION], False)
         e.study(msg, study_uid, _sop_classes(by_class, ctx.max_bytes - HEADROOM_BYTES))
         e.patient(msg, ctx, study_uid)

@@ -91,7 +91,8 @@ class AuditMessage:
                     name: str | None = None, access_point: str | None = None,
                     media: Code | None = None) -> "AuditMessage":
         """An ActiveParticipant: a person, a process or a node (``access_point``: host name or IP address)."""
-        el = ET.Element("ActiveParticipant", {"UserID": str(user_id), "UserIsRequestor": "true" if requestor else "false"})
+        el = ET.Element("ActiveParticipant", {"UserID": str(user_id),
+                                              "UserIsRequestor": "true" if requestor else "false"})
         if alt:
             el.set("AlternativeUserID", alt)
         if name:
@@ -161,7 +162,8 @@ class AuditMessage:
 
     def to_bytes(self) -> bytes:
         """The message as UTF-8 XML with its declaration, on one line (no line feed for a syslog receiver to cut)."""
-        return b'<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(self.element(), encoding="unicode").encode("utf-8")
+        body = ET.tostring(self.element(), encoding="unicode").encode("utf-8")
+        return b'<?xml version="1.0" encoding="UTF-8"?>' + body
 
 
 def _is_ip(host: str) -> bool:

@@ -23,6 +23,7 @@ job-parked                 a job's endpoint failed past its give-up time  110106
 result-sent                a result was delivered to a destination        110104 DICOM Instances Transferred
 result-parked              a result could not be delivered                110104 (outcome: serious failure)
 prior-query                a C-FIND / QIDO-RS for a prior study           110112 Query
+prior-retrieved            prior instances retrieved (C-GET, WADO-RS)     110104 DICOM Instances Transferred
 study-deleted              retention purged a study                       110105 DICOM Study Deleted
 action                     retry, retract or rerun, by whom (CLI, HTTP)   110103 DICOM Instances Accessed
 results-rejected           the IOCM rejection note of a retract           110103 (details of the action)
@@ -62,6 +63,7 @@ EVENT_CODES = {
     "result-sent": ("110104", "DICOM Instances Transferred"),
     "result-parked": ("110104", "DICOM Instances Transferred"),
     "prior-query": ("110112", "Query"),
+    "prior-retrieved": ("110104", "DICOM Instances Transferred"),
     "study-deleted": ("110105", "DICOM Study Deleted"),
     "action": ("110103", "DICOM Instances Accessed"),
     "results-rejected": ("110103", "DICOM Instances Accessed"),  # an IOCM rejection note queued (a retract)

@@ -3,11 +3,12 @@
 ``start(folder, tls=True, mutual=False)`` runs rsyslogd in the foreground on a free loopback port: imtcp with
 the gtls stream driver (RFC 5425) and a test CA (``tests/support/tlscerts.py``), or plain TCP (``tls=False``),
 or imudp (``udp=True``); octet-counted frames on TCP; ``maxMessageSize`` raised to 32 KiB as IHE ATNA needs
-(rsyslog's default is 8 KiB). Every message it receives is written by rsyslog itself as one JSON line: its own parse of the RFC 5424 header (PRI, VERSION,
-TIMESTAMP, HOSTNAME, APP-NAME, PROCID, MSGID, STRUCTURED-DATA), the MSG and the raw message, so a test checks
-what the repository understood, not what the node meant. ``messages()`` reads them, ``wait_for(n)`` waits for
-them, ``stop()`` stops the process the test started (``restart()`` starts it again on the same port, same file).
-``syslog_config()`` is the node's ``audit.syslog`` block for it.
+(rsyslog's default is 8 KiB). Every message it receives is written by rsyslog itself as one JSON line: its own
+parse of the RFC 5424 header (PRI, VERSION, TIMESTAMP, HOSTNAME, APP-NAME, PROCID, MSGID, STRUCTURED-DATA), the
+MSG and the raw message, so a test checks what the repository understood, not what the node meant.
+``messages()`` reads them, ``wait_for(n)`` waits for them, ``stop()`` stops the process the test started
+(``restart()`` or ``start()`` again: the same port, the same file). ``syslog_config()`` is the node's
+``audit.syslog`` block for it.
 
     repo = rsyslog.start(tmp_path / "rsyslog", tls=True, mutual=True)
     try:

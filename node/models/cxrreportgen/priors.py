@@ -47,6 +47,7 @@ from converters.scrub import without_burned_in
 from converters.sr_text import is_text_sr, report_text
 from dicom_out.algorithm import NODE_MANUFACTURER, NODE_MODEL_NAME
 
+from node.audit.queries import record_query, record_retrieve
 from node.config import DestinationSection, NodeConfig, PriorsSection
 from node.dicom.pynetdicom_patches import configure_pynetdicom
 from node.dicom.qr import (SR_CLASSES, XRAY_IMAGE_CLASSES, Deadline, Peer, QRSession, QueryError, QueryTimeout,
@@ -128,13 +129,14 @@ class PriorFetcher:
         self.store = store
         self.spool = spool
         self._for_study: str | None = None
+        self._retrieved: list[dict] = []
         configure_pynetdicom()  # identifiers carry PHI: pynetdicom must not log them
 
     # --- the lookup -------------------------------------------------------------------------------------
     def fetch(self, current: Dataset) -> PriorResult:
         """The prior of the study ``current`` (a header of its frontal image) belongs to; never raises."""
         study_uid = _text(current, "StudyInstanceUID")
-        self._for_study = study_uid  # the study each query's audit event names (its patient is the one queried)
+        self._for_study, self._retrieved = study_uid, []  # for the audit events of the queries and retrieves
         lookup_id = self.store.start_prior_lookup(study_uid)
         deadline = Deadline(self.priors.timeout_seconds)
         try:
@@ -149,6 +151,7 @@ class PriorFetcher:
             log.error("study %s: prior lookup failed: %s", study_uid, type(exc).__name__)
             log.debug("prior lookup traceback", exc_info=True)
             result = PriorResult("error", f"no prior: {type(exc).__name__} during the lookup", 0.0)
+        record_retrieve(self.cfg, self.priors, self.dest, self._retrieved)  # C-GET, WADO-RS (C-MOVE: the SCP's)
         seconds = time.monotonic() - deadline.start
         result = dataclasses.replace(result, seconds=seconds)
         self.store.finish_prior_lookup(lookup_id, result.state, result.outcome, seconds)
@@ -157,8 +160,6 @@ class PriorFetcher:
 
     def _find(self, session: QRSession, query: Dataset) -> list[Dataset]:
         """One query of the lookup, and its audit event (an ATNA Query message: node/audit/queries.py)."""
-        from node.audit.queries import record_query
-
         try:
             found = session.find(query)
         except Exception as exc:
@@ -304,6 +305,7 @@ class PriorFetcher:
         status = session.retrieve(ident)
         held = self.store.instance(uid)
         if held is not None and Path(held["path"]).exists():
+            self._retrieved.append(held)
             return Path(held["path"])
         if required:
             raise PriorError(f"the PACS {self.priors.query} answered the {self.priors.method.upper()} of the "

@@ -1,7 +1,7 @@
 """Sign-outs of the HTTP side's sessions (node/store/schema_sso.py, node/http/sso.py).
 
 Revision ID: 0010_sso
-Revises: 0005_compat_floor
+Revises: 0007_hospital_it
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_sso"
-down_revision: Union[str, Sequence[str], None] = "0005_compat_floor"
+down_revision: Union[str, Sequence[str], None] = "0007_hospital_it"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 #: a new table only: a node of the previous version keeps working (node/store/compat.py)
