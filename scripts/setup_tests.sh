@@ -4,7 +4,9 @@
 #
 #   1. Debian packages: TEST_APT_PACKAGES below (one line per peer: add yours there)
 #   2. npm packages:    TEST_NPM_PACKAGES below, installed into .cache/npm/node_modules; OHIF's prebuilt viewer
-#                       (`npm pack @ohif/app@3.13.2`, its dist/ unpacked into .cache/ohif/3.13.2/)
+#                       (`npm pack @ohif/app@3.13.2`, its dist/ unpacked into .cache/ohif/3.13.2/); the tests'
+#                       identity provider, oidc-provider, at the version pinned in tests/support/oidc/package.json
+#                       + package-lock.json (`npm ci` into .cache/oidc-provider/<version>/)
 #   3. the Debian orthanc service disabled and its own process stopped (scripts/disable_orthanc_service.sh):
 #      tests start their own Orthanc on free ports; no other Orthanc is touched
 #   4. the node's runtime with the test extra: EXTRAS=test scripts/setup_runtime.sh (Python packages the tests
@@ -36,11 +38,14 @@ TEST_APT_PACKAGES=(
     redis-server          # the cluster's queue
     haproxy               # the cluster's balancer
     strace                # the durability test: fsync before the C-STORE response, read at the system calls
+    rsyslog               # the ATNA audit record repository (started by the tests on a free loopback port)
+    rsyslog-gnutls        # ... and its TLS transport
     npm                   # fetches OHIF and TEST_NPM_PACKAGES (skipped when a Node.js with its own npm is there)
 )
 # npm packages the tests run, each as name@version (exact), into .cache/npm/node_modules (a test harness takes
 # them from there, e.g. .cache/npm/node_modules/.bin/NAME).
 TEST_NPM_PACKAGES=(
+    fhir@4.12.0           # FHIR.js, one of the two R4 validators of the tests' EHR (tests/support/fhir_receiver.py)
 )
 OHIF_VERSION=3.13.2
 OHIF_DIR="${REPO}/.cache/ohif/${OHIF_VERSION}"
@@ -83,6 +88,20 @@ if [[ ${#npm_missing[@]} -gt 0 ]]; then
     npm install --silent --no-audit --no-fund --prefix "${NPM_PREFIX}" "${npm_missing[@]}"
 elif [[ ${#TEST_NPM_PACKAGES[@]} -gt 0 ]]; then
     step "npm: ${TEST_NPM_PACKAGES[*]} installed in ${NPM_PREFIX}"
+fi
+
+# The tests' identity provider, oidc-provider, from its lock file (cached: nothing fetched when installed)
+OIDC_SRC="${REPO}/tests/support/oidc"
+OIDC_VERSION="$("${PYTHON}" -c 'import json,sys; print(json.load(open(sys.argv[1]))["dependencies"]["oidc-provider"])' "${OIDC_SRC}/package.json")"
+OIDC_DIR="${REPO}/.cache/oidc-provider/${OIDC_VERSION}"
+if [[ -f "${OIDC_DIR}/node_modules/oidc-provider/package.json" ]] && cmp -s "${OIDC_SRC}/package-lock.json" "${OIDC_DIR}/package-lock.json"; then
+    step "oidc-provider ${OIDC_VERSION}: cached in ${OIDC_DIR}"
+else
+    step "oidc-provider ${OIDC_VERSION}: npm ci -> ${OIDC_DIR}"
+    rm -rf "${OIDC_DIR}"
+    mkdir -p "${OIDC_DIR}"
+    cp "${OIDC_SRC}/package.json" "${OIDC_SRC}/package-lock.json" "${OIDC_DIR}/"
+    (cd "${OIDC_DIR}" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --silent)
 fi
 
 # 3. The Debian orthanc service must not run (nor come back at boot) --------------------------------------------

@@ -79,11 +79,16 @@ def _sandbox(tmp: Path, *, python: bool) -> tuple[Path, dict[str, str]]:
     for script in (REPO / "scripts").glob("*.sh"):
         (repo / "scripts" / script.name).write_text(script.read_text())
     (repo / "scripts" / "disable_orthanc_service.sh").write_text(_STUB)  # stopping services is not this test's
+    oidc = repo / "tests" / "support" / "oidc"
+    oidc.mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        (oidc / name).write_text((REPO / "tests" / "support" / "oidc" / name).read_text())
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     stubs = dict(_STUBS)
-    if python:  # a Python with pip whose check finds the package installed (exit 0): pip install never runs
-        stubs["python3"] = _STUB
+    if python:  # a Python with pip whose check finds the package installed (exit 0): pip install never runs;
+        # its one-liners (reading a package.json) run for real
+        stubs["python3"] = _STUB + f'if [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\n'
     for name, text in stubs.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
@@ -144,5 +149,7 @@ def test_the_test_setup_installs_every_peer_and_the_test_extra(tmp_path: Path) -
     # npm is on PATH here (the stub), so Debian's is not asked for
     assert sorted(_apt_installed(calls)) == sorted(p for p in peers if p != "npm"), calls
     assert any(c.startswith("npm pack") and "@ohif/app@" in c for c in calls), calls
+    assert any(c.startswith("npm install") and "fhir@" in c for c in calls), calls  # TEST_NPM_PACKAGES
+    assert "npm ci --omit=dev --ignore-scripts --no-audit --no-fund --silent" in calls, calls  # oidc-provider
     assert (repo / ".cache" / "ohif").is_dir()
     assert f"python3 - {repo} test" in calls, calls  # the runtime, with the test extra
