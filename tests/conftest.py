@@ -89,6 +89,11 @@ ENGINE_TESTS = frozenset({
     "test_priors.py::test_the_latest_prior_without_a_frontal_gives_way_to_an_older_one",
     "test_dicomweb_priors.py::test_priors_from_orthanc_over_qido_and_wado",
     "test_dicomweb_stow.py::test_stow_to_orthanc_dicomweb_read_back_by_qido_and_wado",
+    "test_atna_messages.py::test_a_patient_is_read_from_the_study_files_and_kept_past_the_purge",
+    "test_atna_spool.py::test_a_forwarder_killed_anywhere_makes_every_message_once_in_order",
+    "test_atna_spool.py::test_an_association_whose_receiver_died_is_sent_once_with_what_it_stored",
+    "test_hospital_it_pages.py::test_a_report_shows_on_the_study_and_outbox_pages",
+    "test_sso_store.py::test_sign_outs_are_kept_until_the_session_would_have_ended",
 })
 
 # ---- slow: tests that start other programs ---------------------------------------------------------------------------
@@ -113,6 +118,13 @@ SLOW_TESTS = frozenset({
     "test_security_logging.py::test_serve_logging_masks_the_endpoint_key_from_the_environment",
     "test_security_logging.py::test_storage_database_and_audit_files_are_owner_only",
     "test_spare_files.py::test_start_removes_this_nodes_spares_left_by_dead_processes_only",
+    "test_atna_spool.py::test_an_association_whose_receiver_died_is_sent_once_with_what_it_stored",
+    "test_atna_cli.py::test_check_config_loads_the_audit_repository_files_and_names_the_key",
+    "test_atna_cli.py::test_command_line_write_actions_are_audited_with_the_os_user",
+    "test_fhir_sender.py::test_each_result_kind_is_one_valid_transaction",
+    "test_fhir_sender.py::test_http_answers_and_a_lost_answer",
+    "test_fhir_sender.py::test_rerun_corrects_and_retract_withdraws",
+    "test_fhir_sender.py::test_the_receiver_refuses_what_r4_refuses",
 })
 
 # ---- per-test timeouts (pytest-timeout; the default is `timeout` in pyproject.toml) ---------------------------------
