@@ -94,6 +94,7 @@ ENGINE_TESTS = frozenset({
     "test_atna_spool.py::test_an_association_whose_receiver_died_is_sent_once_with_what_it_stored",
     "test_hospital_it_pages.py::test_a_report_shows_on_the_study_and_outbox_pages",
     "test_sso_store.py::test_sign_outs_are_kept_until_the_session_would_have_ended",
+    "test_sso_tokens.py::test_each_machine_does_what_its_role_allows",
 })
 
 # ---- slow: tests that start other programs ---------------------------------------------------------------------------
