@@ -90,11 +90,11 @@ def test_two_receivers_share_the_port(tmp_path: Path, data: Path) -> None:
             out = proc.stdout + proc.stderr
             assert proc.returncode == 0, out[-2000:]
             assert len(re.findall(r"Received Store Response \(Success\)", out)) == len(files)
-        sent = [uid for files in studies for uid in sop_uids(files)]
-        assert held_sop_uids(node) == sorted(sent), "the database holds exactly what the senders sent"
-        assert spool_sop_counts(node) == Counter(sent), "one spool file per instance sent"
-        sent_studies = {study_uid_of(s[0]) for s in studies}
-        assert {r[0] for r in db_rows(node, "SELECT DISTINCT study_uid FROM instances")} == sent_studies
+        sent_sops = [uid for files in studies for uid in sop_uids(files)]
+        assert held_sop_uids(node) == sorted(sent_sops), "the database holds exactly what the senders sent"
+        assert spool_sop_counts(node) == Counter(sent_sops), "one spool file per instance sent"
+        sent = {study_uid_of(s[0]) for s in studies}
+        assert {r[0] for r in db_rows(node, "SELECT DISTINCT study_uid FROM instances")} == sent
 
         # Four connections land on one receiver 1 time in 8: C-ECHO associations until both were seen.
         took = receivers_with_associations(node, "SENDER")
