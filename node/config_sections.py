@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from node.config_completion import NodeCompletionKeys, RuleCompletionKeys
 from node.dicom.cores import auto_receivers
 from node.models import registry
 
@@ -100,7 +101,7 @@ def _check_host_allowlist(hosts: dict[str, list[str]]) -> dict[str, list[str]]:
     return hosts
 
 
-class NodeSection(_Strict):
+class NodeSection(NodeCompletionKeys, _Strict):
     """The node's own DICOM identity, its spool and its timers."""
 
     ae_title: AETitle = "AINODE"
@@ -296,7 +297,7 @@ CLASSIFIED_KEY = "classified"
 ClassifiedMatch = dict[str, str | list[str]]
 
 
-class RuleSection(_Strict):
+class RuleSection(RuleCompletionKeys, _Strict):
     """A routing rule: which series go to which endpoint, and where the results go."""
 
     name: str = Field(min_length=1)

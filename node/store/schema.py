@@ -295,3 +295,7 @@ create_schema = ensure_schema  # the name before migrations; idempotent as it wa
 
 def now() -> float:
     return time.time()
+
+
+from node.store.schema_workflow import define as _workflow_tables  # noqa: E402  (node/store/schema_workflow.py)
+study_notices, notice_refs, decisions, ups_workitems = _workflow_tables(metadata)

@@ -12,7 +12,9 @@ leases to another worker.
 - :mod:`node.store.outbox`: outbox rows (claim, renew, settle, retry parked, due destinations);
 - :mod:`node.store.circuits`: per-endpoint circuits (an endpoint down or throttled), the backlog to drain;
 - :mod:`node.store.upkeep`: lease recovery, the sweep's stale work, retention, the status summary;
-- :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions.
+- :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions;
+- :mod:`node.store.workflow`: MPPS and IAN received, the decision transaction, decision records;
+- :mod:`node.store.workitems`: UPS-RS workitems this node claimed (AIW-I).
 
 Opening a store checks the schema revision (:func:`node.store.schema.ensure_schema`); while it is open, the
 methods that take work (new instances, job and outbox claims, job creation) re-check it every few seconds
@@ -37,6 +39,8 @@ from node.store.records import InstanceRecord
 from node.store.revisions import RevisionsPart
 from node.store.studies import StudiesPart
 from node.store.upkeep import UpkeepPart
+from node.store.workflow import WorkflowPart
+from node.store.workitems import WorkitemsPart
 
 __all__ = ["InstanceRecord", "Store", "lease_owner"]
 
@@ -46,7 +50,8 @@ def lease_owner(instance_id: str) -> str:
     return f"{instance_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxPart, RevisionsPart):
+class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxPart, RevisionsPart, WorkflowPart,
+            WorkitemsPart):
     """The node's database, as the operations the roles need."""
 
     def __init__(self, engine: Engine) -> None:
