@@ -27,6 +27,7 @@ MODULES: dict[str, bool] = {
     "search": False,
     "dicomweb": True,
     "http_cost": True,
+    "completion": True,  # bench/completion.py: quiet timer against MPPS and expected content
     "scale": True,
 }
 # run only when named (``python -m bench scale``), not by ``all``: each starts servers for minutes

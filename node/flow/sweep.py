@@ -30,6 +30,8 @@ def sweep(svc: Services, fresh_start: bool = False) -> None:
     resolve_all(svc)
     purged = svc.store.purge_delivered(svc.cfg.retention.purge_delivered_after_hours * 3600.0,
                                        svc.cfg.retention.keep_failed_hours * 3600.0)
+    retention = svc.cfg.retention  # MPPS/IAN of studies long gone (or never received), decisions of purged studies
+    svc.store.purge_workflow(3600.0 * max(retention.purge_delivered_after_hours, retention.keep_failed_hours))
     leftovers = svc.spool.remove_stale_tmp()
     if leftovers:
         log.warning("sweep: removed %d file(s) left in the spool's tmp folder by receives that died", leftovers)
