@@ -151,7 +151,7 @@ def test_expected_content_decides_at_once_only_when_every_matching_rule_has_it(n
 def test_the_receive_path_pays_nothing_for_a_study_no_trigger_watches(tmp_path: Path) -> None:
     """The same statements per instance with every trigger configured as with none, for a study that has no MPPS
     or IAN and no rule with expected content; a watched study pays the read-then-write branch."""
-    def statements(tmp: Path, study: str, **node_keys) -> list[int]:
+    def statements(tmp: Path, study: str, **node_keys) -> list[list[str]]:
         cfg = config(tmp, quiet=30, rules=[{**CHEST, "match": {"Modality": "MR"}, "complete_when": PA_LL}]
                      if node_keys else [CHEST], **node_keys)
         store = Store.open(cfg.database_url)
@@ -165,11 +165,14 @@ def test_the_receive_path_pays_nothing_for_a_study_no_trigger_watches(tmp_path: 
             event.listen(store.engine, "before_cursor_execute", listener)
             record(intake, study, f"{study}.{i}")
             event.remove(store.engine, "before_cursor_execute", listener)
-            counts.append(len(seen))
+            counts.append(seen)
         return counts
 
     plain = statements(tmp_path / "a", "2.1")
-    assert statements(tmp_path / "b", "2.1", accept_mpps=True, accept_ian=True) == plain
+    triggered = statements(tmp_path / "b", "2.1", accept_mpps=True, accept_ian=True)
+    assert triggered == plain
+    assert all(sum("studies" in st for st in one) == 1 and one[1].startswith("UPDATE studies") for one in triggered), \
+        f"one statement on the study per instance (the common case's UPDATE): {triggered}"
     cfg = config(tmp_path / "c", quiet=30, accept_mpps=True)
     store = Store.open(cfg.database_url)
     intake = Intake(cfg, store, None)
@@ -179,7 +182,7 @@ def test_the_receive_path_pays_nothing_for_a_study_no_trigger_watches(tmp_path: 
     seen = []
     event.listen(store.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
     record(intake, "2.2", "2.2.2")
-    assert len(seen) > plain[0], "a watched study takes the read-then-write branch"
+    assert len(seen) > len(plain[0]), "a watched study takes the read-then-write branch"
 
 
 def test_the_mpps_and_ian_scp_record_before_answering_and_refuse_what_the_standard_refuses(tmp_path: Path,
@@ -252,6 +255,14 @@ def test_a_discontinued_mpps_skips_the_rules_that_say_so_and_counts_the_trigger(
     assert metrics.DECISIONS.labels("mpps")._value.get() == before + 1
     check_study(svc, study)  # checked again: decided once
     assert len(svc.store.decisions_of(study)) == 1
+
+    from starlette.testclient import TestClient
+
+    from node.http.app import build_app
+
+    page = TestClient(build_app(cfg)).get(f"/studies/{study}").text
+    assert '<td class="trigger">mpps</td>' in page and "(MPPS DISCONTINUED)" in page
+    assert "MPPS 9.5 from MOD: DISCONTINUED, 2 instance(s) listed, 0 not received" in page, "the timeline"
 
 
 def test_the_rule_tester_says_which_trigger_fires_and_at_which_instance(tmp_path: Path, data: Path) -> None:

@@ -136,9 +136,9 @@ def test_a_kill_after_the_claim_and_after_the_report_resumes_the_same_workitem_a
     ups, azure, model, files = services
     node = performer(tmp_path, "node-a", model=model.url, ups=ups.url, archive=azure.url)
     uid = generate_uid()
-    # killed when the claim was answered but not yet recorded, then when the outputs were reported but COMPLETED not
-    # yet asked for
-    for point in ("workitem_claim_answered", "workitem_reported"):
+    # killed when the claim was answered but not yet recorded, when the outputs were reported but COMPLETED not yet
+    # asked for, and when COMPLETED was accepted but not yet recorded
+    for point in ("workitem_claim_answered", "workitem_reported", "workitem_final_answered"):
         monkeypatch.setenv("DICOM_NODE_FAILPOINTS", f"{point}=60")
         node.start()
         if point == "workitem_claim_answered":
@@ -147,17 +147,21 @@ def test_a_kill_after_the_claim_and_after_the_report_resumes_the_same_workitem_a
                    f"the node to reach {point}")
         node.kill()
         monkeypatch.delenv("DICOM_NODE_FAILPOINTS")
-        assert not completed(ups, uid)
+        assert completed(ups, uid) == (point == "workitem_final_answered")
     node.start()
     try:
-        wait_until(lambda: completed(ups, uid), 120, "the workitem COMPLETED after the restarts")
+        wait_until(lambda: db_rows(node, "SELECT state FROM ups_workitems") == [("completed",)], 120,
+                   "the node to record the completion after the restarts")
         txn = assert_completed_once_with_outputs(ups, azure, model, uid, files)
-        assert db_rows(node, "SELECT state, transaction_uid FROM ups_workitems") == [("completed", txn)]
+        assert db_rows(node, "SELECT state, transaction_uid, reason FROM ups_workitems") == [("completed", txn, None)], \
+            "its own completion recognised as such"
         claims = [(e["status"], e["transaction"]) for e in state_log(ups, uid) if e["state"] == "IN PROGRESS"]
         assert claims == [(200, txn), (409, txn)], "claimed once; the resumed claim found it already its own"
-        reports = [e for e in state_log(ups, uid, "update") if "UnifiedProcedureStepPerformedProcedureSequence"
-                   in e.get("keys", [])]
-        assert len(reports) == 2 and {e["transaction"] for e in reports} == {txn}, "reported again after the kill"
+        reports = [(e["status"], e["transaction"]) for e in state_log(ups, uid, "update")
+                   if "UnifiedProcedureStepPerformedProcedureSequence" in e.get("keys", []) or e["status"] != 200]
+        # reported, reported again after the second kill, then refused (400: COMPLETED) after the third: the node
+        # read the workitem, found it COMPLETED, and asked for no second completion
+        assert reports == [(200, txn), (200, txn), (400, txn)], reports
     finally:
         node.stop()
 

@@ -10,7 +10,8 @@ variable (production) a failpoint costs one dictionary look-up. The names:
 * ``delivering``: outbox rows are claimed (marked in flight), no C-STORE sent yet;
 * ``commitment_requested``: the PACS accepted a Storage Commitment request, its report not yet seen;
 * ``workitem_claim_answered``: a UPS workitem's claim was answered, the answer not yet recorded (node/ups);
-* ``workitem_reported``: a workitem's outputs were reported (Update Workitem), COMPLETED not yet asked for.
+* ``workitem_reported``: a workitem's outputs were reported (Update Workitem), COMPLETED not yet asked for;
+* ``workitem_final_answered``: the worklist accepted COMPLETED (or CANCELED), the node has not recorded it yet.
 """
 
 from __future__ import annotations

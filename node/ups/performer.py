@@ -293,6 +293,7 @@ class TaskPerformer:
             failpoint("workitem_reported")
             answer = self.client.change_state(uid, txn, state)
             if answer.status == 200:
+                failpoint("workitem_final_answered")
                 return
         held, ds = self.client.retrieve(uid)  # a kill after an earlier try: is it done already?
         if ds is not None and str(ds.get("ProcedureStepState", "")) == state:
