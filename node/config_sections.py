@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from node.dicom.cores import auto_receivers
 from node.models import registry
+from node.models.endpoint_settings import EndpointModelSettings
 
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
 
@@ -142,7 +143,7 @@ class NodeSection(_Strict):
         return [_check_ae_title(v) for v in values]
 
 
-class EndpointSection(_Strict):
+class EndpointSection(EndpointModelSettings, _Strict):
     """One deployed model endpoint (Azure ML managed online endpoint or the local emulator)."""
 
     model: str = Field(description="The model behind the endpoint: a name from node/models/registry.py")
@@ -155,7 +156,7 @@ class EndpointSection(_Strict):
     timeout_seconds: float = Field(180.0, gt=0, description="Read timeout of one call")
     connect_timeout_seconds: float = Field(10.0, gt=0)
     max_concurrency: int = Field(4, ge=1)
-    max_attempts: int = Field(6, ge=1, description="Calls per job before it fails (retries on 408/429/5xx/network)")
+    max_attempts: int = Field(6, ge=1, description="Calls per job before it fails (retries on 429/5xx/network)")
     backoff_initial_seconds: float = Field(1.0, ge=0)
     backoff_max_seconds: float = Field(60.0, ge=0)
     give_up_after_seconds: float = Field(
