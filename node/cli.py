@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_rules import add_parsers as add_rules_retract
 
     add_rules_retract(sub)  # rules test, retract, rerun (node/cli_rules.py)
+    from node.cli_probe import add_parser as add_probe
+
+    add_probe(sub)  # the go-live check of the endpoints (node/cli_probe.py)
     return p
 
 

@@ -63,7 +63,7 @@ def resolve(name: str, cfg: EndpointSection, reply_version: str | None = None,
                name, name, cfg.deployment or UNSPECIFIED)
     if cfg.deployment:
         return cfg.deployment, f"endpoints.{name}.deployment (no version reported or configured)"
-    return UNSPECIFIED, f"none (set endpoints.{name}.model_version)"
+    return UNSPECIFIED, f"none reported or configured: set endpoints.{name}.model_version"
 
 
 def prefetch(cfg: NodeConfig) -> threading.Thread | None:

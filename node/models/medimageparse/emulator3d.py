@@ -112,7 +112,7 @@ def with_geometry(mask: nibabel.Nifti1Image, variant: str) -> nibabel.Nifti1Imag
     """The mask NIfTI as a deployment variant writes it (see :mod:`node.emulator.variants`)."""
     data = np.asanyarray(mask.dataobj)
     if variant == "3d-canonical":
-        return nibabel.as_closest_canonical(mask)
+        return nibabel.as_closest_canonical(nibabel.Nifti1Image(data, mask.header.get_best_affine()))
     if variant == "3d-no-affine":
         out = nibabel.Nifti1Image(data, None)
         out.header.set_qform(None, code=0)
