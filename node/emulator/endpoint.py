@@ -210,6 +210,8 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
             config = dict(state.config)
         variants = merged(config.get("variants") or [], requested)
         send_version = "no-version" not in variants
+        with state.lock:
+            entry["variants"] = sorted(variants)
         counted = True
 
         def leave() -> None:  # before the reply is written: a client may start its next call at once

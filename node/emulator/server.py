@@ -156,7 +156,7 @@ class EmulatorServer:
         of the value in row 0, as sent: base64 for images), headers (no
         Authorization), authorization (a fingerprint, see :func:`fingerprint`), body_size, time (received, POSIX),
         status answered (None while in progress or when closed), state ("in_progress", "answered", "closed"),
-        fault, elapsed_ms."""
+        fault, elapsed_ms, variants (the reply variants this request was answered in)."""
         with self._state.lock:
             return [dict(e) for e in self._state.log]
 
