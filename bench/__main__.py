@@ -28,6 +28,7 @@ MODULES: dict[str, bool] = {
     "dicomweb": True,
     "http_cost": True,
     "scale": True,
+    "endpoint_calls": True,
 }
 # run only when named (``python -m bench scale``), not by ``all``: each starts servers for minutes
 ON_REQUEST = {"scale"}
