@@ -76,6 +76,8 @@ def verdict(svc: "Services", job: dict[str, Any], exc: EndpointError) -> str:
     """What a failed call means for ``job`` (whose ``attempts`` counts this one): ``"fail"`` (at once, or its
     ``model_error_retries`` are spent), ``"retry-job"`` (that job again later, the circuit untouched) or
     ``"endpoint"`` (the endpoint is down or too slow: open its circuit)."""
+    if exc.cause == "model-input":  # the model refused this input: the same input is refused again
+        return "fail"
     if exc.cause in PER_JOB_CAUSES:
         endpoint = svc.cfg.endpoints[job["endpoint"]]
         spent = int(job["attempts"]) > endpoint.model_error_retries

@@ -69,7 +69,7 @@ class CxrProbe(_Probe):
         if boxes:
             crop = [round(v) for v in denormalize_box(boxes[0], self.width, self.height, "center_crop")]
             full = [round(v) for v in denormalize_box(boxes[0], self.width, self.height, "full_image")]
-            report.reply["boxes"] = (f"first box {list(boxes[0])} -> pixels {crop} if centre-crop normalised, {full} "
+            report.reply["boxes"] = (f"first box {[round(v, 3) for v in boxes[0]]} -> pixels {crop} if centre-crop normalised, {full} "
                                      f"if whole-image normalised (the probe cannot tell which: README 'box frame')")
         report.node_will.append(f"write an SR and a GSPS per study; boxes mapped as box_reference "
                                 f"{self.endpoint.box_reference}")
