@@ -246,7 +246,10 @@ def test_insight_rows_object_and_missing_scaling_factor(env: Env) -> None:
 def test_every_3d_reply_variant_lands_on_the_source_slices(env: Env, tmp_path: Path) -> None:
     before = len(env.emulator.requests)
     uids = {v: env.send(env.mr_study(v, f"E2E {v}")) for v in VARIANTS_3D}
-    wait_until(lambda: all(env.pacs_by_study().get(uids[v]) for v in VARIANTS_3D), 240,
+    for variant, uid in uids.items():
+        job = env.job_in(uid, ("done", "failed", "skipped"), 240)
+        assert job["state"] == "done", (variant, job)
+    wait_until(lambda: all(env.pacs_by_study().get(uids[v]) for v in VARIANTS_3D), 120,
                f"a SEG per variant in Orthanc:\n{env.node.logs()[-4000:]}")
     sources = [pydicom.dcmread(p) for p in sorted((env.data / "mr/prostate_adc_20slices").glob("*.dcm"))]
     pixels = {int(s.InstanceNumber): apply_modality_lut(s.pixel_array, s).astype(np.float64) for s in sources}
