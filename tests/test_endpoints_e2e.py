@@ -226,6 +226,9 @@ def test_insight_rows_object_and_missing_scaling_factor(env: Env) -> None:
     failed = env.job_in(uids["mii-unset"], ("failed",), 90)
     assert "endpoints.mii-unset.scaling_factor" in failed["outcome"] and "4.516357" in failed["outcome"], failed
     served = [n for n in INSIGHT if n != "mii-unset"]
+    for name in served:
+        job = env.job_in(uids[name], ("done", "failed", "skipped"), 90)
+        assert job["state"] == "done", (name, job)
     wait_until(lambda: all(env.pacs_by_study().get(uids[n]) for n in served), 120, "the classification SRs")
     # the same image through the three variants: the same vector (rows and object parsed alike) and, with the
     # configured scaling factor standing in for the missing one, the same label probabilities
