@@ -109,6 +109,9 @@ def test_a_prompt_axis_that_does_not_match_is_reported(mr) -> None:
     over = nibabel.Nifti1Image((truth * 255).astype(np.uint8), volume.affine)  # 255: not a label of 2 prompts
     body = [{"nifti_file": json.dumps({"data": base64.b64encode(gzip.compress(over.to_bytes())).decode()})}]
     assert read_reply(body).per_prompt(2) is None
+    stack = np.ascontiguousarray(truth[None].astype(np.uint8))  # a prompt axis of 1, no text_features to tell
+    array = {"data": base64.b64encode(stack.tobytes()).decode(), "shape": list(stack.shape), "dtype": "uint8"}
+    assert read_reply([{"image_features": json.dumps(array)}]).per_prompt(2) is None
 
 
 def test_a_mask_without_affine_and_of_another_shape_cannot_be_placed(mr) -> None:
