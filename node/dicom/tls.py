@@ -87,6 +87,12 @@ def check_tls_files(cfg: NodeConfig) -> list[str]:
             except ConfigError as exc:
                 raise ConfigError(str(exc).replace("destination tls", f"destinations.{name}.tls")) from None
             lines.append(f"destination {name}: DICOM TLS ({dest.tls.min_version}+)")
+    if cfg.mllp is not None and cfg.mllp.tls is not None:  # the HL7 v2 listener (node/hl7/listener.py)
+        try:
+            server_context(cfg.mllp.tls)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("node.tls", "mllp.tls")) from None
+        lines.append(f"MLLP over TLS on port {cfg.mllp.port} ({cfg.mllp.tls.min_version}+)")
     return lines
 
 

@@ -54,7 +54,7 @@ async def study(request: Request) -> HTMLResponse:
             return None
         detail["identity"] = queries.identity(ctx.store, uid, ctx.cfg.http.show_phi)
         for r in detail["results"]:
-            r["findings"] = _findings(r) if r["kind"] == "sr" else []
+            r["findings"] = _findings(r) if r["kind"] == "sr" else (_report(r) if r["kind"] == "report" else [])
         return detail
 
     data = await run_in_threadpool(gather)
@@ -68,6 +68,17 @@ def _findings(row: dict) -> list[str]:
         return preview.sr_findings(pydicom.dcmread(row["path"]))
     except (OSError, ValueError):
         return ["(the SR file is no longer in the spool)"]
+
+
+def _report(row: dict) -> list[str]:
+    """A RIS/EHR report (node/reports): its status and version, then what it says."""
+    from node.reports.job import load
+
+    report = load(row["path"])
+    if report is None:
+        return ["(the report file is no longer in the spool)"]
+    head = f"{report.status} report to the RIS/EHR, study version {report.study_version}"
+    return [head + (f" ({report.reason})" if report.reason else ""), *report.content.sentences]
 
 
 async def outbox_page(request: Request) -> HTMLResponse:

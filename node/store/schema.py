@@ -295,3 +295,5 @@ create_schema = ensure_schema  # the name before migrations; idempotent as it wa
 
 def now() -> float:
     return time.time()
+from node.store.schema_hl7 import hl7_tables  # noqa: E402  (Hospital IT: node/hl7)
+hl7_messages, hl7_orders = hl7_tables(metadata)
