@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import dcmtk_env, median, row, storescu_cmd
+from .overhead import _fresh_ct
 
 GROUP = "endpoints"
 QUIET = 1.0
@@ -25,26 +26,6 @@ PROMPTS = "liver & spleen & pancreas & left kidney & right kidney"
 MODEL_SECONDS = 2.0
 QUICK_MODEL_SECONDS = 0.5
 SETTINGS = {"one-per-call": 1, "joined": None}  # None: the default (the model card's)
-
-
-def _fresh_ct(dst: Path, description: str) -> list[Path]:
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    from .common import ct_files
-
-    dst.mkdir(parents=True)
-    study, series = generate_uid(), generate_uid()
-    out = []
-    for k, f in enumerate(ct_files()):
-        ds = pydicom.dcmread(f)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.StudyDescription = description
-        path = dst / f"{k:03d}.dcm"
-        ds.save_as(path)
-        out.append(path)
-    return out
 
 
 def _job_done(node: Any, study_uid: str, t_ack: float, timeout: float) -> tuple[float, float]:
