@@ -60,9 +60,10 @@ def _check_audit_repository(cfg: NodeConfig) -> str:
 
 def _check_tls(cfg: NodeConfig) -> list[str]:
     from node.dicom.tls import check_tls_files
+    from node.http.checks import check_http_auth
 
     try:
-        return check_tls_files(cfg)
+        return check_tls_files(cfg) + check_http_auth(cfg)
     except ConfigError as exc:
         print(f"configuration error:\n{cfg.source_path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

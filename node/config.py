@@ -177,8 +177,10 @@ def _resolve_security_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
         audit = audit.model_copy(update={"syslog": fix(audit.syslog, "ca_file", "cert_file", "key_file")})
     endpoints = {name: fix(e, "key_file") for name, e in cfg.endpoints.items()}
     mllp = cfg.mllp and cfg.mllp.model_copy(update={"tls": fix(cfg.mllp.tls, "cert_file", "key_file", "ca_file")})
+    http = cfg.http.model_copy(update={"tls": fix(cfg.http.tls, "cert_file", "key_file"),
+                                       "oidc": fix(cfg.http.oidc, "ca_file")})
     return cfg.model_copy(update={"node": node, "destinations": dests, "audit": audit, "endpoints": endpoints,
-                                  "mllp": mllp})
+                                  "mllp": mllp, "http": http})
 
 
 def parse_config(data: Any, source: Path | str = "<memory>", base_dir: Path | None = None) -> NodeConfig:

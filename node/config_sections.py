@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from node.dicom.cores import auto_receivers
 from node.fhir.settings import FhirDestinationKeys
 from node.hl7.settings import Hl7DestinationKeys, check_destination, destination_defaults
+from node.http.auth_settings import HttpTlsSection, OidcSection, check_http_auth
 from node.models import registry
 from node.models.endpoint_settings import EndpointModelSettings
 
@@ -399,6 +400,9 @@ class HttpSection(_Strict):
         None, ge=0, description="/readyz fails below this free space on the spool; default node.min_free_disk_mb")
     stow_max_request_mb: float = Field(
         1024.0, gt=0, description="STOW-RS in (POST /dicomweb/studies): the largest request body accepted (413 above)")
+    tls: HttpTlsSection | None = Field(None, description="HTTPS on the HTTP side (node/http/auth_settings.py)")
+    oidc: OidcSection | None = Field(None, description="Sign-in and machine JWTs (node/http/auth_settings.py)")
+    check_auth = model_validator(mode="after")(check_http_auth)
 
 
 class LoggingSection(_Strict):
