@@ -29,6 +29,7 @@ MODULES: dict[str, bool] = {
     "http_cost": True,
     "completion": True,  # bench/completion.py: quiet timer against MPPS and expected content
     "scale": True,
+    "endpoint_calls": True,
 }
 # run only when named (``python -m bench scale``), not by ``all``: each starts servers for minutes
 ON_REQUEST = {"scale"}

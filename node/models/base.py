@@ -36,10 +36,21 @@ class JobContext:
     # result kinds some destination of the rule receives (destinations.<name>.results): "sc" asks for the
     # burned-in Secondary Captures (node/models/sc_fallback.py)
     result_kinds: frozenset[str] = frozenset({"sr", "gsps", "seg"})
+    # accession number -> the HL7 order stored for it (node/store/hl7.py); None: no order lookup
+    orders: Callable[[str], dict[str, Any] | None] | None = None
 
     def uid(self, label: str) -> str:
         """A result UID derived from the job: the same on every re-run of the job, new for a new job."""
-        return generate_uid(prefix=None, entropy_srcs=[self.job["job_uid"], label])
+        # The default prefix: with prefix=None pydicom ignores entropy_srcs and returns a random 2.25 UID.
+        return generate_uid(entropy_srcs=[self.job["job_uid"], label])
+
+    def model_version(self, reply: Any) -> str:
+        """The model version behind ``reply`` (an :class:`~node.invoke.client.EndpointReply`), as
+        :func:`node.models.versions.resolve` finds it: Algorithm Version and the key of the embedding caches."""
+        from node.models.versions import resolve
+
+        return resolve(self.endpoint_name, self.endpoint, getattr(reply, "model_version", None),
+                       getattr(reply, "deployment", None))[0]
 
     @property
     def request_id(self) -> str:

@@ -45,6 +45,9 @@ ENDPOINT_SECONDS = Histogram("dicom_node_endpoint_request_seconds", "Duration of
                              ["endpoint"], buckets=ENDPOINT_BUCKETS)
 ENDPOINT_RESPONSES = Counter("dicom_node_endpoint_responses", "Endpoint calls by HTTP status (or network error)",
                              ["endpoint", "code"])
+MODEL_ERRORS = Counter("dicom_node_model_errors", "Calls the model itself failed or refused (424 with the container's "
+                       "status, 408), by endpoint, cause, status and what the job did", ["endpoint", "cause", "status",
+                                                                                         "action"])
 RETRIES = Counter("dicom_node_retries", "Retries: endpoint calls, whole jobs, sends to a destination",
                   ["kind", "target"])
 SENDS = Counter("dicom_node_sends", "Results sent to a destination, by status and what the outbox did",
@@ -118,6 +121,12 @@ def endpoint_call(endpoint: str, code: int | str, seconds: float) -> None:
     """One HTTP call to a model endpoint: its status code (or 'error' without an answer) and duration."""
     ENDPOINT_RESPONSES.labels(endpoint, str(code)).inc()
     ENDPOINT_SECONDS.labels(endpoint).observe(seconds)
+
+
+def model_error(endpoint: str, cause: str, status: int | str | None, action: str) -> None:
+    """A job met a model error: ``cause`` model-input / model-error / timeout, ``status`` the container's status
+    (408 for a timeout), ``action`` failed / retried / endpoint (the endpoint's circuit opened)."""
+    MODEL_ERRORS.labels(endpoint, cause, str(status if status is not None else "-"), action).inc()
 
 
 def endpoint_retry(endpoint: str) -> None:

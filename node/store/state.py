@@ -13,6 +13,7 @@ leases to another worker.
 - :mod:`node.store.circuits`: per-endpoint circuits (an endpoint down or throttled), the backlog to drain;
 - :mod:`node.store.upkeep`: lease recovery, the sweep's stale work, retention, the status summary;
 - :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions;
+- :mod:`node.store.hl7`: HL7 v2 messages and orders taken by the MLLP listener (node/hl7), their retention.
 - :mod:`node.store.workflow`: MPPS and IAN received, the decision transaction, decision records;
 - :mod:`node.store.workitems`: UPS-RS workitems this node claimed (AIW-I).
 
@@ -31,6 +32,7 @@ from sqlalchemy.engine import Engine
 
 from node.store import schema as db
 from node.store.circuits import CircuitsPart
+from node.store.hl7 import HospitalItPart
 from node.store.jobs import JobsPart
 from node.store.migrate import schema_guard
 from node.store.outbox import OutboxPart
@@ -50,8 +52,8 @@ def lease_owner(instance_id: str) -> str:
     return f"{instance_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxPart, RevisionsPart, WorkflowPart,
-            WorkitemsPart):
+class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxPart, RevisionsPart, HospitalItPart,
+            WorkflowPart, WorkitemsPart):
     """The node's database, as the operations the roles need."""
 
     def __init__(self, engine: Engine) -> None:

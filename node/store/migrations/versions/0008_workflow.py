@@ -1,7 +1,7 @@
 """The hospital workflow: MPPS and IAN received, the trigger of each decision, UPS-RS workitems (branch workflow).
 
 Revision ID: 0008_workflow
-Revises: 0005_compat_floor
+Revises: 0010_sso
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_workflow"
-down_revision: Union[str, Sequence[str], None] = "0005_compat_floor"
+down_revision: Union[str, Sequence[str], None] = "0010_sso"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 #: new tables only: a node of the previous version keeps working (node/store/compat.py)
