@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_probe import add_parser as add_probe
 
     add_probe(sub)  # the go-live check of the endpoints (node/cli_probe.py)
+    from node.cli_workflow import add_parsers as add_workflow
+
+    add_workflow(sub)  # workitems: the AIW-I worklist's workitems (node/cli_workflow.py)
     return p
 
 

@@ -9,6 +9,8 @@ calls in the endpoint emulator's request log, and STOW-RS arrivals per SOP Insta
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +187,8 @@ def test_a_workitem_whose_inputs_do_not_exist_ends_canceled_with_the_reason(tmp_
     finally:
         node.stop()
     assert json.dumps(db_rows(node, "SELECT state FROM ups_workitems")) == '[["canceled"]]'
+    out = subprocess.run([sys.executable, "-m", "node.cli", "workitems", "--json", "--config", str(node.config_path)],
+                         capture_output=True, text=True, timeout=60)
+    listed = json.loads(out.stdout)
+    assert listed["counts"] == {"canceled": 1} and "does not exist" in listed["workitems"][0]["reason"], out.stderr
+    assert "transaction_uid" not in listed["workitems"][0], "the workitem's lock is not shown"
