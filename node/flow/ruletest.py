@@ -239,7 +239,8 @@ def completion_preview(cfg: NodeConfig, instances: list[Instance]) -> dict[str, 
         else:
             out["triggers"].append(f"{name}: off (node.{key}: false)")
     fired = None
-    for k in range(1, n + 1):
+    expecting = any(r.complete_when is not None for r in cfg.rules)
+    for k in range(1, n + 1 if expecting else 1):  # replayed one instance at a time (nothing to replay without)
         verdict = expected_content(cfg.rules, [i.ds for i in instances[:k]])
         if verdict.satisfied:
             fired = (k, verdict)
