@@ -1,5 +1,7 @@
 """A cluster of ``dicom-node serve`` processes for the tests: one PostgreSQL, one Redis, one shared storage folder,
-each node with its own ``instance_id``, DICOM port, HTTP port and log folder, behind HAProxy in TCP mode.
+each node with its own ``instance_id``, DICOM port, HTTP port and log folder, behind HAProxy in TCP mode: the
+shipped ``deploy/cluster/haproxy.cfg`` (``/readyz`` health checks, leastconn; ``support/haproxy.py``), or with the
+HTTP side off (no ``/readyz`` to check) a plain TCP-checked balancer.
 
 Everything listens on 127.0.0.1 free ports and is started and stopped by the test; a node is killed as a power
 cut would (SIGKILL of its whole process group, :meth:`NodeProcess.kill`).
@@ -11,10 +13,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .haproxy import HAProxy
+import yaml
+
+from .haproxy import HAProxy, ShippedHAProxy
 from .nodeproc import NodeProcess, node_config
 from .ports import HOST, free_port
 from .postgres import PostgresServer
@@ -59,15 +64,29 @@ class Cluster:
 
     def start(self) -> "Cluster":
         """Start PostgreSQL, Redis, the first ``start_nodes`` nodes (all by default, one after the other: the first
-        creates the schema) and HAProxy over every node's port (a node not started yet is simply down)."""
+        creates the schema) and HAProxy over every node's port (a node not started yet is simply down); with the
+        shipped balancer, return once it has every started node in its rotation."""
         self.pg.start()
         self.database_url = self.pg.create_database()
         self.redis.start()
         self.nodes = [self._node(i) for i in range(self.size)]
         for node in self.nodes[:self.size if self.start_nodes is None else self.start_nodes]:
             node.start()
-        self.balancer = HAProxy(self.tmp / "haproxy", [(HOST, n.port) for n in self.nodes], check_ms=300).start()
+        if self._settings["http"]:
+            balancer = ShippedHAProxy(self.tmp / "haproxy", [(HOST, n.port, int(n.config["http"]["port"]))
+                                                             for n in self.nodes])
+            self.balancer = balancer.start()
+            # a node's HTTP side starts after its DICOM port: the first checks fail, then `rise` passes bring it in
+            balancer.wait_up([i for i, n in enumerate(self.nodes) if n.proc is not None])
+        else:
+            self.balancer = HAProxy(self.tmp / "haproxy", [(HOST, n.port) for n in self.nodes], check_ms=300).start()
         return self
+
+    def reconfigure(self, i: int, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply ``change`` to node ``i``'s configuration and rewrite its file (read at its next start)."""
+        node = self.nodes[i]
+        change(node.config)
+        node.config_path.write_text(yaml.safe_dump(node.config, sort_keys=False))
 
     def start_node(self, i: int, env: dict[str, str] | None = None) -> NodeProcess:
         """(Re)start node ``i``, with ``env`` added to its environment for this run only."""
