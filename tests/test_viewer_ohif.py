@@ -221,7 +221,8 @@ def classification_groups(sr: pydicom.Dataset) -> list[dict[str, Any]]:
         if item.ValueType != "CONTAINER" or concept(item) != "Measurement Group":
             continue
         children = list(item.ContentSequence)
-        scoord = next(c for c in children if c.ValueType == "SCOORD")
+        scoord = next((c for c in children if c.ValueType == "SCOORD"), None)
+        assert scoord is not None, "every classification group outlines its image (OHIF needs coordinates in each)"
         image = next(c for c in content_items([scoord]) if c.ValueType == "IMAGE")
         xy = np.asarray(scoord.GraphicData, dtype=float).reshape(-1, 2)
         groups.append({
