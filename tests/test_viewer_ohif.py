@@ -25,6 +25,8 @@ Screenshots go to ``test-artifacts/viewer/``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -189,18 +191,24 @@ def concept(item: Any) -> str:
     return str(item.ConceptNameCodeSequence[0].CodeMeaning) if "ConceptNameCodeSequence" in item else ""
 
 
-def expected_findings(frontal: Path) -> list[tuple[str, list[tuple[float, float, float, float]]]]:
-    """(sentence, boxes) per finding: the emulator's answer for this frontal (the model's output), each normalised
-    box mapped to source pixels (x = column, y = row) by the centre-square-crop rule the emulator documents."""
+def expected_findings(frontal: Path, requests: list[dict[str, Any]]) -> list[tuple[str, list[tuple[float, ...]]]]:
+    """(sentence, boxes) per finding: the emulator's answer (the model's output), each normalised box mapped to
+    source pixels (x = column, y = row) by the centre-square-crop rule the emulator documents. The answer is the
+    emulator's deterministic function of the frontal PNG it received, which the request log's digest pins."""
     from converters.model_image import to_model_image
     from node.models.cxrreportgen.emulator import emulate_findings
 
     ds = pydicom.dcmread(frontal)
+    png = to_model_image(ds).png
+    digest = hashlib.sha256(base64.b64encode(png)).hexdigest()
+    received = [r["digests"]["frontal_image"] for r in requests if r["status"] == 200
+                and "frontal_image" in (r.get("digests") or {})]
+    assert received == [digest], "the emulator should have answered once, on this frontal PNG"
     width, height = int(ds.Columns), int(ds.Rows)
     side = min(width, height)
     dx, dy = (width - side) / 2, (height - side) / 2
     return [(text, [(x0 * side + dx, y0 * side + dy, x1 * side + dx, y1 * side + dy) for x0, y0, x1, y1 in boxes or []])
-            for text, boxes in emulate_findings(to_model_image(ds).png)]
+            for text, boxes in emulate_findings(png)]
 
 
 def sr_rectangles(sr: pydicom.Dataset) -> list[tuple[float, float, float, float]]:
@@ -291,12 +299,13 @@ def published(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[
                      for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
         prior_frontal = str(pydicom.dcmread(prior.frontal, stop_before_pixels=True).SOPInstanceUID)
         assert pertinent == {prior_frontal}, "the findings SR should reference the prior study"
+        findings = expected_findings(study[0], emulator.requests)
         for path in study:  # the source images, for the viewer
             pacs.client.post("/instances", content=path.read_bytes()).raise_for_status()
         headers = {str(h.SOPInstanceUID): h for h in (pydicom.dcmread(p, stop_before_pixels=True) for p in study)}
         with ViewerServer(dist, pacs.url) as web:
             yield {"web": web, "study_uid": pydicom.dcmread(study[0]).StudyInstanceUID, "results": got,
-                   "findings": expected_findings(study[0]), "findings_sr": findings_sr,
+                   "findings": findings, "findings_sr": findings_sr,
                    "classification_sr": classification_sr, "headers": headers,
                    "frontal_uid": str(pydicom.dcmread(study[0], stop_before_pixels=True).SOPInstanceUID)}
 
