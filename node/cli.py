@@ -32,7 +32,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         where = ep.url or f"workspace {ep.workspace} / endpoint {ep.endpoint_name}"
         print(f"  endpoint {name}: {ep.model} at {where} (auth {ep.auth})")
     for name, d in cfg.destinations.items():
-        print(f"  destination {name}: " + (f"STOW-RS {d.url}" if d.type == "dicomweb" else f"{d.ae_title}@{d.host}:{d.port}"))
+        how = {"dicomweb": f"STOW-RS {d.url}", "fhir": f"FHIR {d.url}", "hl7v2": f"HL7 v2 MLLP {d.host}:{d.port}"}
+        print(f"  destination {name}: " + how.get(d.type, f"{d.ae_title}@{d.host}:{d.port}"))
     for r in cfg.rules:
         print(f"  rule {r.name}: {r.match} -> {r.endpoint} -> {r.send_to}")
     if cfg.priors is not None:
@@ -41,14 +42,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
               f"timeout {p.timeout_seconds:g} s")
     for line in tls_lines:
         print(f"  {line}")
+    if cfg.audit.syslog is not None:
+        print(f"  {_check_audit_repository(cfg)}")
     return 0
+
+
+def _check_audit_repository(cfg: NodeConfig) -> str:
+    from node.audit.transport import describe
+
+    try:
+        return describe(cfg.audit.syslog)
+    except ConfigError as exc:
+        print(f"configuration error:\n{cfg.source_path}: {str(exc).replace('destination tls', 'audit.syslog')}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _check_tls(cfg: NodeConfig) -> list[str]:
     from node.dicom.tls import check_tls_files
+    from node.http.checks import check_http_auth
 
     try:
-        return check_tls_files(cfg)
+        return check_tls_files(cfg) + check_http_auth(cfg)
     except ConfigError as exc:
         print(f"configuration error:\n{cfg.source_path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -141,6 +156,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"jobs:    {s['jobs'] or 'none'}")
     print(f"outbox:  {s['outbox'] or 'none'}")
     print(f"quarantined instances: {s['quarantined']}")
+    from node.audit.status import status_lines
+
+    for line in status_lines(cfg):  # the audit repository (audit.syslog): backlog, ALERT
+        print(("\n" if line.startswith("ALERT") else "") + line)
     if s["parked"]:
         print("\nALERT: results parked (not delivered; `dicom-node retry` sends them again):")
         for r in s["parked"]:
@@ -198,11 +217,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
     queue = Queue(cfg)
+    from node.cli_audit import record_action
+
     if args.jobs:
         rows = store.retry_jobs(study_uid=args.study, rule_name=args.rule, include_failed=args.failed)
         store.circuit_probe_now({r["endpoint"] for r in rows})  # an operator's retry tries the endpoint now
         for r in rows:
             queue.enqueue_job(r["id"])
+        for study in sorted({r["study_uid"] for r in rows}):  # one audit event per study, with who did it
+            record_action(cfg, "retry", study_uid=study, rule=args.rule,
+                          jobs=[r["id"] for r in rows if r["study_uid"] == study])
         print(f"{len(rows)} job(s) queued again")
         return 0
     if args.study or args.rule or args.failed:
@@ -211,6 +235,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     n = store.retry_parked(args.destination)
     for dest in {d for d, _ in store.due_destinations()}:
         queue.enqueue_delivery(dest)
+    record_action(cfg, "retry", destination=args.destination or "all", results=n)
     print(f"{n} parked result(s) queued again")
     return 0
 
@@ -298,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_rules import add_parsers as add_rules_retract
 
     add_rules_retract(sub)  # rules test, retract, rerun (node/cli_rules.py)
+    from node.cli_audit import add_parsers as add_audit
+
+    add_audit(sub)  # audit-forward, the ATNA forwarder serve starts (node/cli_audit.py)
+    from node.cli_hl7 import add_parsers as add_hl7
+
+    add_hl7(sub)  # mllp (node/cli_hl7.py)
     return p
 
 

@@ -23,6 +23,15 @@ def _fmt(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def _address(d: dict[str, Any]) -> str:
+    """Where a destination is, by its kind."""
+    if d.get("type") == "hl7v2":
+        return f"ORU^R01 to {d['host']}:{d['port']}"
+    if d.get("type") in ("fhir", "dicomweb"):
+        return f"{'FHIR' if d['type'] == 'fhir' else 'STOW-RS'} {d['url']}"
+    return f"{d['ae_title']}@{d['host']}:{d['port']}"
+
+
 def print_rule_test(report: dict[str, Any]) -> None:
     """The rule tester's report as text: per study, per series, per rule; then the jobs."""
     out = print
@@ -70,10 +79,29 @@ def print_rule_test(report: dict[str, Any]) -> None:
             if job.get("results"):
                 out(f"    results: {job['results']}")
             where = ", ".join(d.get("problem") and f"{d['destination']} ({d['problem']})"
-                              or f"{d['destination']} ({d['ae_title']}@{d['host']}:{d['port']}"
-                              f"{', TLS' if d['tls'] else ''})" for d in job["send_to"]) or "nowhere"
+                              or f"{d['destination']} ({_address(d)}{', TLS' if d['tls'] else ''})"
+                              for d in job["send_to"]) or "nowhere"
             out(f"    would send to: {where}")
     out(f"\nsent: {report['sent']}")
+
+
+def _order_lookup(cfg: NodeConfig) -> Any:
+    """The node's stored HL7 orders by accession number (read only), or None when the node has no database yet."""
+    from sqlalchemy import create_engine
+
+    from node.store.hl7 import HospitalItPart
+
+    url = cfg.database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        return None
+    reader = HospitalItPart()
+    reader.engine = create_engine(url)
+    def lookup(accession: str) -> Any:
+        try:
+            return reader.order_for_accession(accession)
+        except Exception:  # noqa: BLE001 - a database without the orders table (older node): no order
+            return None
+    return lookup
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
@@ -85,7 +113,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     if missing:
         print(f"no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    report = run_rule_test(cfg, [Path(p) for p in args.paths])
+    report = run_rule_test(cfg, [Path(p) for p in args.paths], orders=_order_lookup(cfg))
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -101,11 +129,16 @@ def cmd_retract(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
+    from node.cli_audit import record_action
+
     try:
         report = retract(cfg, store, Queue(cfg), args.study, rule=args.rule, reason=args.reason)
     except RetractError as exc:
+        record_action(cfg, "retract", "minor-failure", study_uid=args.study, rule=args.rule, reason=args.reason,
+                      error=str(exc))
         print(f"retract: {exc}", file=sys.stderr)
         return 1
+    record_action(cfg, "retract", study_uid=args.study, rule=args.rule, reason=args.reason)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -121,11 +154,15 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
+    from node.cli_audit import record_action
+
     try:
         report = rerun(cfg, store, Queue(cfg), args.study, rule=args.rule)
     except RetractError as exc:
+        record_action(cfg, "rerun", "minor-failure", study_uid=args.study, rule=args.rule, error=str(exc))
         print(f"rerun: {exc}", file=sys.stderr)
         return 1
+    record_action(cfg, "rerun", study_uid=args.study, rule=args.rule)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from node.audit.settings import AuditSection
 from node.config_sections import (  # the sections of the one model below
     CLASSIFIED_KEY,
-    AuditSection,
     DatabaseSection,
     DestinationSection,
     EndpointSection,
@@ -32,6 +32,7 @@ from node.config_sections import (  # the sections of the one model below
     TlsServerSection,
     _Strict,
 )
+from node.hl7.settings import MllpListenerSection
 from node.models import registry
 from node.models.params import RuleParamsError
 
@@ -54,6 +55,7 @@ class NodeConfig(_Strict):
     audit: AuditSection = Field(default_factory=AuditSection)
     priors: PriorsSection | None = Field(None, description="Prior chest X-ray lookup; absent: no priors")
     sources: list[SourceSection] = Field(default_factory=list, description="DICOMweb services polled for studies")
+    mllp: MllpListenerSection | None = Field(None, description="HL7 v2 listener for orders (node/hl7); absent: none")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     logging: LoggingSection = Field(default_factory=LoggingSection)
     http: HttpSection = Field(default_factory=lambda: HttpSection(port=None))
@@ -86,9 +88,10 @@ class NodeConfig(_Strict):
 
     @model_validator(mode="after")
     def _priors_reference(self) -> "NodeConfig":
-        if self.priors is not None and self.priors.query not in self.destinations:
-            raise _KeyedError(("priors", "query"), f"unknown destination {self.priors.query!r}; allowed: "
-                                                   f"{sorted(self.destinations) or 'define one under destinations'}")
+        dicom = sorted(n for n, d in self.destinations.items() if d.type in ("dimse", "dicomweb"))
+        if self.priors is not None and self.priors.query not in dicom:
+            raise _KeyedError(("priors", "query"), f"unknown DICOM destination {self.priors.query!r}; allowed: "
+                                                   f"{dicom or 'define one under destinations'}")
         return self
 
     # Derived locations -------------------------------------------------------------------------------
@@ -170,8 +173,14 @@ def _resolve_security_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
     dests = {name: d.model_copy(update={"tls": fix(d.tls, "ca_file", "cert_file", "key_file")})
              for name, d in cfg.destinations.items()}
     audit = fix(cfg.audit, "path")
+    if audit.syslog is not None:
+        audit = audit.model_copy(update={"syslog": fix(audit.syslog, "ca_file", "cert_file", "key_file")})
     endpoints = {name: fix(e, "key_file") for name, e in cfg.endpoints.items()}
-    return cfg.model_copy(update={"node": node, "destinations": dests, "audit": audit, "endpoints": endpoints})
+    mllp = cfg.mllp and cfg.mllp.model_copy(update={"tls": fix(cfg.mllp.tls, "cert_file", "key_file", "ca_file")})
+    http = cfg.http.model_copy(update={"tls": fix(cfg.http.tls, "cert_file", "key_file"),
+                                       "oidc": fix(cfg.http.oidc, "ca_file")})
+    return cfg.model_copy(update={"node": node, "destinations": dests, "audit": audit, "endpoints": endpoints,
+                                  "mllp": mllp, "http": http})
 
 
 def parse_config(data: Any, source: Path | str = "<memory>", base_dir: Path | None = None) -> NodeConfig:

@@ -14,6 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from node.dicom.cores import auto_receivers
+from node.fhir.settings import FhirDestinationKeys
+from node.hl7.settings import Hl7DestinationKeys, check_destination, destination_defaults
+from node.http.auth_settings import HttpTlsSection, OidcSection, check_http_auth
 from node.models import registry
 
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
@@ -78,13 +81,6 @@ class TlsClientSection(_Strict):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("give both cert_file and key_file, or neither")
         return self
-
-
-class AuditSection(_Strict):
-    """The audit trail: ATNA-style events as JSON lines (UIDs, AE titles, addresses; never names)."""
-
-    enabled: bool = True
-    path: Path | None = Field(None, description="Default <storage_dir>/audit.jsonl")
 
 
 def _check_host_allowlist(hosts: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -202,7 +198,7 @@ class EndpointSection(_Strict):
 AZURE_DICOM_SCOPE = "https://dicom.healthcareapis.azure.com/.default"
 
 #: Kinds of result a destination can receive (what its workstations display); ``sc`` is the burned-in fallback.
-ResultKind = Literal["sr", "gsps", "seg", "sc"]
+ResultKind = Literal["sr", "gsps", "seg", "sc", "report"]  # report: hl7v2/fhir destinations (node/reports)
 DEFAULT_RESULT_KINDS: tuple[str, ...] = ("sr", "gsps", "seg")
 
 
@@ -228,11 +224,11 @@ class DicomWebAuth(_Strict):
             raise ValueError("auth: bearer needs token_env, the environment variable that holds the token")
 
 
-class DestinationSection(DicomWebAuth):
-    """A peer that receives results: by C-STORE (``type: dimse``, answers C-FIND/C-MOVE for priors) or by
-    STOW-RS (``type: dicomweb``, answers QIDO-RS/WADO-RS for priors)."""
+class DestinationSection(DicomWebAuth, Hl7DestinationKeys, FhirDestinationKeys):
+    """A peer that receives results: by C-STORE (``type: dimse``, answers C-FIND/C-MOVE for priors), by STOW-RS
+    (``type: dicomweb``, answers QIDO-RS/WADO-RS), ORU^R01 (``type: hl7v2``) or a FHIR Bundle (``type: fhir``)."""
 
-    type: Literal["dimse", "dicomweb"] = "dimse"
+    type: Literal["dimse", "dicomweb", "hl7v2", "fhir"] = "dimse"  # hl7v2, fhir: node/hl7, node/fhir
     ae_title: AETitle | None = Field(None, description="The peer's AE title (type: dimse)")
     host: str | None = Field(None, description="The peer's address (type: dimse)")
     port: int | None = Field(None, ge=1, le=65535, description="The peer's DICOM port (type: dimse)")
@@ -248,7 +244,7 @@ class DestinationSection(DicomWebAuth):
     tls: TlsClientSection | None = None
     results: list[ResultKind] = Field(
         default_factory=lambda: list(DEFAULT_RESULT_KINDS),
-        description="Result kinds this destination receives: sr, gsps, seg, sc (burned-in Secondary Capture)")
+        description="Result kinds this destination receives: sr, gsps, seg, sc (burned-in SC); report (hl7v2, fhir)")
     storage_commitment: bool = Field(
         False, description="Ask the PACS to commit each result (N-ACTION); delivered only once it reports committed")
     commitment_timeout_seconds: float = Field(
@@ -258,14 +254,16 @@ class DestinationSection(DicomWebAuth):
         "C-FIND whether it holds it (none: resend; at-least-once unless storage_commitment)")
 
     _ae = field_validator("ae_title")(lambda cls, v: v if v is None else _check_ae_title(v))
+    _defaults = model_validator(mode="before")(destination_defaults)
 
     @model_validator(mode="after")
     def _kind(self) -> "DestinationSection":
         if self.type == "dimse":
             if self.ae_title is None or self.host is None or self.port is None:
                 raise ValueError("type: dimse (the default) needs ae_title, host and port")
-        else:
+        elif self.type == "dicomweb":
             self._check_dicomweb()
+        check_destination(self)
         return self
 
 
@@ -401,6 +399,9 @@ class HttpSection(_Strict):
         None, ge=0, description="/readyz fails below this free space on the spool; default node.min_free_disk_mb")
     stow_max_request_mb: float = Field(
         1024.0, gt=0, description="STOW-RS in (POST /dicomweb/studies): the largest request body accepted (413 above)")
+    tls: HttpTlsSection | None = Field(None, description="HTTPS on the HTTP side (node/http/auth_settings.py)")
+    oidc: OidcSection | None = Field(None, description="Sign-in and machine JWTs (node/http/auth_settings.py)")
+    check_auth = model_validator(mode="after")(check_http_auth)
 
 
 class LoggingSection(_Strict):

@@ -1,7 +1,7 @@
 """``dicom-node serve``: every role of the node on one machine.
 
 The main process runs the Storage SCP (receive) and supervises a worker process (decide, convert, invoke,
-write, return). SIGTERM or SIGINT drains: stop accepting associations, let those in progress finish, let the
+write, return), the HTTP side and the MLLP listener (child processes, when configured). SIGTERM or SIGINT drains: stop accepting associations, let those in progress finish, let the
 worker finish the tasks in flight (Huey's graceful stop), exit. What is not finished stays in the database
 and the durable queue and resumes on the next start.
 """
@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from node.audit.supervise import AuditSide
 from node.config import NodeConfig
 from node.dicom.receivers import ReceiverPool
 from node.dicom.scp import StorageSCP
@@ -54,7 +55,9 @@ class Node:
         self.sources: list = []  # change-feed pollers (node.dicomweb.changefeed), started with the SCP
         self.worker: subprocess.Popen | None = None
         self.http: subprocess.Popen | None = None  # the HTTP side (node/http), when http.port is set
+        self.mllp: subprocess.Popen | None = None  # the HL7 v2 listener (node/hl7/listener.py), when mllp is set
         self.receivers = ReceiverPool(cfg, cfg.node.receivers)  # children when node.receivers > 1
+        self.audit = AuditSide(cfg)  # start/stop events, configuration changes, the ATNA forwarder (node/audit)
         self._stop = threading.Event()
 
     def _start_worker(self) -> None:
@@ -82,9 +85,16 @@ class Node:
                "--parent-pid", str(os.getpid())]
         self.http = subprocess.Popen(cmd)
 
+    def _start_mllp(self) -> None:
+        if self.cfg.mllp is not None:
+            self.mllp = subprocess.Popen([sys.executable, "-m", "node.cli", "mllp", "--config",
+                                          str(self.cfg.source_path), "--parent-pid", str(os.getpid())])
+
     def start(self) -> None:
+        self.audit.start()
         self._start_worker()
         self._start_http()
+        self._start_mllp()
         self.receivers.start()  # node.receivers > 1: the others listen before this one, see node.receivers
         self.scp.start()
         if self.cfg.sources:
@@ -109,7 +119,11 @@ class Node:
             if self.http is not None and self.http.poll() is not None:
                 log.error("HTTP side exited with %s; restarting it", self.http.returncode)
                 self._start_http()
+            if self.mllp is not None and self.mllp.poll() is not None:
+                log.error("MLLP listener exited with %s; restarting it", self.mllp.returncode)
+                self._start_mllp()
             self.receivers.restart_dead()
+            self.audit.poll()
         self.stop()
 
     def stop(self, drain_seconds: float = 30.0) -> None:
@@ -126,14 +140,16 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.worker.kill()
                 self.worker.wait()
-        if self.http is not None and self.http.poll() is None:
-            self.http.terminate()
-            try:
-                self.http.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.http.kill()
-                self.http.wait()
+        for child in (self.http, self.mllp):  # the HTTP side and the MLLP listener
+            if child is not None and child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
         self.store.engine.dispose()
+        self.audit.stop()
         log.info("stopped")
 
 

@@ -134,8 +134,9 @@ def test_rules_test_on_the_shared_data(tmp_path: Path, data: Path) -> None:
     ct = pydicom.dcmread(next((data / "ct" / "chest_ct_5mm_64slices").glob("*.dcm")), stop_before_pixels=True)
     volume = jobs[(str(ct.StudyInstanceUID), "ct-volume")]
     assert volume["selection"]["volumes"] == [{"series_uid": str(ct.SeriesInstanceUID), "slices": 64}]
-    assert volume["send_to"] == [{"destination": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
-                                  "port": volume["send_to"][0]["port"], "tls": False}]
+    assert volume["send_to"] == [{"destination": "pacs", "type": "dimse", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": volume["send_to"][0]["port"], "url": None, "tls": False,
+                                  "results": ["sr", "gsps", "seg"]}]
     adc = sorted((data / "mr" / "prostate_adc_20slices").glob("*"))
     adc_headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in adc]
     by_number = sorted(adc_headers, key=lambda ds: int(ds.InstanceNumber))

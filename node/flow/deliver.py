@@ -55,12 +55,21 @@ def sender_for(dest: DestinationSection) -> Sender:
     """How results reach ``dest``: C-STORE (:func:`node.dicom.scu.send_files`), the one kind of destination today.
 
     A new kind (DICOMweb STOW-RS, say) is one module with a :class:`Sender`, chosen here by the destination's type.
-    ``type: dicomweb``: STOW-RS (:func:`node.dicomweb.stow.send_stow`).
+    ``type: dicomweb``: STOW-RS (:func:`node.dicomweb.stow.send_stow`); ``type: hl7v2``: ORU^R01 over MLLP
+    (:func:`node.hl7.sender.send_hl7`); ``type: fhir``: a transaction Bundle (:func:`node.fhir.sender.send_fhir`).
     """
     if dest.type == "dicomweb":
         from node.dicomweb.stow import send_stow
 
         return send_stow
+    if dest.type == "hl7v2":
+        from node.hl7.sender import send_hl7
+
+        return send_hl7
+    if dest.type == "fhir":
+        from node.fhir.sender import send_fhir
+
+        return send_fhir
     return send_files
 
 

@@ -13,6 +13,9 @@ the SR it replaces in PredecessorDocumentsSequence (the result of the same rule 
 a late instance). GSPS and SEG have no such attribute in their IODs: the replaced ones are named by the node's
 database (same rule, earlier study version) and withdrawn from the PACS with :func:`retract`.
 
+The reports sent to a RIS or an EHR (kind ``report``) are retracted there too (:mod:`node.flow.report_retraction`);
+a re-run's new report is a correction of the previous one (:mod:`node.reports.job`).
+
 Both are plain functions so that the command line and the HTTP side call the same code.
 """
 
@@ -32,6 +35,7 @@ from dicom_out.kos import REJECTION_TITLES, build_rejection_note
 from node.config import NodeConfig
 from node.flow.decide import plan_study, waiting_plans
 from node.flow.queue import Queue
+from node.flow.report_retraction import retract_reports
 from node.ops.audit import audit_log
 from node.store.spool import Spool, write_durably
 from node.store.state import Store
@@ -56,6 +60,8 @@ class RetractReport:
     destinations: list[str] = field(default_factory=list)
     unsent_dropped: list[str] = field(default_factory=list)  # results that had not left yet: never will
     already_rejected: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)  # retractions of RIS/EHR reports (node/flow/report_retraction.py)
+    report_destinations: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (for --json and the HTTP side)."""
@@ -64,6 +70,9 @@ class RetractReport:
     def summary(self) -> str:
         """One paragraph for the operator."""
         lines = [f"study {self.study_uid}: {len(self.rejected)} result(s) rejected ({self.reason})"]
+        if self.reports:
+            lines.append(f"  report retraction(s) {', '.join(self.reports)} queued for: "
+                         f"{', '.join(self.report_destinations) or 'none (no report had left)'}")
         if self.destinations:
             lines.append(f"  rejection note (KOS) {self.note_uid} queued for: {', '.join(self.destinations)}")
         else:
@@ -129,14 +138,22 @@ def retract(cfg: NodeConfig, store: Store, queue: Queue, study_uid: str, *, rule
     if reason not in REJECTION_TITLES:
         raise RetractError(f"unknown reason {reason!r}; allowed: {', '.join(REASONS)}")
     rows = store.study_results(study_uid)
-    wanted = [r for r in rows if r["kind"] != "kos" and (rule is None or r["rule_name"] == rule)]
-    if not wanted:
+    retracted, report_dests = retract_reports(rows, store=store, storage_dir=cfg.storage_dir, rule=rule,
+                                              reason=reason, may_have=_may_have)  # the RIS/EHR reports
+    for dest in report_dests:
+        queue.enqueue_delivery(dest)
+    wanted = [r for r in rows if r["kind"] not in ("kos", "report") and (rule is None or r["rule_name"] == rule)]
+    if not wanted and not retracted:
         what = f"rule {rule!r} of study {study_uid}" if rule else f"study {study_uid}"
         raise RetractError(f"the node holds no result of {what} (never processed, or purged by retention)")
     earlier = _rejected_before(rows)
-    report = RetractReport(study_uid=study_uid, reason=reason,
+    report = RetractReport(study_uid=study_uid, reason=reason, reports=retracted, report_destinations=report_dests,
                            already_rejected=[r["sop_instance_uid"] for r in wanted if r["sop_instance_uid"] in earlier])
     todo = [r for r in wanted if r["sop_instance_uid"] not in earlier]
+    if not todo and retracted:
+        audit_log(cfg).record("results-rejected", study_uid=study_uid, rule=rule, reason=reason, rejected=[],
+                              reports=retracted, destinations=report_dests)
+        return report
     if not todo:
         raise RetractError(f"every result of study {study_uid} asked for was rejected already")
     t = time.time()
@@ -162,7 +179,8 @@ def retract(cfg: NodeConfig, store: Store, queue: Queue, study_uid: str, *, rule
     for dest in destinations:
         queue.enqueue_delivery(dest)
     audit_log(cfg).record("results-rejected", study_uid=study_uid, rule=rule, reason=reason,
-                          rejected=report.rejected, note_uid=report.note_uid, destinations=destinations)
+                          rejected=report.rejected, note_uid=report.note_uid, destinations=destinations,
+                          reports=retracted, report_destinations=report_dests)
     log.info("study %s: %d result(s) rejected (%s); note %s to %s", study_uid, len(report.rejected), reason,
              report.note_uid, destinations)
     return report

@@ -20,11 +20,13 @@ from typing import Any, Iterable, Sequence
 import pydicom
 
 from converters.cxr import choose_views
+from converters.cxr_text import clinical_text
 from converters.insight import skip_reason as insight_skip_reason
 from converters.scrub import without_burned_in
 from converters.volume_header import VolumeError
 from node.config import CLASSIFIED_KEY, NodeConfig, RuleSection
 from node.flow.decide import explain_mismatch, instance_matches, mixed_patients_reason, plan_study
+from node.models.cxrreportgen.indication import choose_indication
 from node.models.params import RuleParamsError
 from node.models.registry import params_for
 from node.store.spool import is_valid_uid
@@ -128,8 +130,8 @@ def _destinations(cfg: NodeConfig, names: Sequence[str]) -> list[dict[str, Any]]
         if dest is None:
             out.append({"destination": name, "problem": "not in destinations"})
         else:
-            out.append({"destination": name, "ae_title": dest.ae_title, "host": dest.host, "port": dest.port,
-                        "tls": dest.tls is not None})
+            out.append({"destination": name, "type": dest.type, "ae_title": dest.ae_title, "host": dest.host,
+                        "port": dest.port, "url": dest.url, "tls": dest.tls is not None, "results": list(dest.results)})
     return out
 
 
@@ -138,7 +140,7 @@ def _params(model: str, rule: RuleSection) -> tuple[Any, dict[str, Any]]:
     return params, (params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params))
 
 
-def _selection(model: str, params: Any, paths: list[Path]) -> dict[str, Any]:
+def _selection(model: str, params: Any, paths: list[Path], orders: Any = None) -> dict[str, Any]:
     """What the model's pipeline would take from ``paths``, by the pipeline's own selection code."""
     if model == "cxrreportgen":
         sel = choose_views(paths)
@@ -149,6 +151,11 @@ def _selection(model: str, params: Any, paths: list[Path]) -> dict[str, Any]:
             "skipped": {k.removeprefix("skipped:"): v for k, v in reasons.items()}}
         if sel.frontal is None:
             out["outcome"] = "the job would be skipped: no frontal chest image"
+        else:  # the indication the job would send, and its source (the RIS's order or the header)
+            header = pydicom.dcmread(sel.frontal, stop_before_pixels=True)
+            chosen = choose_indication(clinical_text(header).indication, header, orders)
+            out["indication"] = {"source": chosen.source, "text": chosen.text, **({"note": chosen.note}
+                                                                                  if chosen.note else {})}
         return out
     if model == "medimageparse3d":
         from node.models.medimageparse.pipeline3d import read_headers, volumes_wanted
@@ -180,7 +187,7 @@ def _selection(model: str, params: Any, paths: list[Path]) -> dict[str, Any]:
     return {}
 
 
-def preview_job(cfg: NodeConfig, rule: RuleSection, instances: list[Instance]) -> dict[str, Any]:
+def preview_job(cfg: NodeConfig, rule: RuleSection, instances: list[Instance], orders: Any = None) -> dict[str, Any]:
     """The job ``rule`` would get for these instances: checks, params, the images chosen, where results go."""
     endpoint = cfg.endpoints.get(rule.endpoint)
     job: dict[str, Any] = {"rule": rule.name, "endpoint": rule.endpoint,
@@ -208,14 +215,16 @@ def preview_job(cfg: NodeConfig, rule: RuleSection, instances: list[Instance]) -
         job["outcome"] = f"the job would fail: {exc}"
         return job
     try:
-        job["selection"] = _selection(endpoint.model, params, paths)
+        job["selection"] = _selection(endpoint.model, params, paths, orders)
     except Exception as exc:  # noqa: BLE001 - a selection error is what the job would report: show it, go on
         job["selection"] = {"outcome": f"the job would fail: {type(exc).__name__}: {exc}"}
     return job
 
 
-def run_rule_test(cfg: NodeConfig, paths: Sequence[Path]) -> dict[str, Any]:
-    """The whole report for ``paths`` against ``cfg.rules`` (plain data; see the module docstring)."""
+def run_rule_test(cfg: NodeConfig, paths: Sequence[Path], orders: Any = None) -> dict[str, Any]:
+    """The whole report for ``paths`` against ``cfg.rules`` (plain data; see the module docstring).
+
+    ``orders``: accession number -> stored HL7 order (the node's database), for CXRReportGen's indication."""
     found = scan(paths)
     studies = []
     for study_uid, series in found.studies.items():
@@ -232,7 +241,7 @@ def run_rule_test(cfg: NodeConfig, paths: Sequence[Path]) -> dict[str, Any]:
         jobs = []
         for plan in plans:
             instances = [i for uid in plan.series_uids for i in series[uid]]
-            job = preview_job(cfg, plan.rule, instances)
+            job = preview_job(cfg, plan.rule, instances, orders)
             if plan.rule.match.get(CLASSIFIED_KEY):
                 job["waits_for"] = (f"zero-shot labels {plan.rule.match[CLASSIFIED_KEY]} (decided by the study's "
                                     "classification rules when the node runs; not evaluated here)")

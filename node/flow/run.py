@@ -24,6 +24,7 @@ from node.models.registry import pipeline_for
 from node.ops import metrics
 from node.ops.audit import audit_log
 from node.ops.failpoints import failpoint
+from node.reports.job import job_report_rows
 from node.store.embeddings import study_labels
 from node.store.spool import write_durably
 
@@ -77,7 +78,8 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
                      previous_results=lambda kind: _previous(svc, job, kind),
                      classifications=_labels(svc, job["study_uid"]), store=svc.store,
                      prior_lookup=_prior_lookup(svc),
-                     result_kinds=frozenset(k for kinds in _result_kinds(svc, rule.send_to).values() for k in kinds))
+                     result_kinds=frozenset(k for kinds in _result_kinds(svc, rule.send_to).values() for k in kinds),
+                     orders=svc.store.order_for_accession)
     waiting = circuit.admit(svc, job)
     if waiting is not None:  # the endpoint is down: wait for it with the rest of its backlog, call nothing
         _wait_for_endpoint(svc, job, endpoint.give_up_after_seconds, waiting)
@@ -121,6 +123,7 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
         rows.append({"sop_instance_uid": str(ds.SOPInstanceUID), "study_uid": job["study_uid"],
                      "series_uid": str(ds.SeriesInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
                      "kind": kind, "path": str(path)})
+    rows += job_report_rows(svc, job, rule.send_to, output.results, paths) if rows else []  # RIS/EHR (node/reports)
     failpoint("results_written")
     ok = svc.store.finish_job(job_id, svc.owner, state=output.state, outcome=output.outcome,
                                new_results=rows, destinations=rule.send_to if rows else (),

@@ -7,6 +7,7 @@ import logging
 from node.flow import circuit
 from node.flow.decide import resolve_all
 from node.flow.services import Services
+from node.hl7.settings import MllpListenerSection
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,22 @@ def sweep(svc: Services, fresh_start: bool = False) -> None:
     circuit.due_probes(svc)  # an open circuit whose probe's worker died, or whose scheduled probe was lost
     resolve_all(svc)
     purged = svc.store.purge_delivered(svc.cfg.retention.purge_delivered_after_hours * 3600.0,
-                                       svc.cfg.retention.keep_failed_hours * 3600.0)
+                                       svc.cfg.retention.keep_failed_hours * 3600.0, on_purged=_audit_purge(svc))
+    hl7 = svc.cfg.mllp or MllpListenerSection()  # orders and HL7 messages age out too (node/store/hl7.py)
+    svc.store.purge_hl7(hl7.keep_messages_hours * 3600.0, hl7.keep_unmatched_orders_hours * 3600.0)
     leftovers = svc.spool.remove_stale_tmp()
     if leftovers:
         log.warning("sweep: removed %d file(s) left in the spool's tmp folder by receives that died", leftovers)
     if any(stale.values()) or purged:
         log.info("sweep: re-enqueued %d studies, %d jobs, %d destinations; purged %d studies",
                  len(stale["studies"]), len(stale["jobs"]), len(stale["destinations"]), purged)
+
+
+def _audit_purge(svc: Services):
+    """The ``study-deleted`` audit event of each study retention purges (an ATNA DICOM Study Deleted)."""
+    from node.ops.audit import audit_log
+
+    def record(study_uid: str, classes: dict[str, int]) -> None:
+        audit_log(svc.cfg).record("study-deleted", study_uid=study_uid, sop_classes=classes,
+                                  instances=sum(classes.values()), reason="retention (node.retention): purged")
+    return record

@@ -36,10 +36,13 @@ class JobContext:
     # result kinds some destination of the rule receives (destinations.<name>.results): "sc" asks for the
     # burned-in Secondary Captures (node/models/sc_fallback.py)
     result_kinds: frozenset[str] = frozenset({"sr", "gsps", "seg"})
+    # accession number -> the HL7 order stored for it (node/store/hl7.py); None: no order lookup
+    orders: Callable[[str], dict[str, Any] | None] | None = None
 
     def uid(self, label: str) -> str:
         """A result UID derived from the job: the same on every re-run of the job, new for a new job."""
-        return generate_uid(prefix=None, entropy_srcs=[self.job["job_uid"], label])
+        # The default prefix: with prefix=None pydicom ignores entropy_srcs and returns a random 2.25 UID.
+        return generate_uid(entropy_srcs=[self.job["job_uid"], label])
 
     @property
     def request_id(self) -> str:

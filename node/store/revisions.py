@@ -35,11 +35,12 @@ class RevisionsPart:
         return rows
 
     def add_rejection_note(self, note: dict[str, Any], destinations: Sequence[str],
-                           drop_unsent: Sequence[str]) -> bool:
+                           drop_unsent: Sequence[str], kind: str = "kos") -> bool:
         """Record a rejection note (a ``results`` row of kind "kos") and its outbox rows in one transaction.
 
         ``drop_unsent``: result UIDs whose pending or parked, unleased outbox rows are deleted (never sent, never to
-        be). Returns False when the note was recorded already (the same command run twice).
+        be). ``kind``: "report" for the retraction of a RIS/EHR report (node/flow/report_retraction.py).
+        Returns False when the note was recorded already (the same command run twice).
         """
         t = now()
         with self.engine.begin() as conn:
@@ -50,7 +51,7 @@ class RevisionsPart:
                 conn.execute(delete(outbox).where(and_(
                     outbox.c.result_uid.in_(list(drop_unsent)), outbox.c.state.in_(["pending", "parked"]),
                     (outbox.c.lease_until.is_(None)) | (outbox.c.lease_until < t))))
-            conn.execute(insert(results).values(created_at=t, kind="kos", **note))
+            conn.execute(insert(results).values(created_at=t, kind=kind, **note))
             for dest in destinations:
                 conn.execute(insert(outbox).values(result_uid=note["sop_instance_uid"], destination=dest,
                                                    state="pending", attempts=0, next_attempt_at=t, created_at=t))

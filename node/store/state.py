@@ -12,7 +12,8 @@ leases to another worker.
 - :mod:`node.store.outbox`: outbox rows (claim, renew, settle, retry parked, due destinations);
 - :mod:`node.store.circuits`: per-endpoint circuits (an endpoint down or throttled), the backlog to drain;
 - :mod:`node.store.upkeep`: lease recovery, the sweep's stale work, retention, the status summary;
-- :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions.
+- :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions;
+- :mod:`node.store.hl7`: HL7 v2 messages and orders taken by the MLLP listener (node/hl7), their retention.
 
 Opening a store checks the schema revision (:func:`node.store.schema.ensure_schema`); while it is open, the
 methods that take work (new instances, job and outbox claims, job creation) re-check it every few seconds
@@ -29,6 +30,7 @@ from sqlalchemy.engine import Engine
 
 from node.store import schema as db
 from node.store.circuits import CircuitsPart
+from node.store.hl7 import HospitalItPart
 from node.store.jobs import JobsPart
 from node.store.migrate import schema_guard
 from node.store.outbox import OutboxPart
@@ -46,7 +48,7 @@ def lease_owner(instance_id: str) -> str:
     return f"{instance_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxPart, RevisionsPart):
+class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxPart, RevisionsPart, HospitalItPart):
     """The node's database, as the operations the roles need."""
 
     def __init__(self, engine: Engine) -> None:

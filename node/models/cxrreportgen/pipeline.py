@@ -13,9 +13,11 @@ from dicom_out.gsps import build_findings_gsps
 from dicom_out.sr import GroundedFinding, build_findings_sr
 from node.ops.failpoints import failpoint
 from node.models.cxrreportgen.contract import build_request, denormalize_box, parse_response
+from node.models.cxrreportgen.indication import choose_indication
 from node.models.cxrreportgen.priors import prior_inputs
 from node.models.cxrreportgen.params import CXRParams
 from node.models.registry import params_for
+from node.store.hl7 import order_matched
 
 from node.models.base import JobContext, JobOutput
 from node.models.sc_fallback import cxr_sc, wants_sc
@@ -51,11 +53,12 @@ def run(ctx: JobContext) -> JobOutput:
     sent = [pydicom.dcmread(p, stop_before_pixels=True) for p in (inputs.frontal_path, inputs.lateral_path) if p]
     prior = prior_inputs(ctx.prior_lookup, inputs.frontal_path, max_side=params.max_side,
                          allow_burned_in=params.allow_burned_in)
+    indication = choose_indication(inputs.text.indication, sent[0], ctx.orders)  # the RIS's order first
     payload = build_request(
         frontal_png=inputs.frontal.png,
         lateral_png=inputs.lateral.png if inputs.lateral else None,
         prior_png=prior.png,
-        indication=inputs.text.indication,
+        indication=indication.text,
         technique=inputs.text.technique,
         comparison=inputs.text.comparison or prior.comparison,
         prior_report=prior.report,
@@ -86,5 +89,7 @@ def run(ctx: JobContext) -> JobOutput:
         results += cxr_sc(ctx, inputs.frontal_path, findings, algorithm)
     n_boxes = sum(len(f.boxes) for f in findings)
     views = "frontal + lateral" if inputs.lateral else "frontal only"
-    return JobOutput(state="done", outcome=f"{len(findings)} findings, {n_boxes} boxes ({views}){prior.note}",
-                     results=results, endpoint_seconds=reply.elapsed_seconds)
+    writes = [order_matched(indication.accession, str(frontal.StudyInstanceUID))] if indication.accession else []
+    return JobOutput(state="done", outcome=f"{len(findings)} findings, {n_boxes} boxes ({views}){prior.note}; "
+                     f"indication from {indication.source}", results=results,
+                     endpoint_seconds=reply.elapsed_seconds, writes=writes)
