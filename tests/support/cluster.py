@@ -13,10 +13,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from .haproxy import HAProxy, ShippedHAProxy
@@ -73,14 +75,32 @@ class Cluster:
         for node in self.nodes[:self.size if self.start_nodes is None else self.start_nodes]:
             node.start()
         if self._settings["http"]:
+            started = [i for i, n in enumerate(self.nodes) if n.proc is not None]
+            # HAProxy starts a server in the rotation until a check fails; a node's HTTP side comes up after its DICOM
+            # port, so wait for /readyz first (else the first check fails and `rise` passes are needed to come back)
+            for i in started:
+                self.wait_ready(i)
             balancer = ShippedHAProxy(self.tmp / "haproxy", [(HOST, n.port, int(n.config["http"]["port"]))
                                                              for n in self.nodes])
             self.balancer = balancer.start()
-            # a node's HTTP side starts after its DICOM port: the first checks fail, then `rise` passes bring it in
-            balancer.wait_up([i for i, n in enumerate(self.nodes) if n.proc is not None])
+            balancer.wait_up(started)
         else:
             self.balancer = HAProxy(self.tmp / "haproxy", [(HOST, n.port) for n in self.nodes], check_ms=300).start()
         return self
+
+    def wait_ready(self, i: int, timeout: float = 60) -> None:
+        """Wait until node ``i``'s ``/readyz`` answers 200 (database, queue, spool floor, worker)."""
+        url = f"http://{HOST}:{self.nodes[i].config['http']['port']}/readyz"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+            time.sleep(0.2)
 
     def reconfigure(self, i: int, change: Callable[[dict[str, Any]], None]) -> None:
         """Apply ``change`` to node ``i``'s configuration and rewrite its file (read at its next start)."""
