@@ -129,6 +129,8 @@ def test_sigkill_of_a_node_holding_every_state_the_survivor_finishes_each_study_
                     lease_seconds=LEASE, start_nodes=0) as cluster:
         a, b = cluster.nodes
         balancer = _balancer(cluster)
+        # A's model call must still be waiting at the kill, however long the setup takes on a loaded machine
+        cluster.reconfigure(0, lambda cfg: cfg["endpoints"]["cxr"].update(timeout_seconds=600))
         try:
             cluster.start_node(0, env={"DICOM_NODE_FAILPOINTS": "delivering=600"})  # A never completes a send
             # M: its model call stalls on A
@@ -147,9 +149,13 @@ def test_sigkill_of_a_node_holding_every_state_the_survivor_finishes_each_study_
             # Q: complete on A, its quiet timer armed there
             _send(a.port, q)
             received = cluster.sql(f"SELECT state FROM studies WHERE study_uid IN ('{uid['Q']}', '{uid['R']}')")
+            held = cluster.sql(f"SELECT state, lease_owner FROM jobs WHERE study_uid = '{uid['M']}'")
+            calls = emulator.in_flight
             a.kill()
             killed_at = time.monotonic()
             assert received == [["receiving"], ["receiving"]], f"Q and R still receiving at the kill: {received}"
+            assert len(held) == 1 and held[0][0] == "running" and held[0][1].startswith("node-0:") and calls == 1, \
+                f"M's model call still running on A at the kill: {held}, {calls} call(s) in flight"
 
             # R's sender: the next C-STORE fails cleanly (no success), then it resends everything via the balancer
             try:
