@@ -40,6 +40,7 @@ def new_entry(path: str, headers: Message, raw: bytes, received: float) -> dict[
         "state": "in_progress",
         "fault": None,
         "elapsed_ms": None,
+        "variants": [],
     }
 
 
