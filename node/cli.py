@@ -123,14 +123,20 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     import os
 
     from node.emulator.server import serve_forever
+    from node.emulator.variants import check_variants
     from node.ops.process import setup_logging
 
+    try:
+        check_variants(args.variant)
+    except ValueError as exc:
+        print(f"--variant: {exc}", file=sys.stderr)
+        return 2
     setup_logging("INFO")
     key = os.environ.get(args.key_env) if args.key_env else None
     if args.key_env and not key:
         print(f"environment variable {args.key_env} is not set", file=sys.stderr)
         return 2
-    serve_forever(args.host, args.port, key)
+    serve_forever(args.host, args.port, key, variants=args.variant, max_input_pixels=args.max_input_pixels)
     return 0
 
 
@@ -288,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--key-env", default=None, help="require Authorization: Bearer <value of this variable>")
+    s.add_argument("--variant", action="append", default=[], metavar="NAME",
+                   help="answer as a real deployment variant does (repeatable): see node/emulator/variants.py")
+    s.add_argument("--max-input-pixels", type=int, default=None, help="refuse larger images/volumes (424, 413)")
     s.set_defaults(func=cmd_emulator)
 
     s = sub.add_parser("check-config", help="validate a configuration file")
@@ -328,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_hl7 import add_parsers as add_hl7
 
     add_hl7(sub)  # mllp (node/cli_hl7.py)
+    from node.cli_probe import add_parser as add_probe
+
+    add_probe(sub)  # the go-live check of the endpoints (node/cli_probe.py)
+    from node.cli_workflow import add_parsers as add_workflow
+
+    add_workflow(sub)  # workitems: the AIW-I worklist's workitems (node/cli_workflow.py)
     return p
 
 

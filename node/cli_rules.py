@@ -53,6 +53,13 @@ def print_rule_test(report: dict[str, Any]) -> None:
                     why = "; ".join(f"{f['key']} is {f['found']!r}, rule wants {_fmt(f['expected'])}"
                                     f" ({f['instances']} instance(s))" for f in r["failed"])
                     out(f"    rule {r['rule']}: no match: {why}")
+        done = study.get("completion")
+        if done:
+            out(f"  completion: {done['would_fire']}")
+            for line in done["triggers"]:
+                out(f"    {line}")
+            if done.get("warning"):
+                out(f"    WARNING: {done['warning']}")
         if not study["jobs"]:
             out("  jobs: none (no rule matched)")
         for job in study["jobs"]:

@@ -8,7 +8,7 @@ against the folder of the config file, so a config file can be moved together wi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -35,6 +35,7 @@ from node.config_sections import (  # the sections of the one model below
 from node.hl7.settings import MllpListenerSection
 from node.models import registry
 from node.models.params import RuleParamsError
+from node.ups.settings import UpsSourceSection, check_references
 
 
 class ConfigError(ValueError):
@@ -54,7 +55,8 @@ class NodeConfig(_Strict):
     retention: RetentionSection = Field(default_factory=RetentionSection)
     audit: AuditSection = Field(default_factory=AuditSection)
     priors: PriorsSection | None = Field(None, description="Prior chest X-ray lookup; absent: no priors")
-    sources: list[SourceSection] = Field(default_factory=list, description="DICOMweb services polled for studies")
+    sources: list[Annotated[SourceSection | UpsSourceSection, Field(discriminator="type")]] = Field(
+        default_factory=list, description="DICOMweb services polled for studies, and UPS-RS worklists (AIW-I)")
     mllp: MllpListenerSection | None = Field(None, description="HL7 v2 listener for orders (node/hl7); absent: none")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     logging: LoggingSection = Field(default_factory=LoggingSection)
@@ -84,6 +86,13 @@ class NodeConfig(_Strict):
                         ("rules", i, "send_to", j),
                         f"unknown destination {dest!r}; allowed: {sorted(self.destinations) or 'define one under destinations'}",
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _ups_references(self) -> "NodeConfig":
+        bad = check_references(self.sources, [r.name for r in self.rules], self.destinations)
+        if bad is not None:
+            raise _KeyedError(*bad)
         return self
 
     @model_validator(mode="after")

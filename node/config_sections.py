@@ -13,11 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from node.config_completion import NodeCompletionKeys, RuleCompletionKeys
 from node.dicom.cores import auto_receivers
 from node.fhir.settings import FhirDestinationKeys
 from node.hl7.settings import Hl7DestinationKeys, check_destination, destination_defaults
 from node.http.auth_settings import HttpTlsSection, OidcSection, check_http_auth
 from node.models import registry
+from node.models.endpoint_settings import EndpointModelSettings
 
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
 
@@ -96,7 +98,7 @@ def _check_host_allowlist(hosts: dict[str, list[str]]) -> dict[str, list[str]]:
     return hosts
 
 
-class NodeSection(_Strict):
+class NodeSection(NodeCompletionKeys, _Strict):
     """The node's own DICOM identity, its spool and its timers."""
 
     ae_title: AETitle = "AINODE"
@@ -138,7 +140,7 @@ class NodeSection(_Strict):
         return [_check_ae_title(v) for v in values]
 
 
-class EndpointSection(_Strict):
+class EndpointSection(EndpointModelSettings, _Strict):
     """One deployed model endpoint (Azure ML managed online endpoint or the local emulator)."""
 
     model: str = Field(description="The model behind the endpoint: a name from node/models/registry.py")
@@ -151,7 +153,7 @@ class EndpointSection(_Strict):
     timeout_seconds: float = Field(180.0, gt=0, description="Read timeout of one call")
     connect_timeout_seconds: float = Field(10.0, gt=0)
     max_concurrency: int = Field(4, ge=1)
-    max_attempts: int = Field(6, ge=1, description="Calls per job before it fails (retries on 408/429/5xx/network)")
+    max_attempts: int = Field(6, ge=1, description="Calls per job before it fails (retries on 429/5xx/network)")
     backoff_initial_seconds: float = Field(1.0, ge=0)
     backoff_max_seconds: float = Field(60.0, ge=0)
     give_up_after_seconds: float = Field(
@@ -294,7 +296,7 @@ CLASSIFIED_KEY = "classified"
 ClassifiedMatch = dict[str, str | list[str]]
 
 
-class RuleSection(_Strict):
+class RuleSection(RuleCompletionKeys, _Strict):
     """A routing rule: which series go to which endpoint, and where the results go."""
 
     name: str = Field(min_length=1)

@@ -52,7 +52,7 @@ class Node:
         self.queue = Queue(cfg)
         self.intake = Intake(cfg, self.store, self.queue)
         self.scp = StorageSCP(cfg, self.store, self.spool, self.intake)
-        self.sources: list = []  # change-feed pollers (node.dicomweb.changefeed), started with the SCP
+        self.sources: list = []  # change-feed pollers and UPS-RS task performers (node.ups), started with the SCP
         self.worker: subprocess.Popen | None = None
         self.http: subprocess.Popen | None = None  # the HTTP side (node/http), when http.port is set
         self.mllp: subprocess.Popen | None = None  # the HL7 v2 listener (node/hl7/listener.py), when mllp is set
@@ -99,9 +99,13 @@ class Node:
         self.scp.start()
         if self.cfg.sources:
             from node.dicomweb.changefeed import ChangeFeedPoller
+            from node.ups.performer import TaskPerformer  # AIW-I worklists (sources: type ups-rs)
 
-            self.sources = [ChangeFeedPoller(self.cfg, src, self.store, self.spool, self.intake).start()
-                            for src in self.cfg.sources]
+            self.sources = [
+                TaskPerformer(self.cfg, src, self.store, self.spool, self.intake, self.queue.enqueue_job).start()
+                if src.type == "ups-rs" else
+                ChangeFeedPoller(self.cfg, src, self.store, self.spool, self.intake).start()
+                for src in self.cfg.sources]
         freeze_startup_heap()
 
     def request_stop(self, *_args) -> None:

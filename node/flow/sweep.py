@@ -33,6 +33,8 @@ def sweep(svc: Services, fresh_start: bool = False) -> None:
                                        svc.cfg.retention.keep_failed_hours * 3600.0, on_purged=_audit_purge(svc))
     hl7 = svc.cfg.mllp or MllpListenerSection()  # orders and HL7 messages age out too (node/store/hl7.py)
     svc.store.purge_hl7(hl7.keep_messages_hours * 3600.0, hl7.keep_unmatched_orders_hours * 3600.0)
+    retention = svc.cfg.retention  # MPPS/IAN of studies long gone (or never received), decisions of purged studies
+    svc.store.purge_workflow(3600.0 * max(retention.purge_delivered_after_hours, retention.keep_failed_hours))
     leftovers = svc.spool.remove_stale_tmp()
     if leftovers:
         log.warning("sweep: removed %d file(s) left in the spool's tmp folder by receives that died", leftovers)

@@ -70,6 +70,8 @@ async def study(request: Request) -> HTMLResponse:
         if detail is None:
             return None
         detail["identity"] = queries.identity(ctx.store, uid, show_phi)
+        detail["completion"] = {"decisions": ctx.store.decisions_of(uid), "notices": ctx.store.notices_of(uid),
+                                "workitems": ctx.store.workitems_of_study(uid)}
         for r in detail["results"]:
             r["findings"] = _findings(r) if r["kind"] == "sr" else (_report(r) if r["kind"] == "report" else [])
         return detail
