@@ -62,6 +62,21 @@ def test_unmarked_starts_a_program():
 @pytest.mark.slow
 def test_marked_slow_starts_a_program():
     subprocess.run(["true"], check=True)
+
+
+@pytest.mark.own_engine
+def test_own_engine_naming_its_database(tmp_path):
+    from node.config import parse_config
+
+    assert parse_config({"node": {"storage_dir": str(tmp_path)},
+                         "database": {"url": f"sqlite:///{tmp_path / 'x.db'}"}}).database_url
+
+
+@pytest.mark.own_engine
+def test_own_engine_but_follows_the_pass(tmp_path):
+    from node.config import parse_config
+
+    assert parse_config({"node": {"storage_dir": str(tmp_path)}}).database_url  # the default: the pass's choice
 '''
 
 
@@ -74,15 +89,17 @@ def test_a_test_that_opens_the_store_or_starts_a_program_unmarked_fails_naming_t
                          capture_output=True, text=True, timeout=240)
     text = out.stdout + out.stderr
     assert out.returncode == 1, text
-    assert re.search(r"\b7 passed\b.* 3 errors", text), text
+    assert re.search(r"\b9 passed\b.* 4 errors", text), text
     errors = sorted(re.findall(r"^ERROR test_sample.py::(\w+)", text, re.M))
-    assert errors == ["test_marked_nodb_but_opens_it", "test_unmarked_opens_the_store",
-                      "test_unmarked_starts_a_program"], text
+    assert errors == ["test_marked_nodb_but_opens_it", "test_own_engine_but_follows_the_pass",
+                      "test_unmarked_opens_the_store", "test_unmarked_starts_a_program"], text
     assert "not marked `engine`" in text and "is marked nodb" in text and "not marked `slow`" in text, text
+    assert "is marked own_engine but used the database the pass chooses" in text, text
 
 
 def test_the_postgresql_pass_selects_the_engine_tests() -> None:
-    """What `-m "engine and not sqlite"` takes of a few modules: the store's, not the writers' or SQLite's own."""
+    """What the PostgreSQL pass takes of a few modules: the store's, not the writers', SQLite's own, or those that
+    name their engines themselves."""
     modules = ["test_store_concurrency.py", "test_rolling_upgrade.py", "test_receive.py", "test_sr_writer.py",
                "test_rules.py", "test_durability_order.py"]
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
@@ -90,4 +107,5 @@ def test_the_postgresql_pass_selects_the_engine_tests() -> None:
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     selected = {line.split("::")[0].removeprefix("tests/") for line in out.stdout.splitlines() if "::" in line}
-    assert selected == {"test_store_concurrency.py", "test_rolling_upgrade.py", "test_receive.py"}, out.stdout
+    # test_store_concurrency and test_rolling_upgrade name their engines (own_engine): every pass runs them so
+    assert selected == {"test_receive.py"}, out.stdout
