@@ -116,6 +116,7 @@ OWN_ENGINE_TESTS = frozenset({
 SLOW_MODULES = frozenset({
     "test_gsps_writer", "test_kos", "test_parse_pipelines", "test_receive", "test_rule_tester", "test_sc_writer",
     "test_security_tls", "test_seg_writer", "test_sr_writer", "test_store_concurrency", "test_volume",
+    "test_support_validate",
 })
 SLOW_TESTS = frozenset({
     "test_architecture.py::test_the_command_line_imports_no_metrics_before_serve_sets_them_up",
