@@ -65,7 +65,7 @@ ENGINE_MODULES = frozenset({
     # (a) the store in the test process
     "test_commit", "test_http_app", "test_insight", "test_migrations", "test_outbox", "test_outbox_verify",
     "test_receive", "test_resilience", "test_retract_unsent", "test_rolling_upgrade_worker", "test_security_logging",
-    "test_security_tls",
+    "test_security_tls", "test_sso_tokens",
     # (b) what the database guarantees between processes
     "test_exactly_once", "test_faults_kill", "test_load", "test_receivers",
 })
@@ -93,7 +93,7 @@ ENGINE_TESTS = frozenset({
     "test_atna_spool.py::test_an_association_whose_receiver_died_is_sent_once_with_what_it_stored",
     "test_hospital_it_pages.py::test_a_report_shows_on_the_study_and_outbox_pages",
     "test_sso_store.py::test_sign_outs_are_kept_until_the_session_would_have_ended",
-    "test_sso_tokens.py::test_each_machine_does_what_its_role_allows",
+    "test_workflow_ups_inputs.py::test_inputs_come_by_c_get_and_by_c_move",
 })
 
 # own_engine: engine tests that name their databases themselves (their own PostgreSQL server: clusters, rolling
