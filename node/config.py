@@ -33,6 +33,7 @@ from node.config_sections import (  # the sections of the one model below
     _Strict,
 )
 from node.hl7.settings import MllpListenerSection
+from node.monitoring.settings import MonitoringSection
 from node.models import registry
 from node.models.params import RuleParamsError
 
@@ -56,6 +57,7 @@ class NodeConfig(_Strict):
     priors: PriorsSection | None = Field(None, description="Prior chest X-ray lookup; absent: no priors")
     sources: list[SourceSection] = Field(default_factory=list, description="DICOMweb services polled for studies")
     mllp: MllpListenerSection | None = Field(None, description="HL7 v2 listener for orders (node/hl7); absent: none")
+    monitoring: MonitoringSection = Field(default_factory=MonitoringSection, description="Agreement and drift")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     logging: LoggingSection = Field(default_factory=LoggingSection)
     http: HttpSection = Field(default_factory=lambda: HttpSection(port=None))

@@ -41,6 +41,7 @@ from pydicom.multival import MultiValue
 from node.ops import metrics
 from node.config import CLASSIFIED_KEY, MatchValue, NodeConfig, RuleSection
 from node.flow.services import Services
+from node.monitoring.sr_door import take_reports
 from node.ops.failpoints import failpoint
 from node.store.embeddings import study_labels
 
@@ -262,7 +263,13 @@ def check_study(svc: Services, study_uid: str) -> None:
         return
     version = int(value)
     failpoint("decided")
-    headers = read_headers(svc, study_uid)
+    headers, fresh = take_reports(svc, study_uid, read_headers(svc, study_uid))  # radiologists' SRs (node/monitoring)
+    if not fresh:  # only a report came since the jobs were made: the AI's results stand, nothing runs again
+        svc.store.close_after_report(study_uid, f"version {version}: a radiologist's report came, no new image: "
+                                                "the AI's results stand")
+        log.info("study %s (version %d): only a radiologist's report came; the models are not run again",
+                 study_uid, version)
+        return
     plans = plan_study(svc.cfg.rules, headers)
     waiting = waiting_plans(svc.cfg, headers)  # rules with `classified:` wait for the study's labels
     job_ids = svc.store.create_jobs(study_uid, version, [(p.rule.name, p.rule.endpoint, p.series_uids)

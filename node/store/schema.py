@@ -297,3 +297,5 @@ def now() -> float:
     return time.time()
 from node.store.schema_hl7 import hl7_tables  # noqa: E402  (Hospital IT: node/hl7)
 hl7_messages, hl7_orders = hl7_tables(metadata)
+from node.store.schema_monitoring import monitoring_tables  # noqa: E402  (monitoring: node/monitoring)
+monitoring = monitoring_tables(metadata)
