@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_hl7 import add_parsers as add_hl7
 
     add_hl7(sub)  # mllp (node/cli_hl7.py)
+    from node.cli_monitoring import add_parsers as add_monitoring
+
+    add_monitoring(sub)  # monitor (node/cli_monitoring.py)
     return p
 
 

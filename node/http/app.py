@@ -3,7 +3,9 @@
 Routes: ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text; every process's samples summed,
 plus the state read at scrape time), ``GET /`` (status page), ``GET /studies/{uid}``, ``GET /outbox``,
 ``GET /previews/{sop_uid}.png``, ``POST /actions/{name}`` (bearer token; see :mod:`node.http.actions`),
-``POST /dicomweb/studies[/{study}]`` (STOW-RS in, the same bearer token; :mod:`node.dicomweb.stow_in`).
+``POST /dicomweb/studies[/{study}]`` (STOW-RS in, the same bearer token; :mod:`node.dicomweb.stow_in`),
+``GET /monitoring`` and ``POST /fhir/DiagnosticReport`` (radiologists' reports, the same bearer token;
+:mod:`node.monitoring.page`).
 
 Adding routes (DICOMweb, say): pass them to ``build_app(cfg, extra_routes=[Mount("/dicomweb", routes=[...])])``,
 or append to ``ROUTE_PROVIDERS`` a function ``(ctx) -> list[BaseRoute]`` so that every app ``serve`` builds gets
@@ -32,6 +34,8 @@ from node.http.actions import authorised, run_action
 from node.http.collector import StateCollector
 from node.http.context import HttpContext
 from node.http.health import healthz, readyz
+from node.monitoring.gauges import MonitoringCollector
+from node.monitoring.page import routes as monitoring_routes
 from node.ops import metricsdir
 
 #: Functions adding routes to every app built here (the DICOMweb side registers itself this way).
@@ -46,6 +50,7 @@ def metrics_registry(ctx: HttpContext) -> CollectorRegistry:
     else:  # not under serve (a test app): this process's own metrics
         registry.register(_ThisProcess())
     registry.register(StateCollector(ctx))
+    registry.register(MonitoringCollector(ctx))  # agreement and drift (node/monitoring)
     return registry
 
 
@@ -82,6 +87,7 @@ def build_app(cfg: NodeConfig, *, ctx: HttpContext | None = None,
         Route("/actions/{name}", run_action, methods=["POST"]),
         *pages.routes(),
         *stow_in_routes(ctx),
+        *monitoring_routes(ctx, lambda request: authorised(request, ctx.token)),  # FHIR reports: the write check
         *extra_routes,
     ]
     for provider in ROUTE_PROVIDERS:

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from node.http import preview, queries
 from node.http.context import HttpContext
+from node.monitoring.page import open_alerts
 
 TEMPLATES = Environment(loader=PackageLoader("node.http", "templates"), autoescape=select_autoescape(["html"]))
 TEMPLATES.filters["clock"] = queries.clock
@@ -37,7 +38,7 @@ async def index(request: Request) -> HTMLResponse:
             r["identity"] = queries.identity(ctx.store, r["study_uid"], ctx.cfg.http.show_phi)
         box = queries.outbox_rows(ctx.store, limit=20)
         return {"studies": rows, "endpoints": queries.endpoint_health(ctx.store, list(ctx.cfg.endpoints)),
-                "outbox": box}
+                "outbox": box, "alerts": open_alerts(ctx)}  # the monitoring banner (node/monitoring)
 
     data = await run_in_threadpool(gather)
     return _render("index.html", node=ctx.cfg.node, show_phi=ctx.cfg.http.show_phi, **data)

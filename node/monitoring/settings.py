@@ -46,8 +46,12 @@ class MonitoringSection(_Strict):
     drift_min_effect: float = Field(
         0.1, ge=0, le=1, description="Smallest effect that alerts: total variation distance of a mix, the KS "
                                      "statistic of a number, the change of a rate, MMD^2 of the embeddings")
+    drift_min_mmd2: float = Field(
+        0.005, ge=0, description="Smallest MMD^2 of the MedImageInsight embeddings that alerts (Gaussian kernel)")
     min_window_cases: int = Field(30, ge=2, description="Observations a window needs before it is tested")
-    permutations: int = Field(500, ge=50, le=20000, description="Permutations of the embeddings' MMD test")
+    permutations: int = Field(
+        4000, ge=100, le=50000, description="Permutations of the embeddings' MMD test (the smallest p-value is "
+                                            "1/(permutations+1): it must survive the correction)")
     max_embedding_samples: int = Field(300, ge=20, description="Embeddings drawn per side for the MMD test")
     label_terms: dict[str, dict[str, list[str]]] = Field(
         default_factory=dict,
