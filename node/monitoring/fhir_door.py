@@ -131,6 +131,8 @@ def read_report(doc: dict[str, Any]) -> IncomingReport:
         report = DiagnosticReport(doc, strict=True)
     except FHIRValidationError as exc:
         raise ValueError(f"not a valid R4 DiagnosticReport: {exc}") from None
+    if report.status not in (*STATUSES, "unknown"):
+        raise ValueError(f"status {report.status!r} is not an R4 DiagnosticReport status")
     accession = study = None
     own_ids = list(report.identifier or [])
     for ident in own_ids + [i for ref in report.basedOn or [] for i in _identifiers(report, ref)]:
