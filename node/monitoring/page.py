@@ -42,6 +42,11 @@ def chart_data(data: dict[str, Any], floor: float, alpha: float) -> dict[str, An
                                                     "significant")}} for d in data["drift_history"]]}
 
 
+def trend_keys(data: dict[str, Any]) -> list[str]:
+    """The items worth a chart: some study in the trend was positive for the AI or the radiologist."""
+    return sorted(k for k, pts in data["trend"].items() if any(p["a"] + p["b"] + p["c"] for p in pts))
+
+
 def _recent(ctx: Any) -> list[dict[str, Any]]:
     """The newest reports with the study's identifiers (only with ``http.show_phi``)."""
     from sqlalchemy import select
@@ -69,7 +74,7 @@ async def page(request: Request) -> HTMLResponse:
     def gather() -> dict[str, Any]:
         data = overview(ctx.store, cfg, by=by)
         return {"data": data, "recent": _recent(ctx) if ctx.cfg.http.show_phi else [],
-                "trend_keys": sorted(k for k, pts in data["trend"].items() if any(p["pairs"] for p in pts)),
+                "trend_keys": trend_keys(data),
                 "chart_json": json.dumps(chart_data(data, cfg.min_agreement, cfg.drift_alpha)).replace("</", "<\\/")}
 
     values = await run_in_threadpool(gather)

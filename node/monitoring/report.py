@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from node.monitoring.page import STATIC, TEMPLATES, chart_data
+from node.monitoring.page import STATIC, TEMPLATES, chart_data, trend_keys
 from node.monitoring.summary import overview
 
 AGREEMENT_COLUMNS = ("window_days", "model", "model_version", "item", "by", "value", "pairs", "ai_positive",
@@ -52,6 +52,6 @@ def as_html(data: dict[str, Any], cfg: Any, since_text: str) -> str:
     chart_json = json.dumps(chart_data(data, cfg.monitoring.min_agreement, cfg.monitoring.drift_alpha))
     return TEMPLATES.get_template("monitoring.html").render(
         layout="report_base.html", node=cfg.node, show_phi=False, cfg=cfg.monitoring, data=data, recent=[],
-        trend_keys=sorted(k for k, pts in data["trend"].items() if any(p["pairs"] for p in pts)),
+        trend_keys=trend_keys(data),
         chart_json=chart_json.replace("</", "<\\/"), inline_js=script.replace("</script", "<\\/script"),
         produced=time.strftime("%Y-%m-%d %H:%M"), window_text=since_text)

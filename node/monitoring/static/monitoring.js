@@ -26,9 +26,9 @@
         {label: "PA 95% high", data: pick("positive_agreement_high"), borderWidth: 0, pointRadius: 0,
          backgroundColor: "rgba(21,101,192,0.18)", fill: "-1"},
         {label: "positive agreement", data: pick("positive_agreement"), borderColor: colours[0],
-         backgroundColor: colours[0], borderWidth: 3},
-        {label: "sensitivity", data: pick("sensitivity"), borderColor: colours[2], backgroundColor: colours[2]},
-        {label: "PPV", data: pick("ppv"), borderColor: colours[4], backgroundColor: colours[4]},
+         backgroundColor: colours[0], borderWidth: 3, pointRadius: 5, order: 0},  // drawn on top
+        {label: "sensitivity", data: pick("sensitivity"), borderColor: colours[2], backgroundColor: colours[2], order: 1},
+        {label: "PPV", data: pick("ppv"), borderColor: colours[4], backgroundColor: colours[4], order: 1},
         {label: "floor", data: labels.map(function () { return data.floor; }), borderColor: colours[1],
          borderDash: [6, 4], pointRadius: 0}
       ]},
