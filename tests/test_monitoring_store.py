@@ -261,3 +261,21 @@ def test_a_report_only_redecision_runs_nothing_again(env, tmp_path: Path, data: 
     assert rest == [frontal] and not fresh  # only the report came since the jobs were made
     (row,) = table(store, monitoring.reports)
     assert row["door"] == "dicom" and row["study_uid"] == prior.study_uid and row["text"] is None
+
+
+def test_one_evaluation_at_a_time_and_everything_ages_out(env) -> None:
+    _, store = env
+    assert store.claim_monitor_evaluation(3600) is True
+    assert store.claim_monitor_evaluation(3600) is False  # another node (or sweep) within the hour: not again
+    assert store.claim_monitor_evaluation(3600, force=True) is True
+    store.monitor_write(observation_write(obs_row("1.8.1", job=1)))
+    store.monitor_write(report_write(rep_row("k1", study="1.8.1")))
+    store.record_call("cxr", "cxrreportgen", "error", status=500)
+    assert store.purge_monitoring(unmatched_seconds=DAY, keep_seconds=DAY) == \
+        {"reports": 0, "observations": 0, "calls": 0, "drift": 0, "alerts": 0}
+    with store.engine.begin() as conn:
+        conn.execute(monitoring.observations.update().values(observed_at=time.time() - 2 * DAY))
+        conn.execute(monitoring.reports.update().values(received_at=time.time() - 2 * DAY))
+        conn.execute(monitoring.calls.update().values(at=time.time() - 2 * DAY))
+    assert store.purge_monitoring(unmatched_seconds=30 * DAY, keep_seconds=DAY) == \
+        {"reports": 1, "observations": 1, "calls": 1, "drift": 0, "alerts": 0}
