@@ -150,3 +150,16 @@ def test_a_version_without_its_own_baseline_is_not_compared() -> None:
     rng = np.random.default_rng(3)
     a = summarize(observations(Stream(model_version="v1"), 50, rng))
     assert "model_version" not in a and a["n"] == 50
+
+
+def test_a_trivial_shift_in_a_huge_window_is_certain_but_does_not_alert() -> None:
+    """20,000 studies a side: 70/30 -> 68/32 is statistically certain and of no consequence (the effect floor)."""
+    base = {"n": 20000, "categorical": {"input:manufacturer": {"Agfa": 14000, "Carestream": 6000}}, "numeric": {},
+            "rates": {}}
+    window = {"n": 20000, "categorical": {"input:manufacturer": {"Agfa": 13600, "Carestream": 6400}}, "numeric": {},
+              "rates": {}}
+    (result,) = compare(base, window, alpha=0.01, min_effect=0.1, min_mmd2=0.005)
+    assert result.p_adjusted < 1e-4 and result.effect == pytest.approx(0.02)
+    assert not result.significant
+    (floorless,) = compare(base, window, alpha=0.01, min_effect=0.0, min_mmd2=0.0)
+    assert floorless.significant
