@@ -8,7 +8,6 @@ from node.flow import circuit
 from node.flow.decide import resolve_all
 from node.flow.services import Services
 from node.hl7.settings import MllpListenerSection
-from node.monitoring.evaluate import upkeep as monitoring_upkeep
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +35,8 @@ def sweep(svc: Services, fresh_start: bool = False) -> None:
     svc.store.purge_hl7(hl7.keep_messages_hours * 3600.0, hl7.keep_unmatched_orders_hours * 3600.0)
     if not fresh_start:  # agreement and drift (node/monitoring): retention, and the evaluation when it is due
         try:
+            from node.monitoring.evaluate import upkeep as monitoring_upkeep  # scipy: loaded after the start
+
             monitoring_upkeep(svc)
         except Exception:  # noqa: BLE001 - the rest of the sweep goes on; the next sweep tries again
             log.exception("sweep: monitoring upkeep failed")
