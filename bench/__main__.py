@@ -27,7 +27,9 @@ MODULES: dict[str, bool] = {
     "search": False,
     "dicomweb": True,
     "http_cost": True,
+    "completion": True,  # bench/completion.py: quiet timer against MPPS and expected content
     "scale": True,
+    "endpoint_calls": True,
 }
 # run only when named (``python -m bench scale``), not by ``all``: each starts servers for minutes
 ON_REQUEST = {"scale"}

@@ -31,8 +31,9 @@ def cxr_rows(quick: bool) -> list[dict[str, Any]]:
                       f"{res['runs']} run(s)"))]
 
 
-def _fresh_ct(dst: Path) -> list[Path]:
-    """The 64-slice CT as a new study (new Study/Series/SOP UIDs), so each run is a new study for the node."""
+def _fresh_ct(dst: Path, description: str | None = None) -> list[Path]:
+    """The 64-slice CT as a new study (new Study/Series/SOP UIDs), so each run is a new study for the node;
+    ``description``: its StudyDescription (rules can route on it)."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -43,6 +44,8 @@ def _fresh_ct(dst: Path) -> list[Path]:
         ds = pydicom.dcmread(f)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if description is not None:
+            ds.StudyDescription = description
         path = dst / f"{k:03d}.dcm"
         ds.save_as(path)
         out.append(path)

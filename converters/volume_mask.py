@@ -1,4 +1,12 @@
-"""A mask volume answered by MedImageParse 3D -> back onto the voxel grid of the volume that was sent."""
+"""A mask volume answered by MedImageParse 3D -> back onto the voxel grid of the volume that was sent.
+
+The reply's affine is trusted when it is one (:func:`affine_kind`): the request's own, a reorientation of the same
+grid, or a resampling that covers the volume. Microsoft's sample reads the mask by voxel order
+(``get_fdata()``) and throws the affine away, and deployments answer without a usable one: no affine at all
+(qform and sform codes 0), the identity, the voxel sizes only, or a raw array. Such a mask whose voxel shape equals
+the request's is placed by voxel order (:func:`place_mask`); one of another shape cannot be placed and is a
+:class:`VolumeError`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import numpy as np
 from converters.volume import Volume
 from converters.volume_header import VolumeError
 
-__all__ = ["GRID_TOLERANCE_VOXELS", "mask_on_volume"]
+__all__ = ["GRID_TOLERANCE_VOXELS", "USABLE_KINDS", "affine_kind", "mask_on_volume", "place_mask"]
 
 #: How far (in voxels) the mask grid may sit from the volume grid and still count as the same grid.
 GRID_TOLERANCE_VOXELS = 1e-3
@@ -52,3 +60,64 @@ def mask_on_volume(mask_data: np.ndarray, mask_affine: np.ndarray, volume: Volum
         values[inside] = data[coords[0, inside], coords[1, inside], coords[2, inside]]
         out[:, :, k] = values.reshape(shape[0], shape[1])
     return out
+
+
+#: Affine kinds whose mask is placed by its affine (the others fall back to voxel order).
+USABLE_KINDS = ("input", "reoriented", "resampled")
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def _covers(to_mask: np.ndarray, shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> bool:
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    landed = np.rint((corners @ to_mask.T)[:, :3])
+    return bool(np.all(landed >= 0) and np.all(landed <= np.asarray(mask_shape[:3]) - 1))
+
+
+def affine_kind(mask_shape: tuple[int, ...], mask_affine: np.ndarray | None, declared: bool,
+                volume: Volume) -> str:
+    """How a reply's mask is positioned, relative to the request ``volume``:
+
+    ``input`` (the request's affine and shape), ``reoriented`` (the same grid with its axes permuted or flipped),
+    ``resampled`` (another grid that covers the volume): usable. ``none`` (a raw array, or a NIfTI with qform and
+    sform codes 0), ``identity``, ``zooms-only`` (diagonal voxel sizes, no direction or origin), ``mismatch`` (an
+    affine that does not put the mask over the volume): not usable.
+    """
+    if mask_affine is None or not declared:
+        return "none"
+    aff = np.asarray(mask_affine, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff)) < 1e-12:
+        return "none"
+    shape = tuple(volume.data.shape[:3])
+    if tuple(mask_shape[:3]) == shape and np.allclose(aff, volume.affine, atol=AFFINE_TOLERANCE_MM):
+        return "input"
+    if np.allclose(aff, np.eye(4), atol=AFFINE_TOLERANCE_MM):
+        return "identity"
+    rotation = aff[:3, :3]
+    if np.allclose(rotation, np.diag(np.diag(rotation)), atol=AFFINE_TOLERANCE_MM) \
+            and np.allclose(aff[:3, 3], 0, atol=AFFINE_TOLERANCE_MM):
+        return "zooms-only"  # voxel sizes, no direction cosines, no origin: written without the request's header
+    to_mask = np.linalg.inv(aff) @ volume.affine
+    if not _covers(to_mask, shape, mask_shape):
+        return "mismatch"
+    linear = to_mask[:3, :3]
+    signed_permutation = np.allclose(np.abs(linear).sum(axis=0), 1, atol=GRID_TOLERANCE_VOXELS) and np.allclose(
+        np.abs(linear), np.rint(np.abs(linear)), atol=GRID_TOLERANCE_VOXELS)
+    return "reoriented" if signed_permutation else "resampled"
+
+
+def place_mask(mask_data: np.ndarray, mask_affine: np.ndarray | None, declared: bool,
+               volume: Volume) -> tuple[np.ndarray, str, str]:
+    """(the mask on ``volume``'s grid, its :func:`affine_kind`, how it was placed: ``"affine"`` or
+    ``"voxel order"``). A mask without a usable affine is placed by voxel order when its shape equals the
+    request's; otherwise :class:`VolumeError` says why it cannot be placed."""
+    data = np.asarray(mask_data)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    kind = affine_kind(data.shape, mask_affine, declared, volume)
+    if kind in USABLE_KINDS:
+        return mask_on_volume(data, np.asarray(mask_affine, dtype=np.float64), volume), kind, "affine"
+    shape = tuple(volume.data.shape[:3])
+    if data.ndim == 3 and tuple(data.shape) == shape:
+        return data.copy(), kind, "voxel order"
+    raise VolumeError(f"the mask (shape {list(data.shape)}) does not cover the {list(shape)} volume it was asked "
+                      f"for (its affine: {kind}) and has not its shape: a reply of the wrong shape or geometry")

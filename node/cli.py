@@ -42,14 +42,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
               f"timeout {p.timeout_seconds:g} s")
     for line in tls_lines:
         print(f"  {line}")
+    if cfg.audit.syslog is not None:
+        print(f"  {_check_audit_repository(cfg)}")
     return 0
+
+
+def _check_audit_repository(cfg: NodeConfig) -> str:
+    from node.audit.transport import describe
+
+    try:
+        return describe(cfg.audit.syslog)
+    except ConfigError as exc:
+        print(f"configuration error:\n{cfg.source_path}: {str(exc).replace('destination tls', 'audit.syslog')}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _check_tls(cfg: NodeConfig) -> list[str]:
     from node.dicom.tls import check_tls_files
+    from node.http.checks import check_http_auth
 
     try:
-        return check_tls_files(cfg)
+        return check_tls_files(cfg) + check_http_auth(cfg)
     except ConfigError as exc:
         print(f"configuration error:\n{cfg.source_path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -110,14 +124,20 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     import os
 
     from node.emulator.server import serve_forever
+    from node.emulator.variants import check_variants
     from node.ops.process import setup_logging
 
+    try:
+        check_variants(args.variant)
+    except ValueError as exc:
+        print(f"--variant: {exc}", file=sys.stderr)
+        return 2
     setup_logging("INFO")
     key = os.environ.get(args.key_env) if args.key_env else None
     if args.key_env and not key:
         print(f"environment variable {args.key_env} is not set", file=sys.stderr)
         return 2
-    serve_forever(args.host, args.port, key)
+    serve_forever(args.host, args.port, key, variants=args.variant, max_input_pixels=args.max_input_pixels)
     return 0
 
 
@@ -142,6 +162,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"jobs:    {s['jobs'] or 'none'}")
     print(f"outbox:  {s['outbox'] or 'none'}")
     print(f"quarantined instances: {s['quarantined']}")
+    from node.audit.status import status_lines
+
+    for line in status_lines(cfg):  # the audit repository (audit.syslog): backlog, ALERT
+        print(("\n" if line.startswith("ALERT") else "") + line)
     if s["parked"]:
         print("\nALERT: results parked (not delivered; `dicom-node retry` sends them again):")
         for r in s["parked"]:
@@ -199,11 +223,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
     queue = Queue(cfg)
+    from node.cli_audit import record_action
+
     if args.jobs:
         rows = store.retry_jobs(study_uid=args.study, rule_name=args.rule, include_failed=args.failed)
         store.circuit_probe_now({r["endpoint"] for r in rows})  # an operator's retry tries the endpoint now
         for r in rows:
             queue.enqueue_job(r["id"])
+        for study in sorted({r["study_uid"] for r in rows}):  # one audit event per study, with who did it
+            record_action(cfg, "retry", study_uid=study, rule=args.rule,
+                          jobs=[r["id"] for r in rows if r["study_uid"] == study])
         print(f"{len(rows)} job(s) queued again")
         return 0
     if args.study or args.rule or args.failed:
@@ -212,6 +241,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     n = store.retry_parked(args.destination)
     for dest in {d for d, _ in store.due_destinations()}:
         queue.enqueue_delivery(dest)
+    record_action(cfg, "retry", destination=args.destination or "all", results=n)
     print(f"{n} parked result(s) queued again")
     return 0
 
@@ -265,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--key-env", default=None, help="require Authorization: Bearer <value of this variable>")
+    s.add_argument("--variant", action="append", default=[], metavar="NAME",
+                   help="answer as a real deployment variant does (repeatable): see node/emulator/variants.py")
+    s.add_argument("--max-input-pixels", type=int, default=None, help="refuse larger images/volumes (424, 413)")
     s.set_defaults(func=cmd_emulator)
 
     s = sub.add_parser("check-config", help="validate a configuration file")
@@ -299,9 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_rules import add_parsers as add_rules_retract
 
     add_rules_retract(sub)  # rules test, retract, rerun (node/cli_rules.py)
+    from node.cli_audit import add_parsers as add_audit
+
+    add_audit(sub)  # audit-forward, the ATNA forwarder serve starts (node/cli_audit.py)
     from node.cli_hl7 import add_parsers as add_hl7
 
     add_hl7(sub)  # mllp (node/cli_hl7.py)
+    from node.cli_probe import add_parser as add_probe
+
+    add_probe(sub)  # the go-live check of the endpoints (node/cli_probe.py)
+    from node.cli_workflow import add_parsers as add_workflow
+
+    add_workflow(sub)  # workitems: the AIW-I worklist's workitems (node/cli_workflow.py)
     from node.cli_monitoring import add_parsers as add_monitoring
 
     add_monitoring(sub)  # monitor (node/cli_monitoring.py)

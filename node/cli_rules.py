@@ -53,6 +53,13 @@ def print_rule_test(report: dict[str, Any]) -> None:
                     why = "; ".join(f"{f['key']} is {f['found']!r}, rule wants {_fmt(f['expected'])}"
                                     f" ({f['instances']} instance(s))" for f in r["failed"])
                     out(f"    rule {r['rule']}: no match: {why}")
+        done = study.get("completion")
+        if done:
+            out(f"  completion: {done['would_fire']}")
+            for line in done["triggers"]:
+                out(f"    {line}")
+            if done.get("warning"):
+                out(f"    WARNING: {done['warning']}")
         if not study["jobs"]:
             out("  jobs: none (no rule matched)")
         for job in study["jobs"]:
@@ -129,11 +136,16 @@ def cmd_retract(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
+    from node.cli_audit import record_action
+
     try:
         report = retract(cfg, store, Queue(cfg), args.study, rule=args.rule, reason=args.reason)
     except RetractError as exc:
+        record_action(cfg, "retract", "minor-failure", study_uid=args.study, rule=args.rule, reason=args.reason,
+                      error=str(exc))
         print(f"retract: {exc}", file=sys.stderr)
         return 1
+    record_action(cfg, "retract", study_uid=args.study, rule=args.rule, reason=args.reason)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -149,11 +161,15 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     store = Store.open(cfg.database_url, sqlite_synchronous=cfg.database.sqlite_synchronous)
+    from node.cli_audit import record_action
+
     try:
         report = rerun(cfg, store, Queue(cfg), args.study, rule=args.rule)
     except RetractError as exc:
+        record_action(cfg, "rerun", "minor-failure", study_uid=args.study, rule=args.rule, error=str(exc))
         print(f"rerun: {exc}", file=sys.stderr)
         return 1
+    record_action(cfg, "rerun", study_uid=args.study, rule=args.rule)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

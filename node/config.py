@@ -8,14 +8,14 @@ against the folder of the config file, so a config file can be moved together wi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from node.audit.settings import AuditSection
 from node.config_sections import (  # the sections of the one model below
     CLASSIFIED_KEY,
-    AuditSection,
     DatabaseSection,
     DestinationSection,
     EndpointSection,
@@ -36,6 +36,7 @@ from node.hl7.settings import MllpListenerSection
 from node.monitoring.settings import MonitoringSection
 from node.models import registry
 from node.models.params import RuleParamsError
+from node.ups.settings import UpsSourceSection, check_references
 
 
 class ConfigError(ValueError):
@@ -55,7 +56,8 @@ class NodeConfig(_Strict):
     retention: RetentionSection = Field(default_factory=RetentionSection)
     audit: AuditSection = Field(default_factory=AuditSection)
     priors: PriorsSection | None = Field(None, description="Prior chest X-ray lookup; absent: no priors")
-    sources: list[SourceSection] = Field(default_factory=list, description="DICOMweb services polled for studies")
+    sources: list[Annotated[SourceSection | UpsSourceSection, Field(discriminator="type")]] = Field(
+        default_factory=list, description="DICOMweb services polled for studies, and UPS-RS worklists (AIW-I)")
     mllp: MllpListenerSection | None = Field(None, description="HL7 v2 listener for orders (node/hl7); absent: none")
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection, description="Agreement and drift")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -86,6 +88,13 @@ class NodeConfig(_Strict):
                         ("rules", i, "send_to", j),
                         f"unknown destination {dest!r}; allowed: {sorted(self.destinations) or 'define one under destinations'}",
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _ups_references(self) -> "NodeConfig":
+        bad = check_references(self.sources, [r.name for r in self.rules], self.destinations)
+        if bad is not None:
+            raise _KeyedError(*bad)
         return self
 
     @model_validator(mode="after")
@@ -175,10 +184,14 @@ def _resolve_security_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
     dests = {name: d.model_copy(update={"tls": fix(d.tls, "ca_file", "cert_file", "key_file")})
              for name, d in cfg.destinations.items()}
     audit = fix(cfg.audit, "path")
+    if audit.syslog is not None:
+        audit = audit.model_copy(update={"syslog": fix(audit.syslog, "ca_file", "cert_file", "key_file")})
     endpoints = {name: fix(e, "key_file") for name, e in cfg.endpoints.items()}
     mllp = cfg.mllp and cfg.mllp.model_copy(update={"tls": fix(cfg.mllp.tls, "cert_file", "key_file", "ca_file")})
+    http = cfg.http.model_copy(update={"tls": fix(cfg.http.tls, "cert_file", "key_file"),
+                                       "oidc": fix(cfg.http.oidc, "ca_file")})
     return cfg.model_copy(update={"node": node, "destinations": dests, "audit": audit, "endpoints": endpoints,
-                                  "mllp": mllp})
+                                  "mllp": mllp, "http": http})
 
 
 def parse_config(data: Any, source: Path | str = "<memory>", base_dir: Path | None = None) -> NodeConfig:

@@ -13,10 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from node.config_completion import NodeCompletionKeys, RuleCompletionKeys
 from node.dicom.cores import auto_receivers
 from node.fhir.settings import FhirDestinationKeys
 from node.hl7.settings import Hl7DestinationKeys, check_destination, destination_defaults
+from node.http.auth_settings import HttpTlsSection, OidcSection, check_http_auth
 from node.models import registry
+from node.models.endpoint_settings import EndpointModelSettings
 
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
 
@@ -82,13 +85,6 @@ class TlsClientSection(_Strict):
         return self
 
 
-class AuditSection(_Strict):
-    """The audit trail: ATNA-style events as JSON lines (UIDs, AE titles, addresses; never names)."""
-
-    enabled: bool = True
-    path: Path | None = Field(None, description="Default <storage_dir>/audit.jsonl")
-
-
 def _check_host_allowlist(hosts: dict[str, list[str]]) -> dict[str, list[str]]:
     import ipaddress
 
@@ -102,7 +98,7 @@ def _check_host_allowlist(hosts: dict[str, list[str]]) -> dict[str, list[str]]:
     return hosts
 
 
-class NodeSection(_Strict):
+class NodeSection(NodeCompletionKeys, _Strict):
     """The node's own DICOM identity, its spool and its timers."""
 
     ae_title: AETitle = "AINODE"
@@ -144,7 +140,7 @@ class NodeSection(_Strict):
         return [_check_ae_title(v) for v in values]
 
 
-class EndpointSection(_Strict):
+class EndpointSection(EndpointModelSettings, _Strict):
     """One deployed model endpoint (Azure ML managed online endpoint or the local emulator)."""
 
     model: str = Field(description="The model behind the endpoint: a name from node/models/registry.py")
@@ -157,7 +153,7 @@ class EndpointSection(_Strict):
     timeout_seconds: float = Field(180.0, gt=0, description="Read timeout of one call")
     connect_timeout_seconds: float = Field(10.0, gt=0)
     max_concurrency: int = Field(4, ge=1)
-    max_attempts: int = Field(6, ge=1, description="Calls per job before it fails (retries on 408/429/5xx/network)")
+    max_attempts: int = Field(6, ge=1, description="Calls per job before it fails (retries on 429/5xx/network)")
     backoff_initial_seconds: float = Field(1.0, ge=0)
     backoff_max_seconds: float = Field(60.0, ge=0)
     give_up_after_seconds: float = Field(
@@ -300,7 +296,7 @@ CLASSIFIED_KEY = "classified"
 ClassifiedMatch = dict[str, str | list[str]]
 
 
-class RuleSection(_Strict):
+class RuleSection(RuleCompletionKeys, _Strict):
     """A routing rule: which series go to which endpoint, and where the results go."""
 
     name: str = Field(min_length=1)
@@ -405,6 +401,9 @@ class HttpSection(_Strict):
         None, ge=0, description="/readyz fails below this free space on the spool; default node.min_free_disk_mb")
     stow_max_request_mb: float = Field(
         1024.0, gt=0, description="STOW-RS in (POST /dicomweb/studies): the largest request body accepted (413 above)")
+    tls: HttpTlsSection | None = Field(None, description="HTTPS on the HTTP side (node/http/auth_settings.py)")
+    oidc: OidcSection | None = Field(None, description="Sign-in and machine JWTs (node/http/auth_settings.py)")
+    check_auth = model_validator(mode="after")(check_http_auth)
 
 
 class LoggingSection(_Strict):

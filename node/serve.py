@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from node.audit.supervise import AuditSide
 from node.config import NodeConfig
 from node.dicom.receivers import ReceiverPool
 from node.dicom.scp import StorageSCP
@@ -51,11 +52,12 @@ class Node:
         self.queue = Queue(cfg)
         self.intake = Intake(cfg, self.store, self.queue)
         self.scp = StorageSCP(cfg, self.store, self.spool, self.intake)
-        self.sources: list = []  # change-feed pollers (node.dicomweb.changefeed), started with the SCP
+        self.sources: list = []  # change-feed pollers and UPS-RS task performers (node.ups), started with the SCP
         self.worker: subprocess.Popen | None = None
         self.http: subprocess.Popen | None = None  # the HTTP side (node/http), when http.port is set
         self.mllp: subprocess.Popen | None = None  # the HL7 v2 listener (node/hl7/listener.py), when mllp is set
         self.receivers = ReceiverPool(cfg, cfg.node.receivers)  # children when node.receivers > 1
+        self.audit = AuditSide(cfg)  # start/stop events, configuration changes, the ATNA forwarder (node/audit)
         self._stop = threading.Event()
 
     def _start_worker(self) -> None:
@@ -89,6 +91,7 @@ class Node:
                                           str(self.cfg.source_path), "--parent-pid", str(os.getpid())])
 
     def start(self) -> None:
+        self.audit.start()
         self._start_worker()
         self._start_http()
         self._start_mllp()
@@ -96,9 +99,13 @@ class Node:
         self.scp.start()
         if self.cfg.sources:
             from node.dicomweb.changefeed import ChangeFeedPoller
+            from node.ups.performer import TaskPerformer  # AIW-I worklists (sources: type ups-rs)
 
-            self.sources = [ChangeFeedPoller(self.cfg, src, self.store, self.spool, self.intake).start()
-                            for src in self.cfg.sources]
+            self.sources = [
+                TaskPerformer(self.cfg, src, self.store, self.spool, self.intake, self.queue.enqueue_job).start()
+                if src.type == "ups-rs" else
+                ChangeFeedPoller(self.cfg, src, self.store, self.spool, self.intake).start()
+                for src in self.cfg.sources]
         freeze_startup_heap()
 
     def request_stop(self, *_args) -> None:
@@ -120,6 +127,7 @@ class Node:
                 log.error("MLLP listener exited with %s; restarting it", self.mllp.returncode)
                 self._start_mllp()
             self.receivers.restart_dead()
+            self.audit.poll()
         self.stop()
 
     def stop(self, drain_seconds: float = 30.0) -> None:
@@ -145,6 +153,7 @@ class Node:
                     child.kill()
                     child.wait()
         self.store.engine.dispose()
+        self.audit.stop()
         log.info("stopped")
 
 

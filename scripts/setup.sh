@@ -5,8 +5,11 @@
 #     dcm2niix (reference NIfTI geometry); for the DICOMweb and viewer tests: orthanc-dicomweb (DICOMweb plugin: the STOW-RS/QIDO-RS/WADO-RS peer), chromium and
 #     chromium-driver (headless browser), pixelmed-apps + default-jre-headless (PixelMed's SR validator),
 #     npm (to fetch OHIF); for the cluster tests: postgresql, redis-server, haproxy (the tests start their own
-#     servers on free loopback ports; the Debian services are left as the package set them up)
+#     servers on free loopback ports; the Debian services are left as the package set them up); for the ATNA
+#     tests: rsyslog + rsyslog-gnutls (the audit record repository, started by the tests on a free loopback port)
 #   - OHIF 3.13.2's prebuilt viewer: `npm pack @ohif/app@3.13.2`, its dist/ unpacked into .cache/ohif/3.13.2/
+#   - the tests' identity provider: oidc-provider (npm, OpenID Certified), the version pinned in
+#     tests/support/oidc/package.json + package-lock.json, `npm ci` into .cache/oidc-provider/<version>/
 #   - npm's fhir@4.12.0 (FHIR R4 validator of the Hospital IT tests) in .cache/npm/
 #   - the Debian orthanc service is disabled and its own process stopped (scripts/disable_orthanc_service.sh):
 #     tests start their own Orthanc on free ports; no other Orthanc is touched
@@ -19,7 +22,7 @@ export DEBIAN_FRONTEND=noninteractive
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(dcmtk orthanc dicom3tools dcm2niix orthanc-dicomweb chromium chromium-driver pixelmed-apps
-              default-jre-headless postgresql redis-server haproxy orthanc-postgresql)
+              default-jre-headless postgresql redis-server haproxy orthanc-postgresql rsyslog rsyslog-gnutls)
 OHIF_VERSION=3.13.2
 OHIF_DIR="${REPO}/.cache/ohif/${OHIF_VERSION}"
 
@@ -91,6 +94,20 @@ else
     step "npm install fhir@${FHIR_JS_VERSION} -> ${FHIR_JS_DIR}"
     mkdir -p "${FHIR_JS_DIR}"
     (cd "${FHIR_JS_DIR}" && npm install --silent --no-audit --no-fund --no-save "fhir@${FHIR_JS_VERSION}" >/dev/null)
+fi
+
+# 3c. The tests' identity provider, oidc-provider from the npm registry (cached: nothing fetched when installed) -
+OIDC_SRC="${REPO}/tests/support/oidc"
+OIDC_VERSION="$("${PYTHON}" -c 'import json,sys; print(json.load(open(sys.argv[1]))["dependencies"]["oidc-provider"])' "${OIDC_SRC}/package.json")"
+OIDC_DIR="${REPO}/.cache/oidc-provider/${OIDC_VERSION}"
+if [[ -f "${OIDC_DIR}/node_modules/oidc-provider/package.json" ]] && cmp -s "${OIDC_SRC}/package-lock.json" "${OIDC_DIR}/package-lock.json"; then
+    step "oidc-provider ${OIDC_VERSION}: cached in ${OIDC_DIR}"
+else
+    step "oidc-provider ${OIDC_VERSION}: npm ci -> ${OIDC_DIR}"
+    rm -rf "${OIDC_DIR}"
+    mkdir -p "${OIDC_DIR}"
+    cp "${OIDC_SRC}/package.json" "${OIDC_SRC}/package-lock.json" "${OIDC_DIR}/"
+    (cd "${OIDC_DIR}" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --silent)
 fi
 
 # 4. This project, editable, with the test extra ----------------------------------------------------------------

@@ -44,7 +44,7 @@ def _test_database(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
 NO_DATABASE_MODULES = frozenset({
     "test_cxr_views", "test_emulator", "test_gsps_writer", "test_invoke_client", "test_key_rotation", "test_kos",
     "test_netpoll", "test_orthanc_fixture", "test_parse_contract", "test_pynetdicom_patches",
-    "test_receive_contexts", "test_sc_writer", "test_scu_status", "test_security_egress", "test_seg_writer",
+    "test_receive_contexts", "test_sc_writer", "test_scu_status", "test_security_egress", "test_seg_writer", "test_sso_roles",
     "test_setup_script", "test_sr_writer", "test_support_pacs", "test_volume",
 })
 

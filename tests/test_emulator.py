@@ -150,10 +150,14 @@ def test_sample_client_encodebytes_and_object_shape():
     ],
 )
 def test_bad_requests_are_refused_with_a_message(emulator, payload, status, fragment):
+    # as Azure ML answers a model container's non-200: 424, the container's status and a reason in headers
     r = post(emulator, payload)
-    assert r.status_code == status
+    assert r.status_code == 424
+    assert r.headers["ms-azureml-model-error-statuscode"] == str(status)
+    assert r.headers["ms-azureml-model-error-reason"]
     assert fragment in r.json()["message"]
     assert r.headers["x-ms-emulator"]
+    assert emulator.requests[-1]["status"] == 424
 
 
 def test_key_auth_and_admin_routes():

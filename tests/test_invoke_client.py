@@ -142,20 +142,43 @@ def test_500_and_503_retried_then_success(emulator):
     assert [e["status"] for e in emulator.requests] == [500, 503, 502, 200]
 
 
-def test_408_and_424_are_retried(emulator):
-    emulator.script_faults([{"status": 408}, {"status": 424, "model_status": 500, "model_reason": "oom"}])
+@pytest.mark.parametrize("fault, cause, permanent", [
+    ({"status": 424, "model_status": 400, "model_reason": "model_error"}, "model-input", True),
+    ({"status": 424, "model_status": 413, "model_reason": "model_error"}, "model-input", True),
+    ({"status": 424, "model_status": 507, "model_reason": "cuda_oom"}, "model-error", False),
+    ({"status": 424, "headers": {"ms-azureml-model-error-statuscode": "garbage"}}, "model-error", False),
+    ({"status": 408}, "timeout", False),
+])
+def test_408_and_424_are_left_to_the_job_by_cause(emulator, fault, cause, permanent):
+    """One call, never retried by the client: the job decides by cause (node/flow/circuit.py). A 424's inner
+    status and reason are kept; an inner 4xx is this input's fault (permanent), an inner 5xx the model's."""
+    emulator.script_faults([fault, {"status": 500, "repeat": 3}])  # a retry would meet these
     with client_for(emulator) as client:
-        assert client.score(PAYLOAD).attempts == 3
-
-
-def test_424_message_names_the_model_error(emulator):
-    emulator.script_faults([{"status": 424, "model_status": 507, "model_reason": "cuda_oom", "repeat": 2}])
-    with client_for(emulator, max_attempts=2) as client:
         with pytest.raises(EndpointError) as info:
             client.score(PAYLOAD)
     err = info.value
-    assert err.status == 424 and not err.permanent and err.attempts == 2
-    assert "507" in err.message and "cuda_oom" in err.message
+    assert err.cause == cause and err.permanent is permanent and err.attempts == 1, repr(err)
+    assert [e["status"] for e in emulator.requests] == [fault["status"]]
+    if fault["status"] == 424:
+        model_status = fault.get("model_status")
+        assert err.model_status == model_status
+        if model_status:
+            assert str(model_status) in err.message and fault["model_reason"] in err.message
+            assert err.model_reason == fault["model_reason"]
+    else:
+        assert "request_timeout_ms" in err.message
+
+
+def test_a_model_refusal_is_not_an_endpoint_failure(emulator):
+    """A 424 the model answered for a refused input is one call and names the model's own status and reason."""
+    emulator.configure(max_input_pixels=100)
+    with client_for(emulator) as client:
+        with pytest.raises(EndpointError) as info:
+            client.score(PAYLOAD)
+    err = info.value
+    assert (err.status, err.model_status, err.cause, err.permanent) == (424, 413, "model-input", True)
+    assert "larger than this model takes" in err.message and "the model refused this input" in err.message
+    assert len(emulator.requests) == 1
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 413])

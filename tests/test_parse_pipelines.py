@@ -118,11 +118,17 @@ def test_oblique_mr_volume_matched_series_aligns_with_source_pixels(emulator, da
     sources = [pydicom.dcmread(p) for p in paths]
     values = {s.SOPInstanceUID: apply_modality_lut(s.pixel_array, s).astype(np.float64) for s in sources}
     median = float(np.median(np.concatenate([v.ravel() for v in values.values()])))
-    for segment in (1, 2):  # both prompts get the same emulated mask: each must sit on its own slice
+    # Both prompts went in one call (prompts_per_call, the model card's '&'): the emulator's label map gives each
+    # voxel one label, column stripes 8 wide alternating between the prompts (emulator3d.label_map); each segment must
+    # be its own stripes of the mask, on its own slice.
+    assert [r["payload"][0]["text"]["chars"] for r in emulator.requests[-1:]] == [len("prostate & lesion")]
+    columns = np.arange(256)
+    for segment in (1, 2):
         frames = frames_by_source(seg, segment)
         assert len(frames) == 20
+        mine = ((columns // 8) % 2) == segment - 1
         for uid, pixels in values.items():
-            assert np.array_equal(frames[(uid, 1)].astype(bool), pixels > median)
+            assert np.array_equal(frames[(uid, 1)].astype(bool), (pixels > median) & mine[None, :])
 
 
 def test_mask_in_another_voxel_order_is_put_back_on_the_request_grid(data: Path) -> None:

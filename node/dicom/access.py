@@ -5,7 +5,7 @@
   association gets A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognised) and a
   Security Alert in the audit trail.
 * The DICOM TLS listener (``node.tls``) beside the plain one, handshaking in the connection's own thread.
-* Audit events of associations and instances (:mod:`node.audit`).
+* Audit events of associations and instances (:mod:`node.ops.audit`; ATNA: :mod:`node.audit`).
 """
 
 from __future__ import annotations
@@ -116,8 +116,9 @@ class ScpSecurity:
             key = id(event.assoc)
             if key in self._counts:
                 self._counts[key] += 1
-        self.audit.record("instance-received", calling_ae=str(event.assoc.requestor.ae_title).strip(),
-                          peer_host=event.assoc.requestor.address, study_uid=study_uid, series_uid=series_uid,
+        req = event.assoc.requestor  # (pid, peer address, port): the association the ATNA transfer gathers by
+        self.audit.record("instance-received", calling_ae=str(req.ae_title).strip(), peer_host=req.address,
+                          peer_port=req.port, study_uid=study_uid, series_uid=series_uid,
                           sop_instance_uid=sop_uid, sop_class_uid=sop_class)
 
     def instance_quarantined(self, calling_ae: str, sop_uid: str | None, status: int) -> None:

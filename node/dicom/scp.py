@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.ops import metrics
 from node.ops.audit import audit_log
 from node.dicom.commitment import CommitmentReport, add_report_context, report_handler
+from node.dicom.notices import NoticeHandlers, add_contexts
 from node.store.commit import GroupCommitter
 from node.config import NodeConfig
 from node.dicom.pynetdicom_patches import (NodeAssociationServer, SharedPortAssociationServer, configure_pynetdicom,
@@ -85,6 +86,9 @@ class StorageSCP:
         self.ae = self._make_ae()
         self._server: NodeAssociationServer | None = None
         self.security = ScpSecurity(cfg, audit_log(cfg))
+        node = cfg.node  # MPPS / IAN SCPs (node/dicom/notices.py): bound only when asked for
+        self.notices = (NoticeHandlers(store, intake, audit_log(cfg), mpps=node.accept_mpps, ian=node.accept_ian)
+                        if node.accept_mpps or node.accept_ian else None)
         self._tls_server: NodeAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.received = 0
@@ -112,6 +116,7 @@ class StorageSCP:
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         add_report_context(ae)  # Storage Commitment reports of destinations come back here
+        add_contexts(ae, node.accept_mpps, node.accept_ian)
         return ae
 
     def _commitment_report(self, report: CommitmentReport) -> None:
@@ -214,7 +219,7 @@ class StorageSCP:
         self._spares = SpareFiles(self.spool.tmp, self.cfg.node.instance_id).start()
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.handle_association),
                     (evt.EVT_N_EVENT_REPORT, report_handler(self._commitment_report)),
-                    *self.security.handlers()]
+                    *self.security.handlers(), *(self.notices.handlers() if self.notices else [])]
         node = self.cfg.node
         server_class = SharedPortAssociationServer if node.receivers > 1 else NodeAssociationServer
         server = self.ae.make_server((node.host, node.port), evt_handlers=handlers, server_class=server_class)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from node.config import ConfigError, NodeConfig, TlsClientSection, TlsServerSection
@@ -34,7 +35,8 @@ BCP195_CIPHERS = ":".join([
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def _harden(ctx: ssl.SSLContext, min_version: str) -> ssl.SSLContext:
+def harden(ctx: ssl.SSLContext, min_version: str) -> ssl.SSLContext:
+    """BCP 195 on ``ctx``: at least ``min_version``, the AEAD suites above, no compression, no renegotiation."""
     ctx.minimum_version = _VERSIONS[min_version]
     ctx.set_ciphers(BCP195_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -53,7 +55,7 @@ def _load(where: str, what: str, fn: Callable[..., Any], *args: Any) -> None:
 
 def server_context(cfg: TlsServerSection) -> ssl.SSLContext:
     """The SCP's context: this node's certificate; client certificates verified against ``ca_file``."""
-    ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cfg.min_version)
+    ctx = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cfg.min_version)
     _load("node.tls", "cert_file/key_file", ctx.load_cert_chain, str(cfg.cert_file), str(cfg.key_file))
     if cfg.ca_file is not None:
         _load("node.tls", "ca_file", ctx.load_verify_locations, str(cfg.ca_file))
@@ -62,9 +64,17 @@ def server_context(cfg: TlsServerSection) -> ssl.SSLContext:
     return ctx
 
 
+def https_server_context(cert_file: Path, key_file: Path, min_version: str) -> ssl.SSLContext:
+    """The HTTP side's HTTPS context (``http.tls``): the same BCP 195 settings as DICOM TLS, ALPN HTTP/1.1."""
+    ctx = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), min_version)
+    _load("http.tls", "cert_file/key_file", ctx.load_cert_chain, str(cert_file), str(key_file))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 def client_context(cfg: TlsClientSection) -> ssl.SSLContext:
     """The SCU's context toward one destination: its certificate must chain to ``ca_file``."""
-    ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cfg.min_version)
+    ctx = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cfg.min_version)
     _load("destination tls", "ca_file", ctx.load_verify_locations, str(cfg.ca_file))
     ctx.check_hostname = cfg.check_hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -87,6 +97,9 @@ def check_tls_files(cfg: NodeConfig) -> list[str]:
             except ConfigError as exc:
                 raise ConfigError(str(exc).replace("destination tls", f"destinations.{name}.tls")) from None
             lines.append(f"destination {name}: DICOM TLS ({dest.tls.min_version}+)")
+    if cfg.http.tls is not None:
+        https_server_context(cfg.http.tls.cert_file, cfg.http.tls.key_file, cfg.http.tls.min_version)
+        lines.append(f"HTTP side: HTTPS ({cfg.http.tls.min_version}+)")
     if cfg.mllp is not None and cfg.mllp.tls is not None:  # the HL7 v2 listener (node/hl7/listener.py)
         try:
             server_context(cfg.mllp.tls)

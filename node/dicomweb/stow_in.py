@@ -183,19 +183,21 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def stow_routes(cfg: Any, store: Store, spool: Spool, intake: Any, *,
-                authorize: Callable[[Request], bool | Awaitable[bool]],
+                authorize: Callable[[Request], bool | Response | Awaitable[bool | Response]],
                 max_request_bytes: int = 1 << 30, prefix: str = "/dicomweb") -> list[Route]:
     """The STOW-RS routes (``POST {prefix}/studies`` and ``POST {prefix}/studies/{study}``).
 
-    ``authorize(request)``: whether the request carries a valid token (the HTTP side's check); required, so the
-    routes are never mounted open. ``intake``: :class:`node.flow.intake.Intake` (record + arm).
+    ``authorize(request)``: whether the request carries a valid token (the HTTP side's check), or the refusal to
+    send; required, so the routes are never mounted open. ``intake``: :class:`node.flow.intake.Intake` (record + arm).
     """
     receiver = StowReceiver(cfg, store, spool, intake)
 
     async def post(request: Request) -> Response:
         allowed = authorize(request)
-        if not isinstance(allowed, bool):
+        if not isinstance(allowed, (bool, Response)):
             allowed = await allowed
+        if isinstance(allowed, Response):  # the HTTP side's own refusal (401, 403, 503)
+            return allowed
         if not allowed:
             return JSONResponse({"error": "a valid token is required"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})

@@ -1,7 +1,8 @@
 """A local emulator of the Azure ML online endpoints that serve the Foundry healthcare models.
 
 :class:`~node.emulator.server.EmulatorServer` is a real HTTP server speaking the endpoints' protocol (bearer key,
-``/score``, ``x-request-id``, 401/408/424/429/5xx with ``Retry-After``) with scriptable faults. Each model is a
+``/score``, ``x-request-id``, 401/408/424/429/5xx with ``Retry-After``) with scriptable faults and the reply variants
+the real deployments use (:mod:`node.emulator.variants`). Each model is a
 *handler* named by the model's line in :mod:`node.models.registry` (``node/models/<model>/emulator.py``); a handler
 implements :class:`ModelHandler` and raises :class:`RequestError` for requests the model would refuse.
 
@@ -19,7 +20,9 @@ EMULATOR_HEADER_VALUE = f"{EMULATOR_NAME}/{EMULATOR_VERSION}"
 
 
 class RequestError(Exception):
-    """A request the emulated model refuses: answered with ``status`` and ``{"message": message}``."""
+    """A request the emulated model refuses: the container's ``status`` and ``{"message": message}``, which the server
+    answers as Azure ML does, with 424 and ``ms-azureml-model-error-statuscode: <status>`` (404 stays the gateway's:
+    no such model route)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

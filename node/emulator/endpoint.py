@@ -15,14 +15,18 @@ from typing import Any
 from node.emulator import EMULATOR_HEADER_VALUE, ModelHandler, RequestError
 from node.emulator.faults import status_fault, validate_faults
 from node.emulator.handlers import HANDLERS
-from node.emulator.requestlog import new_entry, record_input
+from node.emulator.inspect import pixels_of
+from node.emulator.requestlog import new_entry, record_input, record_reply
 from node.emulator.state import EmulatorState
+from node.emulator.variants import merged, parse_query
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GENERIC_MODEL_VERSION", "EndpointHTTPServer", "EndpointRequestHandler"]
 
 GENERIC_MODEL_VERSION = "emulator-1"
+#: The reason header of a 424 (the container's status goes in ms-azureml-model-error-statuscode).
+MODEL_ERROR_REASON = "model_error"
 
 
 class EndpointHTTPServer(ThreadingHTTPServer):
@@ -79,9 +83,10 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
         return hmac.compare_digest((self.headers.get("Authorization") or "").encode(), f"Bearer {key}".encode())
 
     def _send(self, status: int, body: bytes, *, started: float, model_version: str | None = None,
-              extra: dict[str, str] | None = None, content_type: str = "application/json") -> None:
+              extra: dict[str, str] | None = None, content_type: str = "application/json",
+              version_header: bool = True) -> None:
         try:
-            self._write(status, body, started, model_version, extra, content_type)
+            self._write(status, body, started, model_version if version_header else "", extra, content_type)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             # the client gave up (read timeout) while we stalled: nothing to answer
             self.close_connection = True
@@ -93,7 +98,8 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("x-ms-emulator", EMULATOR_HEADER_VALUE)
         self.send_header("x-request-id", str(uuid.uuid4()))
-        self.send_header("x-ms-model-version", model_version or GENERIC_MODEL_VERSION)
+        if model_version != "":  # "": the no-version variant (a real endpoint sends no version header)
+            self.send_header("x-ms-model-version", model_version or GENERIC_MODEL_VERSION)
         self.send_header("x-emulator-elapsed-ms", f"{(time.perf_counter() - started) * 1000:.3f}")
         client_rid = self.headers.get("x-ms-client-request-id")
         if client_rid:
@@ -107,6 +113,13 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, obj: Any, *, started: float, **kw: Any) -> None:
         self._send(status, json.dumps(obj).encode("utf-8"), started=started, **kw)
+
+    def _logged_reply(self, entry: dict[str, Any], obj: Any) -> bytes:
+        """``obj`` as the JSON body to answer, kept in the request's log entry first (``reply``)."""
+        body = json.dumps(obj).encode("utf-8")
+        with self.state.lock:
+            record_reply(entry, body)
+        return body
 
     def _send_message(self, status: int, message: str, *, started: float, **kw: Any) -> None:
         self._send_json(status, {"message": message}, started=started, **kw)
@@ -141,7 +154,12 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         raw = self._read_body()
         if path == "/score" or (path.endswith("/score") and path.count("/") == 2):
-            self._score(path, raw, started, received)
+            try:
+                _, requested = parse_query(self.path)
+            except ValueError as exc:
+                self._send_message(400, f"emulator: {exc}", started=started)
+                return
+            self._score(path, raw, started, received, requested)
             return
         if not self._authorized():
             self._send_message(401, "missing or invalid bearer key", started=started)
@@ -170,7 +188,7 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
             self._send_message(400, str(exc), started=started)
 
     # --- scoring -------------------------------------------------------------------------------------
-    def _score(self, path: str, raw: bytes, started: float, received: float) -> None:
+    def _score(self, path: str, raw: bytes, started: float, received: float, requested: list[str]) -> None:
         state = self.state
         entry = new_entry(path, self.headers, raw, received)
         state.log_request(entry)  # logged on arrival: a test can see a call that is still stalling
@@ -197,6 +215,10 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
             config = dict(state.config)
+        variants = merged(config.get("variants") or [], requested)
+        send_version = "no-version" not in variants
+        with state.lock:
+            entry["variants"] = sorted(variants)
         counted = True
 
         def leave() -> None:  # before the reply is written: a client may start its next call at once
@@ -235,9 +257,11 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
 
             if "body" in fault:
                 status = int(fault.get("status", 200))
+                body = self._logged_reply(entry, fault["body"])
                 leave()
                 finish(status)
-                self._send_json(status, fault["body"], started=started, model_version=model_version, extra=extra)
+                self._send(status, body, started=started, model_version=model_version, extra=extra,
+                           version_header=send_version)
                 return
             if fault.get("malformed"):
                 leave()
@@ -262,24 +286,37 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
             delay = float(config.get("delay_seconds") or 0.0)
             if delay > 0:
                 state.stopping.wait(delay)
+            _check_input_size(entry.get("payload"), config.get("max_input_pixels"))
             options = dict(config)
+            options["variants"] = variants
             options["params"] = doc.get("params") if isinstance(doc.get("params"), dict) else {}
             if fault.get("shape"):
                 options["response_shape"] = fault["shape"]
             result = handler.score(input_data, options)
             status = int(fault.get("status", 200))
+            body = self._logged_reply(entry, result)
             leave()
             finish(status)
-            self._send_json(status, result, started=started, model_version=model_version, extra=extra)
+            self._send(status, body, started=started, model_version=model_version, extra=extra,
+                       version_header=send_version)
         except RequestError as exc:
             leave()
-            finish(exc.status)
-            self._send_message(exc.status, exc.message, started=started)
-        except Exception as exc:  # a bug in a handler: answer like the inference server would
+            if exc.status == 404:  # the emulator's own routing (/<model>/score of no model): the gateway's answer
+                finish(404)
+                self._send_message(404, exc.message, started=started)
+                return
+            # Everything else is the model container's answer: Azure ML turns a non-200 into 424 with its status
+            finish(424)
+            self._send_message(424, exc.message, started=started, version_header=send_version,
+                               extra={"ms-azureml-model-error-statuscode": str(exc.status),
+                                      "ms-azureml-model-error-reason": MODEL_ERROR_REASON})
+        except Exception as exc:  # a bug in a handler: the container's 500, which Azure ML answers with 424
             log.exception("emulator: handler failed")
             leave()
-            finish(500)
-            self._send_message(500, f"emulator error: {type(exc).__name__}", started=started)
+            finish(424)
+            self._send_message(424, f"emulator error: {type(exc).__name__}", started=started,
+                               extra={"ms-azureml-model-error-statuscode": "500",
+                                      "ms-azureml-model-error-reason": MODEL_ERROR_REASON})
         finally:
             leave()
 
@@ -302,3 +339,16 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
         raise RequestError(400, f"columns {columns} fit several models {sorted(h.name for h in candidates)}; "
                                 f"POST to /<model>/score")
 
+
+
+def _check_input_size(payload: Any, limit: Any) -> None:
+    """The ``max_input_pixels`` setting: an image or volume larger than the model takes (a GPU's memory) is refused
+    with 413, as a container that checks its input would (the server answers 424 with that status)."""
+    if not limit or not isinstance(payload, list):
+        return
+    for i, row in enumerate(payload):
+        for column, desc in (row or {}).items():
+            n = pixels_of(desc) if isinstance(desc, dict) else 0
+            if n > int(limit):
+                raise RequestError(413, f"row {i}: {column} of shape {desc.get('shape')} ({n} pixels) is larger "
+                                        f"than this model takes ({int(limit)} pixels)")

@@ -62,8 +62,11 @@ def describe_value(value: Any) -> dict[str, Any]:
             doc: dict[str, Any] = {"kind": kind, "bytes": len(raw)}
             if kind == "png":
                 doc["png_chunks"] = sorted(set(png_chunks(raw)))
+                if len(raw) >= 24:
+                    doc["shape"] = list(struct.unpack(">II", raw[16:24]))  # IHDR: width, height
             if kind == "nifti.gz":
                 doc["nifti_text"] = _nifti_text(raw)
+                doc["shape"] = _nifti_shape(raw)
             return doc
     if isinstance(value, str):
         # The log never keeps the text itself (it may be PHI a test wants to find elsewhere): its length and
@@ -76,6 +79,21 @@ def _nifti_text(raw: bytes) -> dict[str, str]:
     head = _gunzip_head(raw)
     fields = {"descrip": (148, 80), "aux_file": (228, 24), "intent_name": (328, 16), "db_name": (14, 18)}
     return {k: head[o:o + n].split(b"\x00")[0].decode("latin-1") for k, (o, n) in fields.items()}
+
+
+def _nifti_shape(raw: bytes) -> list[int]:
+    head = _gunzip_head(raw)
+    order = "<" if struct.unpack("<i", head[:4])[0] == 348 else ">"
+    dims = struct.unpack(order + "8h", head[40:56])
+    return [int(d) for d in dims[1:1 + max(0, min(7, dims[0]))]]
+
+
+def pixels_of(description: dict[str, Any]) -> int:
+    """Pixels (voxels) of an image cell described by :func:`describe_value`; 0 for text."""
+    n = 1
+    for d in description.get("shape") or [0]:
+        n *= max(int(d), 1)
+    return n if description.get("shape") else 0
 
 
 def describe_payload(input_data: Any) -> list[dict[str, Any]] | None:

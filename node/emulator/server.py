@@ -4,13 +4,20 @@ Routes
 ------
 ``POST /score``                 dispatched by ``input_data.columns`` (``frontal_image`` -> CXRReportGen); when
                                 several handlers accept the columns, the server's ``model`` setting decides, else 400
-``POST /<model>/score``         that model explicitly (``/cxrreportgen/score``, ``/medimageinsight/score``)
+``POST /<model>/score``         that model explicitly (``/cxrreportgen/score``, ``/medimageinsight/score``);
+                                ``?variant=a,b`` answers this request in those reply variants
+                                (:mod:`node.emulator.variants`)
 ``GET  /``                      liveness (``{"status": "Healthy", "models": [...]}``)
 ``POST /_emulator/faults``      ``{"faults": [fault, ...]}``: appended to the fault script
 ``GET  /_emulator/faults``      the faults still pending
 ``GET  /_emulator/requests``    ``{"requests": [...], "max_in_flight": n}``: the request log
 ``POST /_emulator/reset``       clears the fault script, the request log and max_in_flight
-``GET|POST /_emulator/config``  ``{"response_shape": "rows"|"object", "delay_seconds": float, "model": str|null}``
+``GET|POST /_emulator/config``  ``{"response_shape": "rows"|"object", "delay_seconds": float, "model": str|null,
+                                "variants": [names], "max_input_pixels": int|null}``
+
+A request the emulated model refuses (an undecodable image, a volume over ``max_input_pixels``...) is answered as
+Azure ML answers a model container's non-200: **424** with ``ms-azureml-model-error-statuscode`` (the model's
+status, e.g. 400 or 413) and ``ms-azureml-model-error-reason``; a handler's crash is a 424 with status 500.
 
 With a key, every route except ``GET /`` needs ``Authorization: Bearer <key>`` (else 401, JSON message).
 Unauthenticated requests are answered by the "gateway": they consume no fault.
@@ -36,6 +43,7 @@ from node.emulator.endpoint import EndpointHTTPServer, EndpointRequestHandler
 from node.emulator.faults import RESPONSE_SHAPES, validate_faults
 from node.emulator.handlers import HANDLERS
 from node.emulator.state import EmulatorState
+from node.emulator.variants import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +59,15 @@ class EmulatorServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, key: str | None = None,
-                 delay_seconds: float = 0.0, response_shape: str = "rows", model: str | None = None) -> None:
+                 delay_seconds: float = 0.0, response_shape: str = "rows", model: str | None = None,
+                 variants: list[str] | None = None, max_input_pixels: int | None = None) -> None:
         if response_shape not in RESPONSE_SHAPES:
             raise ValueError(f"response_shape must be one of {RESPONSE_SHAPES}")
         if model is not None and model not in HANDLERS:
             raise ValueError(f"unknown model {model!r}; known: {sorted(HANDLERS)}")
         self.host = host
         self.port = port
-        self._state = EmulatorState(key, delay_seconds, response_shape, model)
+        self._state = EmulatorState(key, delay_seconds, response_shape, model, variants, max_input_pixels)
         self._httpd: EndpointHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -116,8 +125,10 @@ class EmulatorServer:
         """The scoring URI, ``http://127.0.0.1:<port>/score``."""
         return f"{self.base_url}/score"
 
-    def model_url(self, model: str) -> str:
-        return f"{self.base_url}/{model}/score"
+    def model_url(self, model: str, *variants: str) -> str:
+        """``/<model>/score``, with ``?variant=...`` when ``variants`` are named."""
+        query = f"?variant={','.join(variants)}" if variants else ""
+        return f"{self.base_url}/{model}/score{query}"
 
     # --- control (the same as the /_emulator routes) -------------------------------------------------
     def script_faults(self, faults: list[dict]) -> None:
@@ -131,7 +142,8 @@ class EmulatorServer:
             return list(self._state.faults)
 
     def configure(self, **update: Any) -> dict[str, Any]:
-        """Change ``response_shape``, ``delay_seconds`` or ``model`` (as POST /_emulator/config)."""
+        """Change ``response_shape``, ``delay_seconds``, ``model``, ``variants`` or ``max_input_pixels`` (as POST
+        /_emulator/config)."""
         return self._state.set_config(update)
 
     def reset(self) -> None:
@@ -144,7 +156,8 @@ class EmulatorServer:
         of the value in row 0, as sent: base64 for images), headers (no
         Authorization), authorization (a fingerprint, see :func:`fingerprint`), body_size, time (received, POSIX),
         status answered (None while in progress or when closed), state ("in_progress", "answered", "closed"),
-        fault, elapsed_ms."""
+        fault, elapsed_ms, variants (the reply variants this request was answered in), reply (the JSON answered with
+        a model's result or a scripted body, as sent; None when larger than 64 KiB) and reply_bytes."""
         with self._state.lock:
             return [dict(e) for e in self._state.log]
 
@@ -161,10 +174,11 @@ class EmulatorServer:
 
 
 def serve_forever(host: str, port: int, key: str | None, *, delay_seconds: float = 0.0,
-                  response_shape: str = "rows", model: str | None = None) -> None:
+                  response_shape: str = "rows", model: str | None = None, variants: list[str] | None = None,
+                  max_input_pixels: int | None = None) -> None:
     """Run the emulator in the foreground until SIGINT/SIGTERM (``dicom-node emulator``)."""
     server = EmulatorServer(host, port, key=key, delay_seconds=delay_seconds, response_shape=response_shape,
-                            model=model).start()
+                            model=model, variants=variants, max_input_pixels=max_input_pixels).start()
     done = threading.Event()
 
     def _stop(signum: int, frame: Any) -> None:
@@ -175,7 +189,7 @@ def serve_forever(host: str, port: int, key: str | None, *, delay_seconds: float
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _stop)
     print(f"emulator listening on {server.url} (models: {', '.join(sorted(HANDLERS))}; "
-          f"auth: {'key' if key else 'none'})", flush=True)
+          f"auth: {'key' if key else 'none'}; variants: {', '.join(variants or []) or 'none'})", flush=True)
     try:
         while not done.wait(0.5):
             pass
@@ -194,6 +208,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--delay-seconds", type=float, default=0.0, help="simulated model time per answer")
     parser.add_argument("--shape", choices=RESPONSE_SHAPES, default="rows", help="reply shape of CXRReportGen")
     parser.add_argument("--model", choices=sorted(HANDLERS), default=None, help="the model /score always means")
+    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), default=[],
+                        help="a reply variant of the real service (repeatable; node/emulator/variants.py)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     key = None
     if args.key_env:
@@ -202,7 +218,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             parser.error(f"environment variable {args.key_env} is not set or empty")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_forever(args.host, args.port, key, delay_seconds=args.delay_seconds, response_shape=args.shape,
-                  model=args.model)
+                  model=args.model, variants=args.variant)
     return 0
 
 

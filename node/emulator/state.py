@@ -10,6 +10,7 @@ from typing import Any
 from node.emulator.faults import RESPONSE_SHAPES
 from node.emulator.handlers import HANDLERS
 from node.emulator.requestlog import LOG_LIMIT
+from node.emulator.variants import check_variants
 
 __all__ = ["EmulatorState"]
 
@@ -19,7 +20,8 @@ class EmulatorState:
     the request ``log``, ``in_flight``/``max_in_flight``, ``config`` (the /_emulator/config settings), ``stopping``
     (set on stop: wakes stalls and delays) and the open ``connections``."""
 
-    def __init__(self, key: str | None, delay_seconds: float, response_shape: str, model: str | None) -> None:
+    def __init__(self, key: str | None, delay_seconds: float, response_shape: str, model: str | None,
+                 variants: list[str] | None = None, max_input_pixels: int | None = None) -> None:
         self.key = key
         self.lock = threading.Lock()
         self.faults: deque[dict] = deque()
@@ -27,7 +29,8 @@ class EmulatorState:
         self.in_flight = 0
         self.max_in_flight = 0
         self.config: dict[str, Any] = {"response_shape": response_shape, "delay_seconds": float(delay_seconds),
-                                       "model": model}
+                                       "model": model, "variants": check_variants(variants),
+                                       "max_input_pixels": max_input_pixels}
         self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()
 
@@ -44,6 +47,11 @@ class EmulatorState:
             d = update["delay_seconds"]
             if not isinstance(d, (int, float)) or d < 0:
                 raise ValueError("delay_seconds must be a number >= 0")
+        if "variants" in update:
+            update = {**update, "variants": check_variants(update["variants"])}
+        limit = update.get("max_input_pixels")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ValueError("max_input_pixels must be a positive integer (or null: no limit)")
         if update.get("model") is not None and update["model"] not in HANDLERS:
             raise ValueError(f"unknown model {update['model']!r}; known: {sorted(HANDLERS)}")
         with self.lock:

@@ -4,10 +4,15 @@ Policy over :mod:`node.store.circuits` (the state is in the database: every work
 see it; nothing is lost with a process):
 
 * **closed** (no row): jobs call the endpoint.
-* A call that fails after the HTTP client's own retries (network error, timeout, 408, 424, 429, 5xx: the
-  endpoint is down or throttled) **opens** the circuit until the endpoint's ``Retry-After`` when it sent one (any
-  length), else a jittered exponential backoff (``retry_initial_seconds`` doubling per consecutive failure, capped
-  at ``retry_max_seconds``). Jobs that find it open call nothing: they wait, pending, without counting an attempt.
+* Errors are acted on by cause (:attr:`node.invoke.errors.EndpointError.cause`, :func:`verdict`), not by status:
+  a 424 whose inner status is 4xx (the model refused *this input*) fails that job at once; a 424 with an inner 5xx
+  and a 408 (the deployment's ``request_timeout_ms``) are tried again for that job only, at most
+  ``model_error_retries`` times, and never open the circuit, except 408s of :data:`TIMEOUT_STUDIES` different
+  studies within :data:`TIMEOUT_WINDOW_SECONDS` (the endpoint itself is too slow).
+* An endpoint-level failure after the HTTP client's own retries (network error, read timeout, 429, 5xx, repeated
+  408s) **opens** the circuit until the endpoint's ``Retry-After`` when it sent one (any length), else a jittered
+  exponential backoff (``retry_initial_seconds`` doubling per consecutive failure, capped at
+  ``retry_max_seconds``). Jobs that find it open call nothing: they wait, pending, without counting an attempt.
 * When it is due, the oldest waiting job is the **probe** (half-open): the only job that calls. Its success
   closes the circuit and the backlog drains, urgent rules first then oldest first, at the endpoint's
   ``max_concurrency`` (the client's limit); its failure opens the circuit again with a longer wait.
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from node.config import EndpointSection
@@ -39,10 +46,45 @@ def retry_delay(failures: int, endpoint: EndpointSection) -> float:
     return base * random.uniform(0.5, 1.0)
 
 
+#: 408s of this many different studies on one endpoint within :data:`TIMEOUT_WINDOW_SECONDS` open its circuit.
+TIMEOUT_STUDIES = 3
+TIMEOUT_WINDOW_SECONDS = 600.0
+#: Causes of a failed call that are about one input, not the endpoint: never counted against its circuit alone.
+PER_JOB_CAUSES = ("model-error", "timeout")
+
+_timeouts_lock = threading.Lock()
+_timeouts: dict[str, deque[tuple[float, str]]] = {}
+
+
+def timed_out_studies(endpoint: str, study_uid: str, now: float | None = None) -> int:
+    """Record a 408 of ``study_uid`` on ``endpoint``; the different studies that timed out there within the window
+    (this worker process's memory: a restart starts counting again)."""
+    t = time.time() if now is None else now
+    with _timeouts_lock:
+        seen = _timeouts.setdefault(endpoint, deque(maxlen=256))
+        seen.append((t, study_uid))
+        return len({uid for when, uid in seen if t - when <= TIMEOUT_WINDOW_SECONDS})
+
+
 def says_endpoint_down(exc: EndpointError) -> bool:
-    """A failure that says the endpoint (not this request) is unavailable: every transient one, once the HTTP
-    client's own retries are spent."""
-    return not exc.permanent
+    """A failure that says the endpoint (not this request) is unavailable: a transient one, once the HTTP client's
+    own retries are spent, that is not about one input (a 424 or a 408)."""
+    return not exc.permanent and exc.cause not in PER_JOB_CAUSES
+
+
+def verdict(svc: "Services", job: dict[str, Any], exc: EndpointError) -> str:
+    """What a failed call means for ``job`` (whose ``attempts`` counts this one): ``"fail"`` (at once, or its
+    ``model_error_retries`` are spent), ``"retry-job"`` (that job again later, the circuit untouched) or
+    ``"endpoint"`` (the endpoint is down or too slow: open its circuit)."""
+    if exc.cause == "model-input":  # the model refused this input: the same input is refused again
+        return "fail"
+    if exc.cause in PER_JOB_CAUSES:
+        endpoint = svc.cfg.endpoints[job["endpoint"]]
+        spent = int(job["attempts"]) > endpoint.model_error_retries
+        if exc.cause == "timeout" and timed_out_studies(job["endpoint"], job["study_uid"]) >= TIMEOUT_STUDIES:
+            return "fail" if spent else "endpoint"
+        return "fail" if spent else "retry-job"
+    return "endpoint" if says_endpoint_down(exc) else "fail"
 
 
 def admit(svc: "Services", job: dict[str, Any]) -> dict[str, Any] | None:

@@ -29,17 +29,16 @@ nothing stuck). A failed classification job counts as run: its images simply hav
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable
 
 import pydicom
-from pydicom.multival import MultiValue
 
 from node.ops import metrics
-from node.config import CLASSIFIED_KEY, MatchValue, NodeConfig, RuleSection
+from node.config import CLASSIFIED_KEY, NodeConfig, RuleSection
+from node.flow.matching import (  # noqa: F401  (rule matching lives there; re-exported for its callers)
+    RulePlan, classified_matches, explain_mismatch, glob_match, instance_matches, plan_study, value_matches)
 from node.flow.services import Services
 from node.monitoring.sr_door import take_reports
 from node.ops.failpoints import failpoint
@@ -48,112 +47,7 @@ from node.store.embeddings import study_labels
 log = logging.getLogger(__name__)
 
 
-# Rules ------------------------------------------------------------------------------------------------------
-def glob_match(pattern: str, value: str) -> bool:
-    """Case-insensitive ``*``/``?`` glob match used by rules."""
-    return fnmatch.fnmatchcase(value.strip().upper(), pattern.strip().upper())
-
-
-def _values_of(ds: pydicom.Dataset, keyword: str) -> list[str] | None:
-    if keyword not in ds:
-        return None
-    value = ds.data_element(keyword).value  # type: ignore[union-attr]
-    if value is None or value == "":
-        return None
-    if isinstance(value, (list, tuple, MultiValue)):
-        items = [str(v) for v in value if str(v).strip() != ""]
-        return items or None
-    if isinstance(value, pydicom.sequence.Sequence):
-        return None  # sequences cannot be matched by value
-    return [str(value)]
-
-
-def _one_matches(expected: str | int | float, actual: str) -> bool:
-    if isinstance(expected, bool):
-        expected = str(expected)
-    if isinstance(expected, (int, float)):
-        try:
-            return float(actual) == float(expected)
-        except ValueError:
-            return False
-    return glob_match(str(expected), actual)
-
-
-def value_matches(expected: MatchValue, actual_values: Sequence[str] | None) -> bool:
-    """One ``match`` key against the values of one attribute."""
-    if actual_values is None:
-        return False
-    options = expected if isinstance(expected, list) else [expected]
-    return any(_one_matches(opt, actual) for opt in options for actual in actual_values)
-
-
-def instance_matches(match: Mapping[str, MatchValue], ds: pydicom.Dataset) -> bool:
-    """Every key of ``match`` matches this instance's header."""
-    return all(value_matches(expected, _values_of(ds, key)) for key, expected in match.items()
-               if key != CLASSIFIED_KEY)
-
-
-def explain_mismatch(match: Mapping[str, MatchValue], ds: pydicom.Dataset) -> tuple[str, MatchValue, list[str] | None] | None:
-    """The first ``match`` key this instance fails, as (key, expected, values found or None); None if all match.
-
-    The same test as :func:`instance_matches` (``classified`` is left out: it needs stored labels).
-    """
-    for key, expected in match.items():
-        if key == CLASSIFIED_KEY:
-            continue
-        found = _values_of(ds, key)
-        if not value_matches(expected, found):
-            return key, expected, found
-    return None
-
-
-def classified_matches(expected: Mapping[str, Any] | None, ds: pydicom.Dataset,
-                       labels: Mapping[str, Mapping[str, str]]) -> bool:
-    """Every label set of ``expected`` has, for this instance, a stored winning label among the listed ones."""
-    if not expected:
-        return True
-    sop = str(ds.get("SOPInstanceUID", ""))
-    for label_set, wanted in expected.items():
-        label = labels.get(label_set, {}).get(sop)
-        if label is None or not value_matches(wanted, [label]):
-            return False
-    return True
-
-
-@dataclass
-class RulePlan:
-    """A rule that matched, and the series (in study order) it matched."""
-
-    rule: RuleSection
-    series_uids: list[str] = field(default_factory=list)
-
-
-def plan_study(rules: Iterable[RuleSection], headers: Iterable[pydicom.Dataset],
-               classified: Mapping[str, Mapping[str, str]] | None = None, *,
-               ignore_classified: bool = False) -> list[RulePlan]:
-    """Evaluate every rule against the series of one study; rules that match no series are left out.
-
-    Rules with ``classified`` are left out unless ``classified`` (label set -> SOP Instance UID -> label) is
-    given; ``ignore_classified`` tests only their header keys (to know whether they may apply at all).
-    """
-    by_series: dict[str, list[pydicom.Dataset]] = {}
-    for ds in headers:
-        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
-    plans: list[RulePlan] = []
-    for rule in rules:
-        wanted = rule.match.get(CLASSIFIED_KEY)
-        if wanted and classified is None and not ignore_classified:
-            continue  # waits for the study's classification rules
-        if ignore_classified:
-            wanted = None
-        matched = [uid for uid, items in by_series.items()
-                   if any(instance_matches(rule.match, ds) and classified_matches(wanted, ds, classified or {})
-                          for ds in items)]
-        if matched:
-            plans.append(RulePlan(rule=rule, series_uids=matched))
-    return plans
-
-
+# Rules (matching itself: node/flow/matching.py) -----------------------------------------------------------
 def describe(plan: RulePlan) -> dict[str, Any]:
     """A plan as plain data (for logs and status)."""
     return {"rule": plan.rule.name, "endpoint": plan.rule.endpoint, "series": plan.series_uids}
@@ -254,14 +148,15 @@ def read_headers(svc: Services, study_uid: str) -> list[pydicom.Dataset]:
 
 
 def check_study(svc: Services, study_uid: str) -> None:
-    """Quiet-timer check: close the study when no instance came for the quiet time, and plan its jobs."""
-    decision, value = svc.intake.begin_decision(study_uid)
-    if decision == "wait":
-        svc.intake.arm(study_uid, float(value))
+    """A study's check (armed by its quiet timer or a completion trigger): when a trigger decides the study
+    (:mod:`node.flow.completion`), plan its jobs; otherwise arm the next check."""
+    outcome = svc.intake.begin_decision(study_uid)
+    if outcome.kind == "wait":
+        svc.intake.arm(study_uid, outcome.due)
         return
-    if decision != "complete":
+    if outcome.kind != "complete":
         return
-    version = int(value)
+    version = outcome.version
     failpoint("decided")
     headers, fresh = take_reports(svc, study_uid, read_headers(svc, study_uid))  # radiologists' SRs (node/monitoring)
     if not fresh:  # only a report came since the jobs were made: the AI's results stand, nothing runs again
@@ -270,13 +165,28 @@ def check_study(svc: Services, study_uid: str) -> None:
         log.info("study %s (version %d): only a radiologist's report came; the models are not run again",
                  study_uid, version)
         return
-    plans = plan_study(svc.cfg.rules, headers)
-    waiting = waiting_plans(svc.cfg, headers)  # rules with `classified:` wait for the study's labels
+    rules = [r for r in svc.cfg.rules if outcome.rules is None or r.name in outcome.rules]
+    plans = plan_study(rules, headers)
+    waiting = [w for w in waiting_plans(svc.cfg, headers)  # rules with `classified:` wait for the study's labels
+               if outcome.rules is None or w[0] in outcome.rules]
+    skipped: list[tuple[str, str, list[str]]] = []
+    if outcome.discontinued:  # an MPPS of the study was DISCONTINUED: rules with on_discontinued: skip do not run
+        skip = {r.name for r in rules if r.on_discontinued == "skip"}
+        skipped = [(p.rule.name, p.rule.endpoint, p.series_uids) for p in plans if p.rule.name in skip]
+        skipped += [w for w in waiting if w[0] in skip]
+        plans = [p for p in plans if p.rule.name not in skip]
+        waiting = [w for w in waiting if w[0] not in skip]
     job_ids = svc.store.create_jobs(study_uid, version, [(p.rule.name, p.rule.endpoint, p.series_uids)
                                                          for p in plans], waiting=waiting)
-    log.info("study %s complete (version %d, %d instances): %d job(s) %s", study_uid, version, len(headers),
-             len(job_ids), [p.rule.name for p in plans])
+    if skipped:
+        svc.store.skip_jobs(study_uid, version, skipped,
+                            "not run: the study's MPPS was DISCONTINUED (on_discontinued: skip)")
+    log.info("study %s complete (version %d, %d instances, trigger %s: %s): %d job(s) %s%s", study_uid, version,
+             len(headers), outcome.trigger, outcome.detail, len(job_ids), [p.rule.name for p in plans],
+             f", skipped {[s[0] for s in skipped]}" if skipped else "")
     metrics.study_completed()
+    if outcome.latency is not None:  # not when a crashed decision is planned again
+        metrics.study_decided(outcome.trigger, outcome.latency)
     for job_id in job_ids:
         svc.queue.enqueue_job(job_id)
     if waiting:

@@ -3,7 +3,9 @@
 Files are grouped into studies and series as the SCP records them (one row per valid SOP Instance UID, a repeated
 SOP Instance UID replaces the earlier file, missing or invalid Study/Series/SOP Instance UIDs are quarantined), the
 rules are evaluated by the node's own :func:`node.flow.decide.plan_study`, a series a rule does not match is
-explained by :func:`node.flow.decide.explain_mismatch`, and each job's inputs are chosen by the same code the
+explained by :func:`node.flow.decide.explain_mismatch`, the completion trigger that would decide the study is
+replayed by :mod:`node.flow.expected` (the files' order taken as their arrival), and each job's inputs are chosen
+by the same code the
 job runs: the study checks and egress policy of :mod:`node.flow.run`, then the model's own selection
 (:func:`converters.cxr.choose_views`, :func:`converters.volume_series.select_volume_series` through the 3D
 pipeline, :func:`converters.parse2d.select_frames` through the 2D pipeline). No endpoint is called and no result
@@ -26,6 +28,7 @@ from converters.scrub import without_burned_in
 from converters.volume_header import VolumeError
 from node.config import CLASSIFIED_KEY, NodeConfig, RuleSection
 from node.flow.decide import explain_mismatch, instance_matches, mixed_patients_reason, plan_study
+from node.flow.expected import evaluate as expected_content
 from node.models.cxrreportgen.indication import choose_indication
 from node.models.params import RuleParamsError
 from node.models.registry import params_for
@@ -221,11 +224,59 @@ def preview_job(cfg: NodeConfig, rule: RuleSection, instances: list[Instance], o
     return job
 
 
+def completion_preview(cfg: NodeConfig, instances: list[Instance]) -> dict[str, Any]:
+    """Which completion trigger would decide this study, and when, if its instances arrived in this order
+    (:mod:`node.flow.completion`'s precedence; expected content replayed one instance at a time)."""
+    node = cfg.node
+    n = len(instances)
+    out: dict[str, Any] = {"instances": n, "triggers": []}
+    for key, name, what in (("accept_mpps", "mpps", "a COMPLETED MPPS listing these instances"),
+                            ("accept_ian", "ian", "an IAN listing these instances")):
+        if getattr(node, key):
+            out["triggers"].append(f"{name}: {what} decides the study when the last of them is in (it holds the study "
+                                   f"until then, at most {node.study_complete_max_wait_seconds:g} s after the last "
+                                   "instance or message: max_wait)")
+        else:
+            out["triggers"].append(f"{name}: off (node.{key}: false)")
+    fired = None
+    expecting = any(r.complete_when is not None for r in cfg.rules)
+    for k in range(1, n + 1 if expecting else 1):  # replayed one instance at a time (nothing to replay without)
+        verdict = expected_content(cfg.rules, [i.ds for i in instances[:k]])
+        if verdict.satisfied:
+            fired = (k, verdict)
+            break
+    final = expected_content(cfg.rules, [i.ds for i in instances])
+    quiet = f"timer: {node.study_complete_after_seconds:g} s after the last instance"
+    if fired is not None:
+        k, verdict = fired
+        out["triggers"].append(f"expected: fires when instance {k} of {n} arrives ({instances[k - 1].path.name}), "
+                               f"at once: {verdict.detail}")
+        if k < n:
+            out["warning"] = (f"{n - k} instance(s) after it would re-open the study: a second version, decided "
+                              "again")
+        out["would_fire"] = f"expected, at instance {k} of {n}"
+    else:
+        out["triggers"].append(f"expected: does not fire: {final.detail}")
+        out["would_fire"] = quiet
+    out["triggers"].append(quiet)
+    if node.accept_mpps or node.accept_ian:
+        out["would_fire"] = f"mpps / ian when the modality or PACS sends them; without them: {out['would_fire']}"
+    return out
+
+
+def _arrival_order(found: Scan, paths: Sequence[Path]) -> dict[str, list[Instance]]:
+    """Each study's instances in the order of the files given (the order a sender would send them in)."""
+    rank = {str(p): i for i, p in enumerate(dicom_files(paths))}
+    return {study: sorted((i for items in series.values() for i in items), key=lambda i: rank.get(str(i.path), 0))
+            for study, series in found.studies.items()}
+
+
 def run_rule_test(cfg: NodeConfig, paths: Sequence[Path], orders: Any = None) -> dict[str, Any]:
     """The whole report for ``paths`` against ``cfg.rules`` (plain data; see the module docstring).
 
     ``orders``: accession number -> stored HL7 order (the node's database), for CXRReportGen's indication."""
     found = scan(paths)
+    arrival = _arrival_order(found, paths)
     studies = []
     for study_uid, series in found.studies.items():
         headers = [i.ds for items in series.values() for i in items]
@@ -246,7 +297,8 @@ def run_rule_test(cfg: NodeConfig, paths: Sequence[Path], orders: Any = None) ->
                 job["waits_for"] = (f"zero-shot labels {plan.rule.match[CLASSIFIED_KEY]} (decided by the study's "
                                     "classification rules when the node runs; not evaluated here)")
             jobs.append(job)
-        studies.append({"study_uid": study_uid, "series": series_out, "jobs": jobs})
+        studies.append({"study_uid": study_uid, "series": series_out, "jobs": jobs,
+                        "completion": completion_preview(cfg, arrival[study_uid])})
     return {"config": str(cfg.source_path or ""), "studies": studies, "refused": found.refused,
             "sent": "nothing: the rule tester calls no endpoint and sends no result"}
 

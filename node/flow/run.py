@@ -92,17 +92,7 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
             output.outcome = f"{output.outcome}; {burned_note}"
     except EndpointError as exc:
         call_ended(svc, job, "error" if exc.permanent else "transient", exc.status)  # drift (node/monitoring)
-        if exc.permanent:
-            svc.store.finish_job(job_id, svc.owner, state="failed", outcome=f"endpoint error: {exc}")
-            _count(svc, job, "failed")
-            log.error("job %d (study %s) failed: endpoint error: %s", job_id, job["study_uid"], exc)
-            _audit_job(svc, job, "job-failed", "serious-failure", reason=f"endpoint error: {exc}")
-            if exc.status is not None:  # the endpoint answered: it is up, whatever it thought of this request
-                circuit.succeeded(svc, job["endpoint"])
-            _after_job(svc, job["study_uid"])
-        else:
-            _count(svc, job, "retry")
-            _retry_later(svc, job, endpoint.give_up_after_seconds, exc)
+        _endpoint_failed(svc, job, exc)
         return
     except Exception as exc:
         # Exception messages may quote header values (PHI): the type at ERROR, the traceback at DEBUG only.
@@ -149,6 +139,73 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
 def _result_kinds(svc: Services, send_to: list[str]) -> dict[str, list[str]]:
     """Destination -> the result kinds it receives (``destinations.<name>.results``)."""
     return {d: list(svc.cfg.destinations[d].results) for d in send_to if d in svc.cfg.destinations}
+
+
+def _endpoint_failed(svc: Services, job: dict[str, Any], exc: EndpointError) -> None:
+    """A call of ``job`` failed: act on its cause (:func:`node.flow.circuit.verdict`), never the status alone.
+
+    The model refused this input (424, inner 4xx): the job fails at once with the model's reason (``status``, the
+    study page, ``dicom_node_model_errors``, a ``job-failed`` audit event) and the backlog behind it runs on. The
+    model failed on it (424, inner 5xx) or ran past ``request_timeout_ms`` (408): that job only is tried again, at
+    most ``model_error_retries`` times. Anything that says the endpoint is down opens its circuit.
+    """
+    endpoint = svc.cfg.endpoints[job["endpoint"]]
+    verdict = circuit.verdict(svc, job, exc)
+    if exc.cause in ("model-input", *circuit.PER_JOB_CAUSES):
+        metrics.model_error(job["endpoint"], exc.cause, exc.model_status or exc.status,
+                            {"fail": "failed", "retry-job": "retried"}.get(verdict, "endpoint"))
+    if exc.cause == "timeout":
+        _alert_timeout(svc, job, exc, verdict)
+    if verdict == "endpoint":
+        _count(svc, job, "retry")
+        _retry_later(svc, job, endpoint.give_up_after_seconds, exc)
+        return
+    if verdict == "retry-job":
+        _count(svc, job, "retry")
+        _retry_job(svc, job, endpoint.model_error_retries, exc)
+        if exc.status is not None:  # the endpoint answered: it is up, whatever it made of this input
+            circuit.succeeded(svc, job["endpoint"])
+        return
+    why = f"endpoint error: {exc}"
+    if exc.cause in circuit.PER_JOB_CAUSES:
+        why = f"endpoint error, {job['attempts']} tries (model_error_retries {endpoint.model_error_retries}): {exc}"
+    svc.store.finish_job(job["id"], svc.owner, state="failed", outcome=why)
+    _count(svc, job, "failed")
+    log.error("job %d (study %s) failed: %s", job["id"], job["study_uid"], why)
+    _audit_job(svc, job, "job-failed", "serious-failure", reason=why, cause=exc.cause,
+               model_status=exc.model_status)
+    if exc.status is not None:  # the endpoint answered: it is up, whatever it thought of this request
+        circuit.succeeded(svc, job["endpoint"])
+    _after_job(svc, job["study_uid"])
+
+
+def _retry_job(svc: Services, job: dict[str, Any], retries: int, exc: EndpointError) -> None:
+    """Try this job again later (its own backoff; the endpoint's circuit stays as it is)."""
+    endpoint = svc.cfg.endpoints[job["endpoint"]]
+    delay = max(circuit.retry_delay(int(job["attempts"]), endpoint), exc.retry_after or 0.0)
+    when = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+    outcome = f"will retry at {when} (try {int(job['attempts']) + 1} of {retries + 1}): {exc}"
+    if svc.store.release_job(job["id"], svc.owner, retry_in=delay, give_up_in=endpoint.give_up_after_seconds,
+                             outcome=outcome):
+        log.warning("job %d (study %s) %s", job["id"], job["study_uid"], outcome)
+        svc.queue.enqueue_job(job["id"], delay=delay)
+
+
+def _alert_timeout(svc: Services, job: dict[str, Any], exc: EndpointError, verdict: str) -> None:
+    """A 408: the deployment's ``request_timeout_ms`` is shorter than this model needs for this input."""
+    from node.invoke.deployments import lookup
+
+    cfg = svc.cfg.endpoints[job["endpoint"]]
+    known = lookup(cfg)
+    dep = known.serving(cfg.deployment) if known is not None and known.error is None else None
+    setting = (f"request_timeout_ms {dep.request_timeout_ms} of deployment {dep.name}"
+               if dep is not None and dep.request_timeout_ms else "request_timeout_ms")
+    then = {"fail": "the job failed", "retry-job": "the job will be tried again",
+            "endpoint": "several studies timed out: the endpoint's circuit opens"}[verdict]
+    log.error("ALERT: endpoint %s: the model ran longer than the deployment's %s on study %s (job %d); %s. "
+              "Raise it in the deployment's request_settings (Microsoft's samples deploy with 90000 ms, 180000 ms "
+              "for 3D; the API default is 5000 ms; managed endpoints allow 180000 ms at most)", job["endpoint"],
+              setting, job["study_uid"], job["id"], then)
 
 
 def _retry_later(svc: Services, job: dict[str, Any], give_up_after: float, exc: EndpointError) -> None:

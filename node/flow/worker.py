@@ -15,7 +15,7 @@ import threading
 from node.config import NodeConfig
 from node.flow import decide, deliver, run, sweep
 from node.flow.services import Services
-from node.models import registry
+from node.models import registry, versions
 from node.ops.hardening import harden_process
 from node.ops.process import die_with_parent, freeze_startup_heap
 
@@ -68,6 +68,7 @@ def _run_worker(cfg: NodeConfig, parent_pid: int | None) -> None:
             return  # the parent died before prctl took effect
     harden_process(cfg.storage_dir)  # also when the worker runs on its own (`dicom-node worker`)
     svc = Services.open(cfg)
+    versions.prefetch(cfg)  # workspace endpoints: the deployed model's version, read before the first job needs it
     # Import every model's pipeline now, in one thread: consumer threads importing two pipelines at once can
     # meet in a shared dependency's import lock (Python raises _DeadlockError in one of them).
     for spec in registry.MODELS.values():

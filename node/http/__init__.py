@@ -1,1 +1,2 @@
-"""The node's HTTP side: health checks, Prometheus metrics, a read-only status page and bearer-token actions."""
+"""The node's HTTP side: health checks, Prometheus metrics, status pages, write actions, STOW-RS in; HTTPS, sign-in
+and roles (node/http/auth.py)."""

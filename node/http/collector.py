@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import and_, func, or_, select
 
+from node.audit.status import metric_families as audit_metrics
 from node.http.context import HttpContext, worker_alive
 from node.store.schema import jobs, outbox, studies
 
@@ -46,7 +47,7 @@ class StateCollector(Collector):
                 depth.add_metric([dest], n)
                 oldest.add_metric([dest], max(0.0, t - float(first)))
             for dest in self.ctx.cfg.destinations:  # a configured destination with nothing waiting reads 0
-                if dest not in {s.labels[0] for s in depth.samples}:
+                if dest not in {s.labels["destination"] for s in depth.samples}:
                     depth.add_metric([dest], 0)
                     oldest.add_metric([dest], 0)
             parked_by = dict(conn.execute(select(outbox.c.destination, func.count())
@@ -78,3 +79,4 @@ class StateCollector(Collector):
             log.warning("cannot read the queue's pending count")
         alive, _ = worker_alive(self.ctx.cfg.node_dir)
         yield GaugeMetricFamily("dicom_node_worker_up", "1 when the worker process is running", value=int(alive))
+        yield from audit_metrics(self.ctx.cfg)  # the ATNA backlog (audit.syslog), from the forwarder's status file

@@ -1,27 +1,42 @@
-"""The read-only status page: studies, one study's timeline and result previews, the outbox, endpoint health."""
+"""The status pages: studies, one study's timeline and result previews, the outbox, endpoint health.
+
+Each page is for the roles of capability ``pages`` (:mod:`node.http.auth`); patient identifiers only for ``phi``
+(phi-viewer; without ``http.oidc``: ``http.show_phi``); the write forms (retract and rerun on a study's page, retry
+on the outbox page) only for ``actions`` (operator), each with the session's CSRF token.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pydicom
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from node.cli_rules import REASON_CHOICES  # dicom_out.kos.REJECTION_TITLES' keys, without importing highdicom
 from node.http import preview, queries
+from node.http.auth import Principal, guarded
 from node.http.context import HttpContext
+from node.http.render import render
 from node.monitoring.page import open_alerts
 
-TEMPLATES = Environment(loader=PackageLoader("node.http", "templates"), autoescape=select_autoescape(["html"]))
-TEMPLATES.filters["clock"] = queries.clock
+
+def _render(request: Request, name: str, **values) -> HTMLResponse:
+    """A page for the request's principal: who they are, their forms' CSRF token, a message from their last form."""
+    me: Principal = request.state.principal
+    flash = request.session.pop("flash", None) if me.via == "session" else None
+    response = render(name, me=me, flash=flash, can_act=me.may("actions") and me.via == "session",
+                      reasons=REASON_CHOICES, **values)
+    if me.via == "session":
+        response.headers["Cache-Control"] = "no-store"  # a signed-in page may hold patient identifiers
+    return response
 
 
-def _render(name: str, **values) -> HTMLResponse:
-    return HTMLResponse(TEMPLATES.get_template(name).render(**values))
+def _show_phi(request: Request) -> bool:
+    return request.state.principal.may("phi")
 
 
 def _ctx(request: Request) -> HttpContext:
@@ -31,29 +46,33 @@ def _ctx(request: Request) -> HttpContext:
 async def index(request: Request) -> HTMLResponse:
     """Studies, endpoint health and the outbox summary."""
     ctx = _ctx(request)
+    show_phi = _show_phi(request)
 
     def gather() -> dict:
         rows = queries.study_rows(ctx.store)
         for r in rows:
-            r["identity"] = queries.identity(ctx.store, r["study_uid"], ctx.cfg.http.show_phi)
+            r["identity"] = queries.identity(ctx.store, r["study_uid"], show_phi)
         box = queries.outbox_rows(ctx.store, limit=20)
         return {"studies": rows, "endpoints": queries.endpoint_health(ctx.store, list(ctx.cfg.endpoints)),
                 "outbox": box, "alerts": open_alerts(ctx)}  # the monitoring banner (node/monitoring)
 
     data = await run_in_threadpool(gather)
-    return _render("index.html", node=ctx.cfg.node, show_phi=ctx.cfg.http.show_phi, **data)
+    return _render(request, "index.html", node=ctx.cfg.node, show_phi=show_phi, **data)
 
 
 async def study(request: Request) -> HTMLResponse:
     """One study: identity, series, timeline, results with previews."""
     ctx = _ctx(request)
     uid = request.path_params["uid"]
+    show_phi = _show_phi(request)
 
     def gather() -> dict | None:
         detail = queries.study_detail(ctx.store, uid)
         if detail is None:
             return None
-        detail["identity"] = queries.identity(ctx.store, uid, ctx.cfg.http.show_phi)
+        detail["identity"] = queries.identity(ctx.store, uid, show_phi)
+        detail["completion"] = {"decisions": ctx.store.decisions_of(uid), "notices": ctx.store.notices_of(uid),
+                                "workitems": ctx.store.workitems_of_study(uid)}
         for r in detail["results"]:
             r["findings"] = _findings(r) if r["kind"] == "sr" else (_report(r) if r["kind"] == "report" else [])
         return detail
@@ -61,7 +80,8 @@ async def study(request: Request) -> HTMLResponse:
     data = await run_in_threadpool(gather)
     if data is None:
         raise HTTPException(404, "no such study")
-    return _render("study.html", node=ctx.cfg.node, show_phi=ctx.cfg.http.show_phi, **data)
+    return _render(request, "study.html", node=ctx.cfg.node, show_phi=show_phi,
+                   rules=sorted({j["rule_name"] for j in data["jobs"]}), **data)
 
 
 def _findings(row: dict) -> list[str]:
@@ -86,7 +106,8 @@ async def outbox_page(request: Request) -> HTMLResponse:
     """Every pending and parked send, failed jobs and quarantined instances."""
     ctx = _ctx(request)
     data = await run_in_threadpool(queries.outbox_rows, ctx.store)
-    return _render("outbox.html", node=ctx.cfg.node, actions=ctx.token is not None, **data)
+    return _render(request, "outbox.html", node=ctx.cfg.node, show_phi=_show_phi(request),
+                   actions=request.app.state.auth.writes_possible, destinations=sorted(ctx.cfg.destinations), **data)
 
 
 async def result_preview(request: Request) -> Response:
@@ -114,5 +135,6 @@ async def result_preview(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     """The page's routes."""
-    return [Route("/", index), Route("/studies/{uid}", study), Route("/outbox", outbox_page),
-            Route("/previews/{uid}.png", result_preview)]
+    return [Route("/", guarded("pages", index)), Route("/studies/{uid}", guarded("pages", study)),
+            Route("/outbox", guarded("pages", outbox_page)),
+            Route("/previews/{uid}.png", guarded("pages", result_preview))]

@@ -80,8 +80,17 @@ def study_detail(store: Store, study_uid: str) -> dict[str, Any] | None:
     for series_uid, sop_class, n, first, last in series:
         timeline.append((first, f"received {n} instance(s) of series {series_uid} "
                                 f"({pydicom.uid.UID(sop_class).name or sop_class}), last at {clock(last)}"))
-    if study["completed_at"]:
-        timeline.append((study["completed_at"], f"study complete (quiet timer), version {study['version']}"))
+    decided = store.decisions_of(study_uid)
+    for d in decided:  # node/store/workflow.py: which trigger decided each version
+        after = (f", {d['decided_at'] - d['last_instance_at']:.2f} s after its last instance"
+                 if d["last_instance_at"] else "")
+        timeline.append((d["decided_at"], f"study complete, version {d['version']}: trigger {d['trigger']}{after} "
+                                          f"({d['detail'] or ''})"))
+    for n in store.notices_of(study_uid):
+        timeline.append((n["updated_at"], f"{n['kind'].upper()} {n['uid']} from {n['calling_ae'] or '-'}: "
+                                          f"{n['state']}, {n['listed']} instance(s) listed, {n['missing']} not received"))
+    if study["completed_at"] and not any(d["version"] == study["version"] for d in decided):
+        timeline.append((study["completed_at"], f"study complete, version {study['version']}"))
     for j in job_rows:
         timeline.append((j["created_at"], f"job #{j['id']} created: rule {j['rule_name']} -> endpoint {j['endpoint']}"))
         took = f" (endpoint {j['endpoint_seconds']:.2f} s)" if j["endpoint_seconds"] else ""

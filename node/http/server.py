@@ -1,4 +1,5 @@
-"""The HTTP side's process (``dicom-node http``, started and restarted by ``serve``): uvicorn on ``http.host:port``.
+"""The HTTP side's process (``dicom-node http``, started and restarted by ``serve``): uvicorn on ``http.host:port``,
+over HTTPS when ``http.tls`` is set (the BCP 195 context of :func:`node.dicom.tls.https_server_context`).
 
 A process of its own, not a thread of the SCP: page renders and scrapes never take the SCP's GIL.
 """
@@ -14,6 +15,7 @@ import time
 import uvicorn
 
 from node.config import NodeConfig
+from node.dicom.tls import https_server_context
 from node.http.app import build_app
 from node.ops.process import die_with_parent
 
@@ -29,6 +31,10 @@ def run_http(cfg: NodeConfig, parent_pid: int | None = None) -> int:
     app = build_app(cfg)
     config = uvicorn.Config(app, host=cfg.http.host, port=int(cfg.http.port or 8081), log_config=None,
                             access_log=False, lifespan="off", server_header=False)
+    tls = cfg.http.tls
+    if tls is not None:
+        config.load()
+        config.ssl = https_server_context(tls.cert_file, tls.key_file, tls.min_version)  # not uvicorn's own
     server = uvicorn.Server(config)
     if parent_pid is not None:
         def watch() -> None:
@@ -37,6 +43,6 @@ def run_http(cfg: NodeConfig, parent_pid: int | None = None) -> int:
                     server.should_exit = True
                 time.sleep(1.0)
         threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-    log.info("HTTP side listening on http://%s:%s", cfg.http.host, cfg.http.port)
+    log.info("HTTP side listening on %s://%s:%s", "https" if tls else "http", cfg.http.host, cfg.http.port)
     server.run()
     return 0

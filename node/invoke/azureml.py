@@ -84,6 +84,11 @@ class WorkspaceEndpoint:
         self.lookups = 0  # control-plane calls made (for tests and diagnostics)
 
     @property
+    def ml_client(self) -> Any:
+        """The azure-ai-ml MLClient of the workspace (also used to read the endpoint's deployments)."""
+        return self._ml_client
+
+    @property
     def scoring_uri(self) -> str:
         if self._scoring_uri is not None:
             return self._scoring_uri

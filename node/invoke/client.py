@@ -6,8 +6,11 @@ or raises :class:`EndpointError`:
 
 * retried (tenacity, jittered exponential backoff from ``backoff_initial_seconds`` capped at
   ``backoff_max_seconds``, at least ``Retry-After`` / ``retry-after-ms`` when the endpoint sends one, at most
-  ``max_attempts`` attempts): connection errors, timeouts, a connection closed without an answer, 408, 424 (model
-  container failed), 429 and every 5xx;
+  ``max_attempts`` attempts): connection errors, timeouts, a connection closed without an answer, 429 and every
+  5xx;
+* never retried here, decided by the job (:mod:`node.flow.circuit`) from :attr:`EndpointError.cause`: 424 (the
+  model container refused the input, ``permanent=True``, or failed on it, ``permanent=False``: the container's
+  status and reason are kept) and 408 (the deployment's ``request_timeout_ms`` ran out: ``permanent=False``);
 * 401: the credential is reloaded (a rotated key file, a fresh token) and the call made once more;
 * not retried (``permanent=True``): other 4xx, redirects, a 2xx whose body is not JSON, missing credentials;
 * retries exhausted: ``permanent=False`` naming the last status, so the job can be tried again later.
@@ -38,6 +41,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from node.ops import metrics
 from node.config import ConfigError, EndpointSection
 from node.invoke.auth import AuthError, Authenticator
+from node.invoke.errors import EndpointError, Transient as _Transient, model_error_headers
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.core.credentials import TokenCredential
@@ -65,39 +69,6 @@ class EndpointReply:
     model_version: str | None  # from a reply header if any (the emulator sends x-ms-model-version)
     attempts: int
     deployment: str | None = None  # azureml-model-deployment of the reply: the deployment that answered
-
-
-class EndpointError(Exception):
-    """A call that did not produce a reply.
-
-    ``permanent``: retrying the same request will not help (4xx, malformed reply, configuration); otherwise the
-    job may be tried again later. ``retry_after``: seconds the endpoint asked us to wait, when it did.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None, permanent: bool, request_id: str | None = None,
-                 attempts: int = 0, retry_after: float | None = None, endpoint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.permanent = permanent
-        self.request_id = request_id
-        self.attempts = attempts
-        self.retry_after = retry_after
-        self.endpoint = endpoint
-
-    def __repr__(self) -> str:
-        return (f"EndpointError({self.message!r}, status={self.status}, permanent={self.permanent}, "
-                f"attempts={self.attempts})")
-
-
-class _Transient(Exception):
-    """One failed attempt that may succeed when repeated."""
-
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
 
 
 # --- process-wide concurrency limit ------------------------------------------------------------------
@@ -300,11 +271,20 @@ class EndpointClient:
             )
 
         detail = _body_text(response)
-        if status == 424:
-            model_status = response.headers.get("ms-azureml-model-error-statuscode", "?")
-            model_reason = response.headers.get("ms-azureml-model-error-reason", "?")
-            detail = f"model container failed (model status {model_status}, reason {model_reason}): {detail}"
-        if status in (408, 424, 429) or status >= 500:
+        if status == 424:  # the model container answered non-200: this input's fault (4xx) or the model's (5xx)
+            model_status, model_reason = model_error_headers(response.headers)
+            refused = model_status is not None and 400 <= model_status < 500
+            what = "the model refused this input" if refused else "the model container failed"
+            raise EndpointError(
+                f"endpoint {self.name}: HTTP 424: {what} (model status {model_status if model_status else '?'}, "
+                f"reason {model_reason or '?'}): {detail}", status=424, permanent=refused, request_id=request_id,
+                attempts=attempt, endpoint=self.name, model_status=model_status, model_reason=model_reason)
+        if status == 408:  # the deployment's request_timeout_ms ran out: calling again at once costs as much again
+            raise EndpointError(
+                f"endpoint {self.name}: HTTP 408: the model ran longer than the deployment's request_timeout_ms: "
+                f"{detail}", status=408, permanent=False, request_id=request_id, attempts=attempt,
+                endpoint=self.name, retry_after=parse_retry_after(response.headers))
+        if status == 429 or status >= 500:
             raise _Transient(f"HTTP {status}: {detail}", status=status, retry_after=parse_retry_after(response.headers))
         if status in (401, 403):
             auth.invalidate()  # a regenerated key or revoked token: the next job fetches a fresh one

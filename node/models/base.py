@@ -44,6 +44,14 @@ class JobContext:
         # The default prefix: with prefix=None pydicom ignores entropy_srcs and returns a random 2.25 UID.
         return generate_uid(entropy_srcs=[self.job["job_uid"], label])
 
+    def model_version(self, reply: Any) -> str:
+        """The model version behind ``reply`` (an :class:`~node.invoke.client.EndpointReply`), as
+        :func:`node.models.versions.resolve` finds it: Algorithm Version and the key of the embedding caches."""
+        from node.models.versions import resolve
+
+        return resolve(self.endpoint_name, self.endpoint, getattr(reply, "model_version", None),
+                       getattr(reply, "deployment", None))[0]
+
     @property
     def request_id(self) -> str:
         return f"dn-{self.job['job_uid'][:24]}-{self.job['attempts']}"

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from node.http.auth import guarded
 from node.monitoring.fhir_door import Authorize, report_routes
 from node.monitoring.summary import overview
 
@@ -64,8 +65,10 @@ def _recent(ctx: Any) -> list[dict[str, Any]]:
 
 
 async def page(request: Request) -> HTMLResponse:
-    """``GET /monitoring``: agreement, drift, volumes, alerts."""
+    """``GET /monitoring``: agreement, drift, volumes, alerts (study identifiers only for a principal with PHI)."""
     ctx = request.app.state.ctx
+    me = request.state.principal
+    show_phi = me.may("phi")
     cfg = ctx.cfg.monitoring
     by = request.query_params.get("by", "all")
     if by not in BREAKDOWNS:
@@ -73,14 +76,17 @@ async def page(request: Request) -> HTMLResponse:
 
     def gather() -> dict[str, Any]:
         data = overview(ctx.store, cfg, by=by)
-        return {"data": data, "recent": _recent(ctx) if ctx.cfg.http.show_phi else [],
+        return {"data": data, "recent": _recent(ctx) if show_phi else [],
                 "trend_keys": trend_keys(data),
                 "chart_json": json.dumps(chart_data(data, cfg.min_agreement, cfg.drift_alpha)).replace("</", "<\\/")}
 
     values = await run_in_threadpool(gather)
-    html = TEMPLATES.get_template("monitoring.html").render(node=ctx.cfg.node, show_phi=ctx.cfg.http.show_phi,
-                                                             cfg=cfg, alerts=values["data"]["alerts"], **values)
-    return HTMLResponse(html)
+    html = TEMPLATES.get_template("monitoring.html").render(node=ctx.cfg.node, show_phi=show_phi, me=me, cfg=cfg,
+                                                             alerts=values["data"]["alerts"], **values)
+    response = HTMLResponse(html)
+    if me.via == "session":
+        response.headers["Cache-Control"] = "no-store"  # a signed-in page may hold patient identifiers
+    return response
 
 
 async def data_json(request: Request) -> JSONResponse:
@@ -109,5 +115,5 @@ def open_alerts(ctx: Any) -> list[dict[str, Any]]:
 
 def routes(ctx: Any, authorize: Authorize) -> list[BaseRoute]:
     """Every route of the monitoring side (the FHIR door behind ``authorize``, the HTTP side's write check)."""
-    return [Route("/monitoring", page), Route("/monitoring/data.json", data_json),
+    return [Route("/monitoring", guarded("pages", page)), Route("/monitoring/data.json", guarded("pages", data_json)),
             Route("/monitoring/static/{name}", static), *report_routes(ctx, authorize)]

@@ -1,14 +1,18 @@
-"""The audit trail: who sent what, and where results went, as JSON lines (DICOM PS3.15 A.5 / IHE ATNA style).
+"""The audit trail: who sent what, and where results went, as JSON lines (DICOM PS3.15 A.5 / IHE ATNA events).
 
 One line per event, appended with ``O_APPEND`` to one file (the SCP process and the worker process write to
 the same file; each line is one ``write``), created owner-only (0600). Events carry AE titles, network
-addresses, UIDs and outcomes, never patient names, IDs, birth dates or accession numbers.
+addresses, UIDs and outcomes, never patient names, IDs, birth dates or accession numbers. With ``audit.syslog``
+set, :mod:`node.audit` sends each event to the audit record repository as a DICOM audit message (the table of
+:mod:`node.audit.events` says which message each event makes); the file stays the node's own copy.
 
 =========================  =============================================  ==========================
 event                      when                                           DICOM audit event (DCM)
 =========================  =============================================  ==========================
-association-start          an association was accepted                    110100 Application Activity
-association-end            released or aborted, with the instance count   110100 Application Activity
+node-start, node-stop      serve started / stopped (the OS user)          110100 Application Activity
+config-changed             the configuration file differs from the last   110113 Security Alert
+association-start          an association was accepted                    110104 (opens a transfer)
+association-end            released or aborted, with the instance count   110104 DICOM Instances Transferred
 association-rejected       calling AE title or host not allowed           110113 Security Alert
 tls-failure                a TLS handshake failed or timed out            110113 Security Alert
 instance-received          an instance was stored durably (acknowledged)  110104 DICOM Instances Transferred
@@ -18,6 +22,15 @@ job-failed                 a job failed                                   110106
 job-parked                 a job's endpoint failed past its give-up time  110106 Export (outcome: serious failure)
 result-sent                a result was delivered to a destination        110104 DICOM Instances Transferred
 result-parked              a result could not be delivered                110104 (outcome: serious failure)
+prior-query                a C-FIND / QIDO-RS for a prior study           110112 Query
+prior-retrieved            prior instances retrieved (C-GET, WADO-RS)     110104 DICOM Instances Transferred
+study-deleted              retention purged a study                       110105 DICOM Study Deleted
+action                     retry, retract or rerun, by whom (CLI, HTTP)   110103 DICOM Instances Accessed
+results-rejected           the IOCM rejection note of a retract           110103 (details of the action)
+study-rerun                the new jobs of a rerun                        110103 (details of the action)
+user-login[-failed]        a person logged in (or failed to)              110114 User Authentication
+user-logout                a person logged out                            110114 User Authentication
+token-refused              a bearer token was refused                     110113 Security Alert
 =========================  =============================================  ==========================
 """
 
@@ -35,8 +48,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 EVENT_CODES = {
-    "association-start": ("110100", "Application Activity"),
-    "association-end": ("110100", "Application Activity"),
+    "node-start": ("110100", "Application Activity"),
+    "node-stop": ("110100", "Application Activity"),
+    "config-changed": ("110113", "Security Alert"),
+    "association-start": ("110104", "DICOM Instances Transferred"),
+    "association-end": ("110104", "DICOM Instances Transferred"),
     "association-rejected": ("110113", "Security Alert"),
     "tls-failure": ("110113", "Security Alert"),
     "instance-received": ("110104", "DICOM Instances Transferred"),
@@ -46,8 +62,16 @@ EVENT_CODES = {
     "job-parked": ("110106", "Export"),
     "result-sent": ("110104", "DICOM Instances Transferred"),
     "result-parked": ("110104", "DICOM Instances Transferred"),
-    "results-rejected": ("110104", "DICOM Instances Transferred"),  # an IOCM rejection note queued
-    "study-rerun": ("110100", "Application Activity"),
+    "prior-query": ("110112", "Query"),
+    "prior-retrieved": ("110104", "DICOM Instances Transferred"),
+    "study-deleted": ("110105", "DICOM Study Deleted"),
+    "action": ("110103", "DICOM Instances Accessed"),
+    "results-rejected": ("110103", "DICOM Instances Accessed"),  # an IOCM rejection note queued (a retract)
+    "study-rerun": ("110103", "DICOM Instances Accessed"),
+    "user-login": ("110114", "User Authentication"),
+    "user-login-failed": ("110114", "User Authentication"),
+    "user-logout": ("110114", "User Authentication"),
+    "token-refused": ("110113", "Security Alert"),
 }
 
 # ATNA EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure, 12 major failure

@@ -8,7 +8,10 @@ variable (production) a failpoint costs one dictionary look-up. The names:
 * ``converted``: the job's images are converted, the endpoint not yet called;
 * ``results_written``: the result files are on disk, the job and its outbox rows not yet committed;
 * ``delivering``: outbox rows are claimed (marked in flight), no C-STORE sent yet;
-* ``commitment_requested``: the PACS accepted a Storage Commitment request, its report not yet seen.
+* ``commitment_requested``: the PACS accepted a Storage Commitment request, its report not yet seen;
+* ``workitem_claim_answered``: a UPS workitem's claim was answered, the answer not yet recorded (node/ups);
+* ``workitem_reported``: a workitem's outputs were reported (Update Workitem), COMPLETED not yet asked for;
+* ``workitem_final_answered``: the worklist accepted COMPLETED (or CANCELED), the node has not recorded it yet.
 """
 
 from __future__ import annotations

@@ -295,7 +295,13 @@ create_schema = ensure_schema  # the name before migrations; idempotent as it wa
 
 def now() -> float:
     return time.time()
+
+
 from node.store.schema_hl7 import hl7_tables  # noqa: E402  (Hospital IT: node/hl7)
 hl7_messages, hl7_orders = hl7_tables(metadata)
+from node.store.schema_sso import sso_tables  # noqa: E402  (sign-outs of the HTTP side: node/http/sso.py)
+(http_sessions_ended,) = sso_tables(metadata)
+from node.store.schema_workflow import define as _workflow_tables  # noqa: E402  (node/store/schema_workflow.py)
+study_notices, notice_refs, decisions, ups_workitems = _workflow_tables(metadata)
 from node.store.schema_monitoring import monitoring_tables  # noqa: E402  (monitoring: node/monitoring)
 monitoring = monitoring_tables(metadata)

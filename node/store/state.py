@@ -14,6 +14,8 @@ leases to another worker.
 - :mod:`node.store.upkeep`: lease recovery, the sweep's stale work, retention, the status summary;
 - :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions;
 - :mod:`node.store.hl7`: HL7 v2 messages and orders taken by the MLLP listener (node/hl7), their retention;
+- :mod:`node.store.workflow`: MPPS and IAN received, the decision transaction, decision records;
+- :mod:`node.store.workitems`: UPS-RS workitems this node claimed (AIW-I);
 - :mod:`node.store.monitoring`: radiologists' reports, AI observations, baselines, drift, alerts (node/monitoring).
 
 Opening a store checks the schema revision (:func:`node.store.schema.ensure_schema`); while it is open, the
@@ -41,6 +43,8 @@ from node.store.records import InstanceRecord
 from node.store.revisions import RevisionsPart
 from node.store.studies import StudiesPart
 from node.store.upkeep import UpkeepPart
+from node.store.workflow import WorkflowPart
+from node.store.workitems import WorkitemsPart
 
 __all__ = ["InstanceRecord", "Store", "lease_owner"]
 
@@ -51,7 +55,7 @@ def lease_owner(instance_id: str) -> str:
 
 
 class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxPart, RevisionsPart, HospitalItPart,
-            MonitoringPart):
+            WorkflowPart, WorkitemsPart, MonitoringPart):
     """The node's database, as the operations the roles need."""
 
     def __init__(self, engine: Engine) -> None:

@@ -41,18 +41,22 @@ class StudiesPart(PriorsPart):
     engine: Engine
     schema_guard: SchemaGuard
 
-    def record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
+    def record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float,
+                         first_check_now: bool = False) -> list[tuple[str, float]]:
         """Commit received instances in one transaction (a resend replaces the earlier row).
 
-        Returns the studies whose quiet-timer check must be scheduled, with the time it is due.
+        Returns the studies whose quiet-timer check must be scheduled, with the time it is due. ``first_check_now``:
+        a new study is checked at once (completion triggers may decide it early, :mod:`node.flow.completion`); a
+        watched study (receiving, no check scheduled: :mod:`node.store.workflow`) is checked at once anyway.
         """
         self.schema_guard.check()
-        return self._record_instances(records, quiet_seconds)
+        return self._record_instances(records, quiet_seconds, first_check_now)
 
     # Two associations created the same study row at once (PostgreSQL, READ COMMITTED): the row exists now, so
     # the next attempt takes the update path.
     @retry_on_conflict
-    def _record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float) -> list[tuple[str, float]]:
+    def _record_instances(self, records: Sequence[InstanceRecord], quiet_seconds: float,
+                          first_check_now: bool = False) -> list[tuple[str, float]]:
         t = now()
         to_schedule: dict[str, float] = {}
         # One statement for the instance rows; per study one UPDATE when it is already receiving (the common
@@ -81,6 +85,7 @@ class StudiesPart(PriorsPart):
                 row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()
                 due = t + quiet_seconds
                 if row is None:
+                    due = t if first_check_now else due
                     conn.execute(insert(studies).values(
                         study_uid=study_uid, state="receiving", version=0, first_received_at=t,
                         last_received_at=t, check_due_at=due, is_prior=rec.is_prior))
@@ -90,6 +95,8 @@ class StudiesPart(PriorsPart):
                     if row["state"] != "receiving":
                         values["state"] = "receiving"  # a late instance re-opens the study
                         values["note"] = f"re-opened by a new instance after version {row['version']}"
+                    elif row["check_due_at"] is None:
+                        due = t  # watched (node/store/workflow.py): this instance may complete it
                     if row["check_due_at"] is None:
                         values["check_due_at"] = due
                         to_schedule[study_uid] = due

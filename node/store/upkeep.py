@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
@@ -68,12 +68,14 @@ class UpkeepPart(OutboxPart):
                 and_(jobs.c.state == "running", jobs.c.lease_until < t))))]
         return {"studies": quiet, "jobs": due_jobs, "destinations": [d for d, _ in self.due_destinations()]}
 
-    def purge_delivered(self, older_than_seconds: float, keep_failed_seconds: float = 0.0) -> int:
+    def purge_delivered(self, older_than_seconds: float, keep_failed_seconds: float = 0.0,
+                        on_purged: Callable[[str, dict[str, int]], None] | None = None) -> int:
         """Delete spool files, result files and rows of finished studies whose results were all delivered.
 
         A study with a parked or pending outbox row, a job not finished (pending, running, parked), or one that
         is receiving again is kept; a failed study is kept at least ``keep_failed_seconds``. Quarantined files are
-        never purged here (only by hand).
+        never purged here (only by hand). ``on_purged(study_uid, {sop_class_uid: instances})`` after each study
+        (its audit event).
         """
         t = now()
         purged = 0
@@ -100,6 +102,9 @@ class UpkeepPart(OutboxPart):
                     select(instances.c.path, instances.c.received_at).where(instances.c.study_uid == study_uid))]
                 files += [(r[0], None) for r in conn.execute(
                     select(results.c.path).where(results.c.study_uid == study_uid))]
+                classes = {r[0]: int(r[1]) for r in conn.execute(
+                    select(instances.c.sop_class_uid, func.count()).where(instances.c.study_uid == study_uid)
+                    .group_by(instances.c.sop_class_uid))} if on_purged is not None else {}
                 result_uids = select(results.c.sop_instance_uid).where(results.c.study_uid == study_uid)
                 conn.execute(delete(outbox).where(outbox.c.result_uid.in_(result_uids)))
                 conn.execute(delete(results).where(results.c.study_uid == study_uid))
@@ -109,6 +114,8 @@ class UpkeepPart(OutboxPart):
             for f, committed_at in files:  # after the commit: a crash here leaves orphans, never rows without files
                 _unlink_unless_newer(f, committed_at)
             purged += 1
+            if on_purged is not None:
+                on_purged(study_uid, classes)
         with self.engine.begin() as conn:  # lookup records age out with the studies they were made for
             conn.execute(delete(priors).where(priors.c.started_at < t - older_than_seconds))
         return purged

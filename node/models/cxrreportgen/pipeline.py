@@ -70,7 +70,7 @@ def run(ctx: JobContext) -> JobOutput:
     findings = [GroundedFinding(text=f.text, boxes=map_boxes(f.boxes, inputs.frontal, ctx.endpoint.box_reference))
                 for f in raw]
     algorithm = AlgorithmInfo(name="CXRReportGen",
-                              version=reply.model_version or ctx.endpoint.deployment or "unspecified",
+                              version=ctx.model_version(reply),
                               emulated=reply.emulated)
     frontal = pydicom.dcmread(inputs.frontal_path, stop_before_pixels=True)
     evidence = [frontal]

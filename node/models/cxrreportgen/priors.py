@@ -47,6 +47,7 @@ from converters.scrub import without_burned_in
 from converters.sr_text import is_text_sr, report_text
 from dicom_out.algorithm import NODE_MANUFACTURER, NODE_MODEL_NAME
 
+from node.audit.queries import record_query, record_retrieve
 from node.config import DestinationSection, NodeConfig, PriorsSection
 from node.dicom.pynetdicom_patches import configure_pynetdicom
 from node.dicom.qr import (SR_CLASSES, XRAY_IMAGE_CLASSES, Deadline, Peer, QRSession, QueryError, QueryTimeout,
@@ -127,12 +128,15 @@ class PriorFetcher:
         self.dest: DestinationSection = cfg.destinations[cfg.priors.query]
         self.store = store
         self.spool = spool
+        self._for_study: str | None = None
+        self._retrieved: list[dict] = []
         configure_pynetdicom()  # identifiers carry PHI: pynetdicom must not log them
 
     # --- the lookup -------------------------------------------------------------------------------------
     def fetch(self, current: Dataset) -> PriorResult:
         """The prior of the study ``current`` (a header of its frontal image) belongs to; never raises."""
         study_uid = _text(current, "StudyInstanceUID")
+        self._for_study, self._retrieved = study_uid, []  # for the audit events of the queries and retrieves
         lookup_id = self.store.start_prior_lookup(study_uid)
         deadline = Deadline(self.priors.timeout_seconds)
         try:
@@ -147,11 +151,22 @@ class PriorFetcher:
             log.error("study %s: prior lookup failed: %s", study_uid, type(exc).__name__)
             log.debug("prior lookup traceback", exc_info=True)
             result = PriorResult("error", f"no prior: {type(exc).__name__} during the lookup", 0.0)
+        record_retrieve(self.cfg, self.priors, self.dest, self._retrieved)  # C-GET, WADO-RS (C-MOVE: the SCP's)
         seconds = time.monotonic() - deadline.start
         result = dataclasses.replace(result, seconds=seconds)
         self.store.finish_prior_lookup(lookup_id, result.state, result.outcome, seconds)
         log.info("study %s: prior lookup %s in %.2f s: %s", study_uid, result.state, seconds, result.outcome)
         return result
+
+    def _find(self, session: QRSession, query: Dataset) -> list[Dataset]:
+        """One query of the lookup, and its audit event (an ATNA Query message: node/audit/queries.py)."""
+        try:
+            found = session.find(query)
+        except Exception as exc:
+            record_query(self.cfg, self.priors.query, self.dest, query, self._for_study, None, exc)
+            raise
+        record_query(self.cfg, self.priors.query, self.dest, query, self._for_study, len(found), None)
+        return found
 
     def _fetch(self, current: Dataset, lookup_id: int, deadline: Deadline) -> PriorResult:
         if not _text(current, "PatientID"):
@@ -209,7 +224,7 @@ class PriorFetcher:
         current_key = (f"{day:%Y%m%d}", _text(current, "StudyTime") or "999999")
         wanted = {m.upper() for m in self.priors.modalities}
         found: list[_Candidate] = []
-        for ds in session.find(query):
+        for ds in self._find(session, query):
             uid = _text(ds, "StudyInstanceUID")
             date, tm = _text(ds, "StudyDate")[:8], _text(ds, "StudyTime")
             modalities = {m.upper() for m in _text(ds, "ModalitiesInStudy").split("\\") if m}
@@ -232,7 +247,7 @@ class PriorFetcher:
         wanted = {m.upper() for m in self.priors.modalities}
         images: list[Dataset] = []
         reports: list[Dataset] = []
-        for series in session.find(query):
+        for series in self._find(session, query):
             modality = _text(series, "Modality").upper()
             if modality not in wanted and modality != "SR":
                 continue
@@ -244,7 +259,7 @@ class PriorFetcher:
             for kw in (_IMAGE_KEYS if modality != "SR" else ("SOPClassUID", "InstanceNumber", "ContentDate",
                                                                 "ContentTime")):
                 setattr(q, kw, None)
-            for inst in session.find(q):
+            for inst in self._find(session, q):
                 if not is_valid_uid(_text(inst, "SOPInstanceUID")):
                     continue
                 for kw in ("SeriesDescription", "ProtocolName", "BodyPartExamined"):  # for the view rules
@@ -290,6 +305,7 @@ class PriorFetcher:
         status = session.retrieve(ident)
         held = self.store.instance(uid)
         if held is not None and Path(held["path"]).exists():
+            self._retrieved.append(held)
             return Path(held["path"])
         if required:
             raise PriorError(f"the PACS {self.priors.query} answered the {self.priors.method.upper()} of the "

@@ -9,9 +9,14 @@ Text vector (:func:`embed_text`): the lower-cased words (``[a-z0-9]+``, at most 
 each give a Gaussian vector seeded by the SHA-256 of the word; their sum is normalised. Shared words, close vectors.
 
 ``scaling_factor`` is :data:`SCALING_FACTOR` (the document's example value) when ``params.get_scaling_factor`` is
-true or absent (the document's default). The reply is the product page's object ``{"image_features": [...],
-"text_features": [...], "scaling_factor": f}``; ``response_shape: rows`` (the server's default) gives the same
-object, ``object`` too: MedImageInsight has one documented reply shape. Answers are emulated, never clinical output:
+true or absent (the document's default).
+
+Reply, as the real deployment answers (the mi2-deploy notebook's output; the toolkit's tests expect one entry per
+input): **one row per input row**, ``[{"image_features": [[1024 floats]], "text_features": [[1024 floats]],
+"scaling_factor": f}, ...]``, each row holding the keys of what it had (an image, a text, or both). Variants
+(:mod:`node.emulator.variants`): ``insight-object`` answers the model document's single object
+``{"image_features": [...], "text_features": [...], "scaling_factor": f}``; ``no-scaling-factor`` leaves the factor
+out even when asked (the notebook asked and printed keys without it). Answers are emulated, never clinical output:
 the server's ``x-ms-emulator`` header and the model version ``medimageinsight-emulator-1`` say so.
 """
 
@@ -95,23 +100,32 @@ class MedImageInsightHandler:
 
     def score(self, input_data: dict, options: dict[str, Any]) -> Any:
         rows = validate_input(input_data, max_rows=MAX_ROWS, model="MedImageInsight")
-        images: list[list[float]] = []
-        texts: list[list[float]] = []
+        per_row: list[dict[str, Any]] = []
         for i, (image_b64, text) in enumerate(rows):
             if not image_b64.strip() and not text.strip():
                 raise RequestError(400, f"row {i}: neither an image nor a text")
+            row: dict[str, Any] = {}
             if image_b64.strip():
-                images.append([round(float(v), 7) for v in embed_image(b64_bytes(image_b64, i))])
+                row["image_features"] = [[round(float(v), 7) for v in embed_image(b64_bytes(image_b64, i))]]
             if text.strip():
-                texts.append([round(float(v), 7) for v in embed_text(text)])
+                row["text_features"] = [[round(float(v), 7) for v in embed_text(text)]]
+            per_row.append(row)
         params = options.get("params") or {}
         want_factor = params.get("get_scaling_factor", True)
         if isinstance(want_factor, str):
             want_factor = want_factor.strip().lower() in ("true", "1", "yes")
-        out: dict[str, Any] = {"image_features": images, "text_features": texts}
-        if want_factor:
-            out["scaling_factor"] = SCALING_FACTOR
-        return out
+        variants = options.get("variants") or ()
+        factor = SCALING_FACTOR if want_factor and "no-scaling-factor" not in variants else None
+        if "insight-object" in variants:
+            out: dict[str, Any] = {"image_features": [r["image_features"][0] for r in per_row if "image_features" in r],
+                                   "text_features": [r["text_features"][0] for r in per_row if "text_features" in r]}
+            if factor is not None:
+                out["scaling_factor"] = factor
+            return out
+        if factor is not None:
+            for row in per_row:
+                row["scaling_factor"] = factor
+        return per_row
 
 
 HANDLER = MedImageInsightHandler()

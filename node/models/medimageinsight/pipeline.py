@@ -10,6 +10,9 @@ Rule ``params`` (all optional):
 - ``resize``: longer side in pixels (e.g. 512) to downscale on the client; default: full resolution.
 - ``max_request_bytes`` (default 8 MiB) and ``max_rows`` (default 32): how inputs are batched into requests.
 
+Zero-shot needs the reply's ``scaling_factor``; a deployment that answers none (the mi2-deploy notebook's output)
+uses ``endpoints.<name>.scaling_factor``, else a rule with labels fails naming that key (:func:`scaling_factor`).
+
 Text embeddings of the labels are cached per endpoint and model version (table ``text_embeddings``); only the
 missing ones are requested, as text-only rows. Embeddings and labels are written in the transaction that finishes
 the job (``JobOutput.writes``).
@@ -59,6 +62,35 @@ def label_sets(params: Mapping) -> dict[str, list[str]]:
             raise ValueError(f"params.labels.{name} needs at least two different labels")
         out[str(name)] = texts
     return out
+
+
+class NoScalingFactor(ValueError):
+    """A rule with labels on an endpoint whose replies carry no scaling_factor, and none configured."""
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def scaling_factor(ctx: JobContext, answered: float | None) -> float:
+    """The zero-shot scaling factor: the reply's, else ``endpoints.<name>.scaling_factor``; else
+    :class:`NoScalingFactor` naming the key (the deployment sends none: Microsoft's mi2-deploy notebook shows it)."""
+    configured = ctx.endpoint.scaling_factor
+    if answered is not None:
+        if configured is not None and abs(configured - answered) > 1e-6 and (ctx.endpoint_name, "differs") not in _WARNED:
+            _WARNED.add((ctx.endpoint_name, "differs"))
+            log.warning("endpoint %s answers scaling_factor %g; endpoints.%s.scaling_factor %g is not used",
+                        ctx.endpoint_name, answered, ctx.endpoint_name, configured)
+        return float(answered)
+    if configured is None:
+        raise NoScalingFactor(
+            f"rule {ctx.rule.name}: endpoint {ctx.endpoint_name} returned no scaling_factor (asked with "
+            f"params.get_scaling_factor: true), so its labels cannot be scored: set endpoints.{ctx.endpoint_name}."
+            f"scaling_factor (the model document's example value is 4.516357; check it against your deployment)")
+    if (ctx.endpoint_name, "configured") not in _WARNED:
+        _WARNED.add((ctx.endpoint_name, "configured"))
+        log.warning("endpoint %s returned no scaling_factor: using endpoints.%s.scaling_factor %g", ctx.endpoint_name,
+                    ctx.endpoint_name, configured)
+    return float(configured)
 
 
 def _images(ctx: JobContext, resize: int | None) -> tuple[list[InsightImage], dict[str, pydicom.Dataset], int]:
@@ -133,7 +165,7 @@ def run(ctx: JobContext) -> JobOutput:
         parsed = parse_response(reply.body, n_images=len(batch))
         vectors.extend(parsed.image_features)
         factor = parsed.scaling_factor if parsed.scaling_factor is not None else factor
-    model_version = replies[-1].model_version or ctx.endpoint.deployment or "unspecified"
+    model_version = ctx.model_version(replies[-1])
     emulated = any(r.emulated for r in replies)
     records = [EmbeddingRecord(sop_instance_uid=img.sop_instance_uid, series_uid=img.series_uid,
                                study_uid=img.study_uid, model_name=MODEL_NAME, model_version=model_version,
@@ -147,9 +179,7 @@ def run(ctx: JobContext) -> JobOutput:
     all_texts = [t for texts in sets.values() for t in texts]
     text_vecs, text_factor, text_seconds = _text_vectors(ctx, all_texts, model_version, batching)
     seconds += text_seconds
-    factor = factor if factor is not None else text_factor
-    if factor is None:
-        raise ValueError("the endpoint returned no scaling_factor (asked with params.get_scaling_factor: true)")
+    factor = scaling_factor(ctx, factor if factor is not None else text_factor)
     labels: list[LabelRecord] = []
     items: list[ImageClassification] = []
     for img, vec in zip(images, vectors):

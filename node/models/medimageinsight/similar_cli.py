@@ -46,7 +46,9 @@ def _embed_file(cfg: NodeConfig, path: str, endpoint_name: str | None) -> tuple[
     with EndpointClient(names[0], cfg.endpoints[names[0]]) as client:
         reply = client.score(build_request([InsightInput(key="query", image=image.png)]))
     vector = parse_response(reply.body, n_images=1).image_features[0]
-    version = reply.model_version or cfg.endpoints[names[0]].deployment or "unspecified"
+    from node.models.versions import resolve
+
+    version = resolve(names[0], cfg.endpoints[names[0]], reply.model_version, reply.deployment)[0]
     return MODEL_NAME, version, vector
 
 

@@ -14,6 +14,12 @@ Reply, two shapes seen (:func:`parse_response` takes both):
   ``{"data": <b64 numpy buffer>, "shape": [...], "dtype": "..."}`` in the input's voxel (i, j, k) order, which gets
   the request's affine (``affine=``; the identity when none is given).
 
+Several prompts in one call (the model card joins 15 with ``&``): :func:`read_reply` says how the reply holds them,
+:meth:`MaskReply.per_prompt` splits them: a 3-D **label map** (the card lists the labels of one NIfTI: value
+``n + 1`` for prompt ``n``), a 4-D array with the **prompt axis first** ``(N, i, j, k)`` (an unmerged Microsoft
+branch's ``image_features``, with ``text_features``), or a NIfTI whose 4th axis holds the prompts. A reply whose
+prompt axis does not match the prompts sent is reported (None), so the caller can ask again one prompt per call.
+
 Size: a managed online endpoint refuses bodies over its limit; :func:`check_request_size` says so before sending.
 """
 
@@ -24,6 +30,7 @@ import binascii
 import gzip
 import json
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import nibabel
@@ -177,3 +184,97 @@ def parse_response(body: Any, *, affine: np.ndarray | None = None,
         raise ValueError(f"MedImageParse 3D reply: a mask of shape {list(image.shape)} for a volume of shape "
                          f"{list(expected_shape)}")
     return image
+
+
+# --- reply, with its prompt axis ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MaskReply:
+    """A MedImageParse 3D reply as answered: the voxels, their affine if any, and where the prompts are.
+
+    ``affine`` is None for a raw array (no NIfTI header); ``declared`` says whether a NIfTI's qform or sform code
+    is set (codes 0: no affine, whatever nibabel derives from the voxel sizes). ``prompt_axis``: ``"none"`` (3-D),
+    ``"first"`` (4-D array ``(N, i, j, k)``), ``"last"`` (a NIfTI ``(i, j, k, N)``).
+    """
+
+    form: str  # nifti_file | image_features (NIfTI) | image_features (array)
+    data: np.ndarray
+    affine: np.ndarray | None
+    declared: bool
+    prompt_axis: str
+    text_features: list | None = None
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:4]) if self.prompt_axis == "first" else tuple(self.data.shape[:3])
+
+    def labels(self) -> list[int]:
+        """The distinct non-zero values of a 3-D mask (a label map's labels), at most 64."""
+        if self.prompt_axis != "none":
+            return []
+        values = np.unique(self.data)
+        return [int(v) if float(v).is_integer() else float(v) for v in values if v != 0][:64]
+
+    def per_prompt(self, n: int) -> list[np.ndarray] | None:
+        """One 3-D mask per prompt of ``n`` sent, or None when the reply's prompt axis does not match ``n``."""
+        if self.text_features is not None and len(self.text_features) != n:
+            return None
+        if self.prompt_axis == "first":
+            return [self.data[p] for p in range(n)] if self.data.shape[0] == n else None
+        if self.prompt_axis == "last":
+            return [self.data[..., p] for p in range(n)] if self.data.shape[3] == n else None
+        if n == 1:
+            return [self.data]
+        labels = self.labels()
+        if any(not isinstance(v, int) or not 1 <= v <= n for v in labels):
+            return None  # not a label map of these prompts (probabilities, 255, more labels than prompts)
+        return [(self.data == p + 1).astype(np.uint8) for p in range(n)]
+
+
+def read_reply(body: Any) -> MaskReply:
+    """The mask(s) of a MedImageParse 3D reply, as answered (see :class:`MaskReply`); ``ValueError`` when it holds
+    none. Unlike :func:`parse_response`, nothing is assumed about the geometry: that is the caller's to check."""
+    row = _row(body)
+    text = row.get("text_features")
+    if isinstance(text, str):
+        try:
+            text = json.loads(text)
+        except ValueError:
+            text = [text]
+    text = list(text) if isinstance(text, (list, tuple)) else None
+    if "nifti_file" in row:
+        where = "MedImageParse 3D reply: nifti_file"
+        form = "nifti_file"
+        inner = _as_object(row["nifti_file"], where)
+    elif "image_features" in row:
+        where = "MedImageParse 3D reply: image_features"
+        form = "image_features (NIfTI)"
+        inner = _as_object(row["image_features"], where)
+        if "shape" in inner or "dtype" in inner:
+            array = np.array(decode_array(inner, where))
+            if array.ndim not in (3, 4):
+                raise ValueError(f"{where}: an array of shape {list(array.shape)}; expected 3-D, or 4-D with the "
+                                 f"prompt axis first")
+            if array.dtype == np.bool_:
+                array = array.astype(np.uint8)
+            return MaskReply("image_features (array)", array, None, False, "first" if array.ndim == 4 else "none",
+                             text)
+    else:
+        raise ValueError(f"MedImageParse 3D reply: a row without nifti_file or image_features "
+                         f"(keys: {sorted(row)[:10]})")
+    if "data" not in inner:
+        raise ValueError(f"{where} has no data (keys: {sorted(inner)[:10]})")
+    image = nifti_from_bytes(_b64(inner["data"], f"{where} data"), where)
+    data = np.asanyarray(image.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim not in (3, 4):
+        raise ValueError(f"{where}: a volume of shape {list(data.shape)}; expected 3-D (or 4-D, one per prompt)")
+    declared = int(image.header["qform_code"]) > 0 or int(image.header["sform_code"]) > 0
+    return MaskReply(form, data, np.asarray(image.affine, dtype=np.float64), declared,
+                     "last" if data.ndim == 4 else "none", text)
+
+
+def joined(prompts: list[str]) -> str:
+    """Prompts as one text, as the model card sends them: ``"a & b & c"``."""
+    return " & ".join(p.strip() for p in prompts)

@@ -4,13 +4,22 @@ Mask (checkable with :func:`emulate_volume_mask`): the ``.nii.gz`` is read with 
 CT-like volume (minimum below -500, i.e. air in HU) gets ``mask = voxel > 0`` (HU); any other volume gets
 ``mask = voxel > median(volume)``. The mask is uint8 0/1 with the input's shape; the returned NIfTI is written
 with a copy of the input header, so its shape, qform, sform (codes included) and affine are the input's exactly.
-The prompt is validated but does not change the mask.
+A prompt does not change its mask.
+
+Several prompts joined with ``&`` (the model card sends 15 in one call) are answered, as the card shows, with one
+**label map**: voxel value ``n + 1`` for prompt ``n``, 0 outside. A voxel holds one label, so where targets overlap
+(here: all of them cover the same mask) the emulator gives voxel column ``i`` to prompt ``(i // 8) % N``
+(:func:`label_map`): stripes 8 voxels wide, checkable from the request's pixels.
 
 Reply shapes: by default the documented one, ``[{"nifti_file": "{\\"data\\": \\"<b64 .nii.gz>\\"}"}]``. The earlier
 sample's ``[{"image_features": "{\\"data\\": <b64 uint8 buffer>, \\"shape\\": [...], \\"dtype\\": \\"uint8\\"}"}]``
 (raw voxels in the input's (i, j, k) order, C order, no affine) when the handler is built with
 ``reply_form="image_features"`` or when the server's ``response_shape`` is ``"object"`` (configuration, or a
-``{"shape": "object"}`` fault for one answer). Model version ``medimageparse3d-emulator-1``: emulated, not clinical.
+``{"shape": "object"}`` fault for one answer). The variants of :mod:`node.emulator.variants` change the NIfTI's
+geometry (``3d-canonical``, ``3d-no-affine``, ``3d-identity``, ``3d-zooms-only``) or answer with a 4-D
+``image_features`` array, prompt axis first, one full mask per prompt, and ``text_features`` (``3d-prompt-first``;
+``3d-one-prompt``: a prompt axis of 1 whatever was asked). Model version ``medimageparse3d-emulator-1``: emulated,
+not clinical.
 """
 
 from __future__ import annotations
@@ -64,19 +73,56 @@ def threshold_of(voxels: np.ndarray) -> float:
     return float(np.median(voxels)) if voxels.size else 0.0
 
 
-def mask_image(image: nibabel.Nifti1Image) -> nibabel.Nifti1Image:
-    """The emulated mask of ``image``: same shape, same header geometry and affine."""
+STRIPE_VOXELS = 8  # label maps: voxel column i goes to prompt (i // 8) % N where the targets overlap
+
+
+def threshold_mask(image: nibabel.Nifti1Image) -> np.ndarray:
+    """The emulated mask of every prompt: uint8 0/1 of the volume's shape (see the module docstring)."""
     try:
         voxels = image.get_fdata(dtype=np.float64)
     except Exception as exc:
         raise RequestError(400, f"the volume's voxels cannot be read: {type(exc).__name__}") from None
-    mask = (voxels > threshold_of(voxels)).astype(np.uint8)
+    if voxels.ndim == 4:
+        voxels = voxels[..., 0]
+    return (voxels > threshold_of(voxels)).astype(np.uint8)
+
+
+def label_map(mask: np.ndarray, n_prompts: int) -> np.ndarray:
+    """One label per voxel for ``n_prompts`` overlapping targets: ``1 + (i // 8) % n`` inside ``mask``, else 0."""
+    if n_prompts == 1:
+        return mask
+    owner = 1 + (np.arange(mask.shape[0]) // STRIPE_VOXELS) % n_prompts
+    return (mask * owner.astype(np.uint8)[:, None, None]).astype(np.uint8)
+
+
+def mask_image(image: nibabel.Nifti1Image, data: np.ndarray | None = None) -> nibabel.Nifti1Image:
+    """The emulated mask of ``image`` (or ``data``, a label map): same shape, same header geometry and affine."""
+    mask = threshold_mask(image) if data is None else data
     header = image.header.copy()
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1.0, 0.0)
-    header["cal_min"], header["cal_max"] = 0, 1
+    header["cal_min"], header["cal_max"] = 0, int(mask.max()) if mask.size else 1
     header["descrip"] = b"EMULATED mask"
+    if mask.ndim == 3 and len(image.shape) == 4:
+        header.set_data_shape(mask.shape)
     return nibabel.Nifti1Image(mask, None, header=header)  # affine None: qform/sform kept from the header
+
+
+def with_geometry(mask: nibabel.Nifti1Image, variant: str) -> nibabel.Nifti1Image:
+    """The mask NIfTI as a deployment variant writes it (see :mod:`node.emulator.variants`)."""
+    data = np.asanyarray(mask.dataobj)
+    if variant == "3d-canonical":
+        return nibabel.as_closest_canonical(nibabel.Nifti1Image(data, mask.header.get_best_affine()))
+    if variant == "3d-no-affine":
+        out = nibabel.Nifti1Image(data, None)
+        out.header.set_qform(None, code=0)
+        out.header.set_sform(None, code=0)
+        return out
+    if variant == "3d-identity":
+        return nibabel.Nifti1Image(data, np.eye(4))
+    if variant == "3d-zooms-only":
+        return nibabel.Nifti1Image(data, np.diag([*mask.header.get_zooms()[:3], 1.0]))
+    return mask
 
 
 def _gzip(raw: bytes) -> bytes:
@@ -89,6 +135,11 @@ def _gzip(raw: bytes) -> bytes:
 def emulate_volume_mask(nifti_gz_bytes: bytes) -> nibabel.Nifti1Image:
     """The emulated mask volume for a ``.nii.gz`` file (see the module docstring). Pure."""
     return mask_image(load_nifti(nifti_gz_bytes))
+
+
+def _array(voxels: np.ndarray) -> dict[str, Any]:
+    return {"data": base64.b64encode(voxels.tobytes()).decode("ascii"), "shape": list(voxels.shape),
+            "dtype": str(voxels.dtype)}
 
 
 class MedImageParse3DHandler:
@@ -113,17 +164,26 @@ class MedImageParse3DHandler:
 
     def score(self, input_data: dict, options: dict[str, Any]) -> Any:
         rows = validate_input(input_data, max_rows=1, model="MedImageParse 3D (one volume per call)")
-        image_b64, prompt = rows[0]
-        if not prompt.strip():
-            raise RequestError(400, "row 0: the text (target prompt) is blank")
-        mask = emulate_volume_mask(b64_bytes(image_b64, 0))
+        image_b64, text = rows[0]
+        prompts = [p.strip() for p in text.split("&")]
+        if not text.strip() or any(not p for p in prompts):
+            raise RequestError(400, "row 0: the text (target prompt, several joined with '&') has a blank prompt")
+        volume = load_nifti(b64_bytes(image_b64, 0))
+        mask = threshold_mask(volume)
+        variants = options.get("variants") or ()
+        if "3d-prompt-first" in variants or "3d-one-prompt" in variants:
+            n = 1 if "3d-one-prompt" in variants else len(prompts)
+            stack = np.ascontiguousarray(np.broadcast_to(mask, (n, *mask.shape)), dtype=np.uint8)
+            return [{"image_features": json.dumps(_array(stack)),
+                     "text_features": [text.strip()] if n == 1 else prompts}]
         form = self.reply_form or ("image_features" if options.get("response_shape") == "object" else "nifti_file")
+        labels = label_map(mask, len(prompts))
         if form == "image_features":
-            voxels = np.ascontiguousarray(np.asanyarray(mask.dataobj, dtype=np.uint8))
-            features = {"data": base64.b64encode(voxels.tobytes()).decode("ascii"), "shape": list(voxels.shape),
-                        "dtype": "uint8"}
-            return [{"image_features": json.dumps(features)}]
-        data = base64.b64encode(_gzip(mask.to_bytes())).decode("ascii")
+            return [{"image_features": json.dumps(_array(np.ascontiguousarray(labels, dtype=np.uint8)))}]
+        answer = mask_image(volume, labels)
+        for variant in variants:
+            answer = with_geometry(answer, variant)
+        data = base64.b64encode(_gzip(answer.to_bytes())).decode("ascii")
         return [{"nifti_file": json.dumps({"data": data})}]
 
 

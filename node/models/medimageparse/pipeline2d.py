@@ -145,21 +145,21 @@ def run(ctx: JobContext) -> JobOutput:
         return JobOutput(state="skipped", outcome="no frame could be converted: " + "; ".join(notes)[:1500])
 
     endpoint_seconds = 0.0
-    version: str | None = None
+    last_reply = None
     emulated = False
     for start in range(0, len(analysed), params.batch_size):
         batch = analysed[start:start + params.batch_size]
         reply = ctx.client.score(build_request([item.image.png for item in batch], params.prompt),
                                  request_id=f"{ctx.request_id}-b{start // params.batch_size}")
         endpoint_seconds += reply.elapsed_seconds
-        version = version or reply.model_version
+        last_reply = reply
         emulated = emulated or reply.emulated
         answers = parse_response(reply.body, n_prompts=len(params.prompt), n_images=len(batch))
         for item, answer in zip(batch, answers):
             item.masks = item.image.transform.mask_to_source(answer.masks)
             item.categories = answer.categories
 
-    algorithm = AlgorithmInfo(name="MedImageParse", version=version or ctx.endpoint.deployment or "unspecified",
+    algorithm = AlgorithmInfo(name="MedImageParse", version=ctx.model_version(last_reply),
                               emulated=emulated)
     results: list[tuple[str, pydicom.Dataset]] = []
     summaries = []

@@ -3,13 +3,19 @@
 - Which series (rule param ``series``): ``largest-axial`` (default) picks the largest axial CT/MR volume among the
   series the rule matched, never a localizer, scout, dose report or DERIVED\\SECONDARY image
   (:func:`converters.volume_series.select_volume_series`); ``matched`` makes every matched series its own volume.
-- One call per prompt (the model takes one target per call); one SEG per volume with one segment per prompt.
+- Prompts: up to ``endpoints.<name>.prompts_per_call`` (default 15, as the model card) joined with ``&`` in one
+  call; the reply's label map (or prompt-first 4-D array) is split per prompt
+  (:meth:`~node.models.medimageparse.contract3d.MaskReply.per_prompt`). A reply whose prompt axis does not match
+  the prompts sent (or a model that refuses the joined text) makes the node ask again one prompt per call; a
+  mismatch is remembered for the endpoint (WARNING once). One SEG per volume with one segment per prompt.
   Codes: the reply has no category, so the prompt's keywords (or ``params.category``) choose them
   (:func:`dicom_out.seg_codes.codes_for_prompt`).
-- Geometry: the reply's mask carries its own affine, and every voxel of the request grid takes the mask voxel at
-  the same world point (:func:`converters.volume_mask.mask_on_volume`); slice ``k`` of the request volume is the source
-  instance ``volume.source_sop_uids[k]``, so SEG frame ``k`` references exactly that instance, whatever order the
-  files arrived in and whatever voxel order the model answers in.
+- Geometry: a mask with a usable affine (:func:`converters.volume_mask.affine_kind`) is resampled onto the request
+  grid: every voxel takes the mask voxel at the same world point. A mask without one (no affine, the identity,
+  voxel sizes only, a raw array) whose shape equals the request's is placed by voxel order, as Microsoft's sample
+  reads it, with a WARNING once per endpoint; any other is a :class:`VolumeError`. Slice ``k`` of the request
+  volume is the source instance ``volume.source_sop_uids[k]``, so SEG frame ``k`` references exactly that instance,
+  whatever order the files arrived in and whatever voxel order the model answers in.
 - A volume whose request would exceed ``params.max_request_mb`` fails the job with a message saying so, before
   anything is sent.
 """
@@ -24,11 +30,14 @@ import pydicom
 
 from converters.volume import series_to_volume
 from converters.volume_header import VolumeError
-from converters.volume_mask import mask_on_volume
+from converters.volume import Volume
+from converters.volume_mask import place_mask
 from converters.volume_series import select_volume_series
 from dicom_out.algorithm import AlgorithmInfo
 from dicom_out.seg import SegmentSpec, build_segmentation
-from node.models.medimageparse.contract3d import build_request, parse_response, request_size
+from node.invoke.errors import EndpointError
+from node.models.endpoint_settings import prompts_per_call
+from node.models.medimageparse.contract3d import MaskReply, build_request, joined, read_reply, request_size
 from node.models.medimageparse.params import Parse3DParams
 from node.models.registry import params_for
 
@@ -39,6 +48,11 @@ from node.models.sc_fallback import seg_scs, wants_sc
 log = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9920  # + the volume's index within the job
+
+# Per process: endpoints whose replies to joined prompts did not match (asked one prompt per call from then on),
+# and the warnings already given.
+_ONE_PER_CALL: set[tuple[str, str | None]] = set()
+_WARNED: set[tuple[str, str]] = set()
 
 
 class VolumeTooLargeError(ValueError):
@@ -90,27 +104,20 @@ def run(ctx: JobContext) -> JobOutput:
             notes.append(f"series {series_uid}: {exc}")
             continue
         nifti = volume.to_nifti_gz_bytes()
-        for prompt in params.prompt:
-            size = request_size(len(nifti), prompt)
-            if size > limit:
-                cols, rows, slices = volume.data.shape
-                raise VolumeTooLargeError(
-                    f"series {series_uid}: a {cols}x{rows}x{slices} volume makes a {size / 2**20:.1f} MiB request, "
-                    f"over the endpoint limit of {limit / 2**20:.1f} MiB (rule params.max_request_mb)")
-        masks = []
-        for n, prompt in enumerate(params.prompt):
-            reply = ctx.client.score(build_request(nifti, prompt, max_request_bytes=None),
-                                     request_id=f"{ctx.request_id}-v{index}p{n}")
-            endpoint_seconds += reply.elapsed_seconds
-            version = version or reply.model_version
-            emulated = emulated or reply.emulated
-            image = parse_response(reply.body, affine=volume.affine)
-            masks.append(mask_on_volume(np.asanyarray(image.dataobj), image.affine, volume))
+        size = request_size(len(nifti), joined(params.prompt))
+        if size > limit:
+            cols, rows, slices = volume.data.shape
+            raise VolumeTooLargeError(
+                f"series {series_uid}: a {cols}x{rows}x{slices} volume makes a {size / 2**20:.1f} MiB request, "
+                f"over the endpoint limit of {limit / 2**20:.1f} MiB (rule params.max_request_mb)")
+        masks, replies, placed = masks_for(ctx, nifti, volume, params.prompt, index)
+        endpoint_seconds += sum(r.elapsed_seconds for r in replies)
+        version = version or (ctx.model_version(replies[0]) if replies else None)
+        emulated = emulated or any(r.emulated for r in replies)
         # (i, j, k) = (column, row, slice) -> SEG frames (slice, row, column), one segment per prompt.
         stacked = np.stack([m.transpose(2, 1, 0) for m in masks], axis=-1)
         values, fractional = segment_values(stacked, mode=params.segmentation_type, threshold=params.threshold)
-        algorithm = AlgorithmInfo(name="MedImageParse 3D",
-                                  version=version or ctx.endpoint.deployment or "unspecified", emulated=emulated)
+        algorithm = AlgorithmInfo(name="MedImageParse 3D", version=version or "unspecified", emulated=emulated)
         sources = [by_uid[uid] for uid in volume.source_sop_uids]
         # series_to_volume accepted orientations equal within 1e-4; highdicom wants them identical (header copies).
         for ds in sources[1:]:
@@ -130,9 +137,75 @@ def run(ctx: JobContext) -> JobOutput:
             results += seg_scs(ctx, sources, values, params.prompt, algorithm, key=f"3d-{series_uid}")
         voxels = [int(np.count_nonzero(m)) for m in masks]
         notes.insert(0, f"series {series_uid}: {volume.data.shape[2]} slices, {len(params.prompt)} segment(s), "
-                        f"{'FRACTIONAL' if fractional else 'BINARY'}, voxels {voxels}")
+                        f"{'FRACTIONAL' if fractional else 'BINARY'}, voxels {voxels}, {len(replies)} call(s), "
+                        f"mask {', '.join(sorted(placed))}")
     if not results:
         return JobOutput(state="skipped", outcome="no volume could be built: " + "; ".join(notes),
                          endpoint_seconds=endpoint_seconds)
     outcome = "; ".join(notes + why)
     return JobOutput(state="done", outcome=outcome[:2000], results=results, endpoint_seconds=endpoint_seconds)
+
+
+def _warn_once(endpoint: str, what: str, message: str, *args: object) -> None:
+    if (endpoint, what) not in _WARNED:
+        _WARNED.add((endpoint, what))
+        log.warning(message, *args)
+
+
+def _place(ctx: JobContext, mask: np.ndarray, answer: MaskReply, volume: Volume, placed: set[str]) -> np.ndarray:
+    data, kind, how = place_mask(mask, answer.affine, answer.declared, volume)
+    placed.add(f"{kind} affine, by {how}")
+    if how == "voxel order":
+        _warn_once(ctx.endpoint_name, f"voxel-{kind}", "endpoint %s: the MedImageParse 3D mask (%s) has no usable "
+                   "affine (%s); placed by voxel order, as Microsoft's sample reads it, since its shape equals the "
+                   "request's", ctx.endpoint_name, answer.form, kind)
+    return data
+
+
+def masks_for(ctx: JobContext, nifti: bytes, volume: Volume, prompts: list[str], index: int
+              ) -> tuple[list[np.ndarray], list, set[str]]:
+    """One mask per prompt on ``volume``'s grid, the replies, and how the masks were placed (see the docstring)."""
+    where = (ctx.endpoint_name, ctx.endpoint.url or ctx.endpoint.endpoint_name)
+    per_call = 1 if where in _ONE_PER_CALL else prompts_per_call(ctx.endpoint)
+    masks: list[np.ndarray] = []
+    replies: list = []
+    placed: set[str] = set()
+    for start in range(0, len(prompts), per_call):
+        chunk = prompts[start:start + per_call]
+        got: list[np.ndarray] | None = None
+        if len(chunk) > 1:
+            try:
+                reply = ctx.client.score(build_request(nifti, joined(chunk), max_request_bytes=None),
+                                         request_id=f"{ctx.request_id}-v{index}j{start}")
+            except EndpointError as exc:
+                if exc.cause != "model-input":
+                    raise
+                log.warning("endpoint %s refused %d joined prompts (%s); asking one prompt per call",
+                            ctx.endpoint_name, len(chunk), exc.message[:300])
+            else:
+                replies.append(reply)
+                answer = read_reply(reply.body)
+                split = answer.per_prompt(len(chunk))
+                if split is None:
+                    _ONE_PER_CALL.add(where)
+                    _warn_once(ctx.endpoint_name, "axis", "endpoint %s answered %d prompts joined with '&' with %s "
+                               "(prompt axis %s, labels %s, text_features %s): not one mask per prompt; asking one "
+                               "prompt per call from now on (set endpoints.%s.prompts_per_call: 1 to skip the "
+                               "joined call)", ctx.endpoint_name, len(chunk), answer.form, answer.prompt_axis,
+                               answer.labels()[:8], answer.text_features, ctx.endpoint_name)
+                else:
+                    got = [_place(ctx, m, answer, volume, placed) for m in split]
+        if got is None:
+            got = []
+            for n, prompt in enumerate(chunk):
+                reply = ctx.client.score(build_request(nifti, prompt, max_request_bytes=None),
+                                         request_id=f"{ctx.request_id}-v{index}p{start + n}")
+                replies.append(reply)
+                answer = read_reply(reply.body)
+                split = answer.per_prompt(1)
+                if split is None:
+                    raise ValueError(f"MedImageParse 3D reply: {answer.form} of shape {list(answer.data.shape)} "
+                                     f"(text_features {answer.text_features}) for one prompt")
+                got.append(_place(ctx, split[0], answer, volume, placed))
+        masks += got
+    return masks, replies, placed

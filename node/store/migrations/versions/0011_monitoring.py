@@ -2,7 +2,7 @@
 (node/store/schema_monitoring.py).
 
 Revision ID: 0011_monitoring
-Revises: 0007_hospital_it
+Revises: 0008_workflow
 Create Date: 2026-12-07
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011_monitoring"
-down_revision: Union[str, Sequence[str], None] = "0007_hospital_it"
+down_revision: Union[str, Sequence[str], None] = "0008_workflow"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 #: new tables only: a node of the previous version keeps working (node/store/compat.py)
