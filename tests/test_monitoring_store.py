@@ -3,6 +3,7 @@ and its alerts, the page, the gauges and the committee's CSV (engine: also run o
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -157,11 +158,14 @@ def test_the_fhir_door_behind_the_write_check(env) -> None:
     assert table(store, monitoring.reports) == []
 
 
+_JOBS = itertools.count(10_000)
+
+
 def _insert_observations(store: Store, rows: list[dict], at: float) -> None:
     with store.engine.begin() as conn:
         for i, r in enumerate(rows):
             values = {k: v for k, v in r.items() if k not in ("id", "observed_at")}
-            values.update(job_id=int(at) * 1000 + i, observed_at=at + i,
+            values.update(job_id=next(_JOBS), observed_at=at + i,
                           **{k: json.dumps(r[k]) for k in ("inputs", "findings", "labels")})
             conn.execute(insert(monitoring.observations).values(**values))
 
