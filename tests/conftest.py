@@ -138,6 +138,7 @@ SLOW_TESTS = frozenset({
     "test_fhir_sender.py::test_http_answers_and_a_lost_answer",
     "test_fhir_sender.py::test_rerun_corrects_and_retract_withdraws",
     "test_fhir_sender.py::test_the_receiver_refuses_what_r4_refuses",
+    "test_monitoring_extract.py::test_the_pipeline_builds_and_runs_with_no_network",
 })
 
 # ---- per-test timeouts (pytest-timeout; the default is `timeout` in pyproject.toml) ---------------------------------
