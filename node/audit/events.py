@@ -53,6 +53,8 @@ class Context:
     endpoint_urls: dict[str, str] = field(default_factory=dict)
     patient_of: Callable[[str | None], Patient | None] = lambda uid: None
     max_bytes: int = 32768
+    #: the patient of an HL7 message the listener kept: (MSH-3 sending application, MSH-10) -> Patient
+    patient_of_message: Callable[[str | None, str | None], Patient | None] = lambda app, control: None
 
 
 def new(ctx: Context, ev: dict[str, Any], event_id: x.Code, action: str, *, types: list[x.Code] | None = None,
@@ -239,3 +241,7 @@ CONVERTERS: dict[str, Callable[[Context, dict[str, Any]], list[AuditMessage]]] =
     "prior-query": query, "prior-retrieved": prior_retrieve, "study-deleted": study_deleted, "action": action,
     "user-login": user_authentication, "user-login-failed": user_authentication, "user-logout": user_authentication,
 }
+
+from node.audit import workflow_events as _workflow  # noqa: E402 - its converters build on the helpers above
+
+CONVERTERS.update(_workflow.CONVERTERS)
