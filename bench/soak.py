@@ -6,7 +6,9 @@ random moments, takes the endpoint down (503/429 with Retry-After, stalls) and t
 is a real Orthanc with Storage Commitment, whose Lua filter logs every C-STORE it receives, duplicates included.
 
 At the end it prints instances sent / acknowledged / stored by the node, jobs done / parked, results expected /
-delivered, C-STOREs per result (max), the outages survived, and exits 1 on any loss or duplicate.
+delivered / extra, C-STOREs per result (max), the outages survived, and exits 1 on any loss or duplicate: every
+C-STORE the PACS logged is counted per study and kind (:func:`judge_results`), so a result sent twice, a study
+decided twice (new UIDs, each sent once) or an SR without its GSPS fails the run, as does a missing one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -32,11 +34,13 @@ from support.data import data_dir  # noqa: E402
 from support.dcmtk import storescu, transfer_syntax_flag  # noqa: E402
 from support.nodekit import db_rows, status_json, study_uid_of  # noqa: E402
 from support.nodeproc import NodeProcess, node_config  # noqa: E402
-from support.orthanc import Orthanc  # noqa: E402
+from support.orthanc import Orthanc, Received  # noqa: E402
 from support.ports import free_port  # noqa: E402
 from support.studies import copy_series, derive_cxr_study  # noqa: E402
 
-RESULTS_PER_CXR = 2  # one SR, one GSPS (stated by the CXRReportGen pipeline's contract, not read from the node)
+#: The results of one decision of a chest X-ray study, by modality: one SR, one GSPS (stated by the CXRReportGen
+#: pipeline's contract, not read from the node; the emulator's findings always include boxes).
+RESULT_KINDS = ("SR", "PR")
 
 
 class Tally:
@@ -209,34 +213,31 @@ def soak(studies: int, *, senders: int, kills: int, endpoint_down: float, pacs_d
             time.sleep(3.0)  # a late duplicate would show up by now
             status = status_json(node)
             stored = {r[0] for r in db_rows(node, "SELECT sop_instance_uid FROM instances")}
-            counts = pacs.cstore_counts()
-            by_study = _results_by_study(pacs)
             cxr_uids = [study_uid_of(files[0]) for kind, files in built if kind == "cxr"]
-            short = [u for u in cxr_uids if by_study.get(u, 0) < RESULTS_PER_CXR]
-            # what the node knows of a study whose results did not all arrive (to diagnose, no PHI: UIDs, states)
-            missing_detail = {u: {"study": db_rows(node, "SELECT state, version FROM studies WHERE study_uid = ?", u),
+            other_uids = [study_uid_of(files[0]) for kind, files in built if kind != "cxr"]
+            # every C-STORE the PACS received (its Lua filter's log: Orthanc keeps one copy per UID)
+            results = judge_results(cxr_uids, other_uids, pacs.received_log(), lambda sop: _dataset_at(pacs, sop))
+            # what the node knows of a study whose results were not as expected (to diagnose, no PHI: UIDs, states)
+            wrong_results = {u: {"at_pacs": why,
+                                  "study": db_rows(node, "SELECT state, version FROM studies WHERE study_uid = ?", u),
                                   "instances": db_rows(node, "SELECT count(*) FROM instances WHERE study_uid = ?",
                                                        u)[0][0],
                                   "jobs": db_rows(node, "SELECT state, outcome FROM jobs WHERE study_uid = ?", u)}
-                              for u in short}
+                              for u, why in results.pop("wrong").items()}
         finally:
             node.stop()
             pacs.stop(graceful=False)
     all_files = [f for _, files in built for f in files]
     all_uids = {_sop_uid(f) for f in all_files}
     cxr_studies = [study_uid_of(files[0]) for kind, files in built if kind == "cxr"]
-    expected = RESULTS_PER_CXR * len(cxr_studies)
-    delivered = sum(min(by_study.get(s, 0), RESULTS_PER_CXR) for s in cxr_studies)
     report = {
         "studies": studies, "cxr_studies": len(cxr_studies), "ct_studies": studies - len(cxr_studies),
         "instances": {"total": len(all_uids), "sent": tally.sent, "acknowledged": len(tally.acked),
                       "stored": len(tally.acked & stored), "lost": len(tally.acked - stored),
                       "never_acknowledged": len(all_uids - tally.acked)},
         "jobs": status["jobs"], "outbox": status["outbox"],
-        "results": {"expected": expected, "delivered": delivered, "missing": expected - delivered,
-                    "cstores_max": max(counts.values(), default=0),
-                    "duplicated": sum(1 for v in counts.values() if v > 1)},
-        "missing_detail": missing_detail, "chaos": chaos.log, "longest_outage_seconds": {k: round(v, 1) for k, v in chaos.longest.items()},
+        "results": results,
+        "wrong_results": wrong_results, "chaos": chaos.log, "longest_outage_seconds": {k: round(v, 1) for k, v in chaos.longest.items()},
         "seconds": round(time.monotonic() - t_start, 1), "work": str(work),
     }
     if not keep:
@@ -244,12 +245,77 @@ def soak(studies: int, *, senders: int, kills: int, endpoint_down: float, pacs_d
     return report
 
 
-def _results_by_study(pacs: Orthanc) -> Counter:
-    counts: Counter = Counter()
-    for study in pacs.client.get("/studies", params={"expand": ""}).json():
-        instances = pacs.client.get(f"/studies/{study['ID']}/instances").json()
-        counts[study["MainDicomTags"]["StudyInstanceUID"]] += len(instances)
-    return counts
+def _dataset_at(pacs: Orthanc, sop: str) -> "pydicom.Dataset":
+    (found,) = [m for m in pacs.client.post("/tools/lookup", content=sop).json() if m["Type"] == "Instance"]
+    return pacs.get_dicom(found["ID"])
+
+
+def _referenced(ds: Any, keyword: str) -> set[str]:
+    return {str(i.ReferencedSOPInstanceUID) for item in ds.get(keyword, [])
+            for series in item.get("ReferencedSeriesSequence", []) for i in series.get("ReferencedSOPSequence", [])}
+
+
+def revisions(srs: list[str], sr_of: Callable[[str], Any]) -> int:
+    """How many decisions of one study its SRs at the PACS show: 1, or ``len(srs)`` when they form one chain of
+    revisions (a late instance re-opened the study): one first SR, each later one naming the previous one as its
+    predecessor and having more evidence (the instance that re-opened the study) than it."""
+    if len(srs) < 2:
+        return 1
+    docs = {sop: sr_of(sop) for sop in srs}
+    before: dict[str, str] = {}
+    for sop, ds in docs.items():
+        named = _referenced(ds, "PredecessorDocumentsSequence") & set(docs)
+        if len(named) > 1:
+            return 1
+        if named:
+            before[sop] = named.pop()
+    roots = [sop for sop in docs if sop not in before]
+    if len(roots) != 1 or len(set(before.values())) != len(before):
+        return 1  # two first decisions, or two revisions of one SR: a study decided twice
+    evidence = {sop: _referenced(ds, "CurrentRequestedProcedureEvidenceSequence") for sop, ds in docs.items()}
+    if any(not evidence[prev] < evidence[sop] for sop, prev in before.items()):
+        return 1  # a revision without a new instance is a duplicate decision
+    return len(srs)
+
+
+def judge_results(cxr: list[str], others: list[str], received: list[Received],
+                  sr_of: Callable[[str], Any]) -> dict[str, Any]:
+    """The results at the PACS against what the senders sent: each chest X-ray study exactly one SR and one GSPS
+    per decision (:func:`revisions`), every other study none, no study the senders did not send, and every
+    instance C-STOREd once. ``received``: every C-STORE the PACS logged; ``sr_of``: an SR's data set at the PACS.
+
+    Returns expected / delivered / missing / extra result counts, ``duplicated`` (instances received more than
+    once), ``cstores_max``, ``revised`` (studies legitimately decided again) and ``wrong`` (study UID -> what is
+    wrong with its results)."""
+    cstores = Counter(r.sop for r in received)
+    first: dict[str, Received] = {}
+    for r in received:
+        first.setdefault(r.sop, r)
+    kinds: dict[str, Counter] = {}
+    srs: dict[str, list[str]] = {}
+    for r in first.values():
+        kinds.setdefault(r.study, Counter())[r.modality] += 1
+        if r.modality == "SR":
+            srs.setdefault(r.study, []).append(r.sop)
+    expected = delivered = extra = revised = 0
+    wrong: dict[str, str] = {}
+    for study in cxr:
+        got = kinds.get(study, Counter())
+        decisions = revisions(srs.get(study, []), sr_of)
+        revised += decisions > 1
+        want = Counter({kind: decisions for kind in RESULT_KINDS})
+        expected += sum(want.values())
+        delivered += sum((got & want).values())
+        extra += sum((got - want).values())
+        if got != want:
+            wrong[study] = f"{dict(sorted(got.items()))} at the PACS, expected {dict(sorted(want.items()))}"
+    for study in set(kinds) - set(cxr):
+        extra += sum(kinds[study].values())
+        wrong[study] = (f"{dict(kinds[study])} at the PACS for a study no rule takes" if study in others
+                        else f"{dict(kinds[study])} at the PACS for a study nobody sent")
+    return {"expected": expected, "delivered": delivered, "missing": expected - delivered, "extra": extra,
+            "cstores_max": max(cstores.values(), default=0),
+            "duplicated": sum(1 for n in cstores.values() if n > 1), "revised": revised, "wrong": wrong}
 
 
 def failed(report: dict[str, Any]) -> list[str]:
@@ -261,6 +327,8 @@ def failed(report: dict[str, Any]) -> list[str]:
         why.append(f"{report['instances']['never_acknowledged']} instance(s) never acknowledged in time")
     if report["results"]["missing"]:
         why.append(f"{report['results']['missing']} result(s) not delivered")
+    if report["results"]["extra"]:
+        why.append(f"{report['results']['extra']} result(s) more than the studies sent call for")
     if report["results"]["duplicated"]:
         why.append(f"{report['results']['duplicated']} result(s) received more than once")
     return why
@@ -288,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     i, r = report["instances"], report["results"]
     print(f"\nsoak: {report['studies']} studies; instances sent {i['sent']}, acknowledged {i['acknowledged']}, "
           f"stored {i['stored']}; jobs {report['jobs']}; results expected {r['expected']}, delivered "
-          f"{r['delivered']}; C-STOREs per result max {r['cstores_max']}; longest outages "
+          f"{r['delivered']}, extra {r['extra']} ({r['revised']} stud(ies) revised by a late instance); C-STOREs per "
+          f"result max {r['cstores_max']}; longest outages "
           f"{report['longest_outage_seconds']}; {report['seconds']} s")
     print("FAILED: " + "; ".join(why) if why else "OK: nothing lost, nothing duplicated")
     return 1 if why else 0

@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_workflow import add_parsers as add_workflow
 
     add_workflow(sub)  # workitems: the AIW-I worklist's workitems (node/cli_workflow.py)
+    from node.cli_monitoring import add_parsers as add_monitoring
+
+    add_monitoring(sub)  # monitor (node/cli_monitoring.py)
     return p
 
 

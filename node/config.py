@@ -33,6 +33,7 @@ from node.config_sections import (  # the sections of the one model below
     _Strict,
 )
 from node.hl7.settings import MllpListenerSection
+from node.monitoring.settings import MonitoringSection
 from node.models import registry
 from node.models.params import RuleParamsError
 from node.ups.settings import UpsSourceSection, check_references
@@ -58,6 +59,7 @@ class NodeConfig(_Strict):
     sources: list[Annotated[SourceSection | UpsSourceSection, Field(discriminator="type")]] = Field(
         default_factory=list, description="DICOMweb services polled for studies, and UPS-RS worklists (AIW-I)")
     mllp: MllpListenerSection | None = Field(None, description="HL7 v2 listener for orders (node/hl7); absent: none")
+    monitoring: MonitoringSection = Field(default_factory=MonitoringSection, description="Agreement and drift")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     logging: LoggingSection = Field(default_factory=LoggingSection)
     http: HttpSection = Field(default_factory=lambda: HttpSection(port=None))

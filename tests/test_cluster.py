@@ -80,7 +80,8 @@ def test_nodes_sharing_storage_keep_their_own_files(tmp_path: Path, data: Path) 
             ready = wait_until(lambda: _get(f"http://127.0.0.1:{node.config['http']['port']}/readyz"), 60,
                                "the HTTP side")
             assert ready.status_code == 200 and str(pid) in ready.text, ready.text
-        # instances through the balancer land on both nodes (round-robin) and are audited by the node that got them
+        # instances through the balancer land on both nodes (leastconn: idle nodes take turns) and are audited by the
+        # node that got them
         files = derive_cxr_study(tmp_path / "s", data / "cxr" / "cr_pa_jpeg_baseline.dcm",
                                  data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
         _send(cluster.port, files)

@@ -17,6 +17,7 @@ The SIGKILL during the endpoint call, and with results waiting in the outbox, ar
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pydicom
@@ -25,8 +26,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from support.dcmtk import storescu
-from support.nodekit import (db_rows, send, spool_files, status_json, stored_sop_uids, study_uid_of,
-                             wait_until)
+from support.nodekit import (db_rows, held_sop_uids, send, sop_uids, spool_sop_counts, status_json,
+                             stored_sop_uids, study_uid_of, wait_until)
 from support.nodeproc import NodeProcess, node_config
 from support.orthanc import Orthanc
 from support.stallproxy import StallingProxy
@@ -77,10 +78,9 @@ def test_sigkill_during_cstore_association_keeps_every_acknowledged_instance(tmp
         # the sender resends the whole study (it cannot know more): each instance is stored exactly once
         proc = storescu("127.0.0.1", node.port, files, extra=["-x="])
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        rows = db_rows(node, "SELECT count(*), count(DISTINCT sop_instance_uid) FROM instances WHERE study_uid = ?",
-                       study_uid)[0]
-        assert rows == (len(files), len(files)), rows
-        assert len(spool_files(node)) == len(files)
+        sent = sop_uids(files)
+        assert held_sop_uids(node, study_uid) == sorted(sent), "the database holds exactly what was sent"
+        assert spool_sop_counts(node) == Counter(sent), "one spool file per instance sent, none twice"
         wait_until(lambda: status_json(node)["studies"].get("done"), 30, "the CT study to be decided (no rule)")
     finally:
         node.stop()

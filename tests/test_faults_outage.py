@@ -13,9 +13,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+import pydicom
 import pytest
 
 from support.dcmtk import Storescp
@@ -25,7 +27,7 @@ from support.studies import derive_cxr_study
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
-RESULTS_PER_STUDY = 2  # SR + GSPS
+RESULT_KINDS = ("SR", "PR")  # one SR and one GSPS per CXRReportGen study
 
 
 class Env:
@@ -83,10 +85,18 @@ def job_of(node: NodeProcess, study_uid: str) -> dict | None:
     return jobs[0] if jobs else None
 
 
-def settle_and_count(pacs: Storescp, want: int) -> int:
+def settle_and_check(pacs: Storescp, studies: list[str]) -> None:
+    """Wait for the results of ``studies``, then check what the PACS received, one file per C-STORE: exactly one
+    SR and one GSPS per study, nothing for any other study, no instance twice."""
+    want = len(studies) * len(RESULT_KINDS)
     wait_until(lambda: len(pacs.received()) >= want, 90, f"{want} C-STOREs at the PACS")
     time.sleep(2)  # anything sent twice would arrive now
-    return len(pacs.received())
+    got = [pydicom.dcmread(p, stop_before_pixels=True) for p in pacs.received()]
+    sops = Counter(str(ds.SOPInstanceUID) for ds in got)
+    assert set(sops.values()) == {1}, f"an instance C-STOREd more than once: {sops}"
+    kinds = {study: Counter(str(ds.Modality) for ds in got if ds.StudyInstanceUID == study) for study in studies}
+    assert kinds == {study: Counter(RESULT_KINDS) for study in studies}, kinds
+    assert len(got) == want, f"results of a study not sent: {[ds.StudyInstanceUID for ds in got]}"
 
 
 def test_a_retry_after_longer_than_the_calls_own_retries_is_waited_out_and_delivered_once(
@@ -97,7 +107,7 @@ def test_a_retry_after_longer_than_the_calls_own_retries_is_waited_out_and_deliv
     try:
         files = env.study()
         send(node, files)
-        assert settle_and_count(pacs, RESULTS_PER_STUDY) == RESULTS_PER_STUDY, "delivered once"
+        settle_and_check(pacs, [study_uid_of(files[0])])  # delivered once
         job = job_of(node, study_uid_of(files[0]))
         assert job["state"] == "done" and job["attempts"] == 4, job  # 3 calls met the 503, the 4th answered
         times = [r["time"] for r in env.emulator.requests]
@@ -134,7 +144,7 @@ def test_past_give_up_after_seconds_the_job_is_parked_kept_and_retry_jobs_delive
         out = subprocess.run([sys.executable, "-m", "node.cli", "retry", "--jobs", "--study", study, "--config",
                               str(node.config_path)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "1 job(s) queued again" in out.stdout, out.stdout + out.stderr
-        assert settle_and_count(pacs, RESULTS_PER_STUDY) == RESULTS_PER_STUDY
+        settle_and_check(pacs, [study])
         # Delivered, the study is no longer protected: retention (0 h here) purges it, jobs included, at any sweep.
         job = job_of(node, study)
         if job is None:
@@ -166,7 +176,7 @@ def test_while_the_endpoint_is_down_only_probes_reach_it_then_the_backlog_drains
         assert len(down_calls) <= 8, down_calls  # one probe per 1..2 s window, not one call per job
         assert "endpoints unavailable" in node.status()
         env.emulator.reset()  # the endpoint is back
-        assert settle_and_count(pacs, n * RESULTS_PER_STUDY) == n * RESULTS_PER_STUDY, "all delivered, once"
+        settle_and_check(pacs, uids)  # all delivered, once
         order = {jid: uid for jid, uid in db_rows(node, "SELECT id, study_uid FROM jobs")}
         ok_calls = [order[j] for j in env.calls_by_job(node)]
         assert ok_calls == uids, "oldest first"
@@ -197,7 +207,7 @@ def test_a_killed_workers_leases_are_released_at_once_by_serve(env: Env, pacs: S
         assert logs.index(f"released 1 lease(s) of dead worker process {pid}") < logs.rindex("worker started")
         calls = env.calls_by_job(node)
         assert len(calls) == 2 and calls[0] == calls[1], "the same job, again"
-        assert settle_and_count(pacs, RESULTS_PER_STUDY) == RESULTS_PER_STUDY, "delivered once"
+        settle_and_check(pacs, [study_uid_of(files[0])])  # delivered once
     finally:
         node.stop()
 
@@ -221,7 +231,7 @@ def test_lease_renewal_keeps_a_call_longer_than_several_leases_single(env: Env, 
             leases.add(db_rows(node, "SELECT lease_until FROM jobs WHERE id = ?", job_id)[0][0])
             time.sleep(0.5)
         assert len(leases - {None}) >= 3, f"the lease was renewed while the call ran: {leases}"
-        assert settle_and_count(pacs, RESULTS_PER_STUDY) == RESULTS_PER_STUDY, "delivered once"
+        settle_and_check(pacs, [study_uid_of(files[0])])  # delivered once
         assert len(env.emulator.requests) == 1, "the model was called once"
     finally:
         node.stop()

@@ -163,6 +163,25 @@ def test_seg_preview_tints_the_masked_pixels_of_the_source_slices(data: Path) ->
         assert np.abs(outside[..., 0] - outside[..., 1]).max() == 0  # grey elsewhere
 
 
+def test_sr_findings_lists_every_sentence_boxed_or_not_once(data: Path) -> None:
+    """The study page's findings of the node's own SR: each sentence the writer was given, a box or two or none."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from dicom_out.algorithm import AlgorithmInfo
+    from dicom_out.sr import GroundedFinding, build_findings_sr
+    from node.http.preview import sr_findings
+
+    given = [GroundedFinding("Cardiomegaly is present.", ((100.0, 200.0, 400.0, 600.0),)),
+             GroundedFinding("Bilateral effusions.", ((10.0, 20.0, 30.0, 40.0), (500.0, 600.0, 700.0, 800.0))),
+             GroundedFinding("No pneumothorax.", ())]
+    frontal = pydicom.dcmread(data / "cxr" / "cr_pa_mono1_uncompressed.dcm", stop_before_pixels=True)
+    sr = build_findings_sr(frontal=frontal, evidence=[frontal], findings=given,
+                           algorithm=AlgorithmInfo("CXRReportGen", "test"), series_instance_uid=generate_uid(),
+                           sop_instance_uid=generate_uid(), series_number=901)
+    assert sorted(sr_findings(sr)) == sorted(f.text for f in given)
+
+
 def test_status_page_hides_phi_unless_asked(tmp_path: Path, data: Path) -> None:
     import pydicom
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +21,7 @@ from typing import Iterator
 import httpx
 import pydicom
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.config import load_config
@@ -151,13 +154,36 @@ def test_write_actions_need_the_token(run: Run) -> None:
     assert TOKEN not in run.node.logs()
 
 
-def test_healthcheck_command(run: Run) -> None:
-    import subprocess
-    import sys
+def healthcheck(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "node.cli", "healthcheck", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
 
-    probe = subprocess.run([sys.executable, "-m", "node.cli", "healthcheck", "--config", str(run.node.config_path)],
-                           capture_output=True, text=True, timeout=60)
-    assert probe.returncode == 0, probe.stderr
+
+def config_variant(run: Run, name: str, **node_or_http: dict) -> Path:
+    """The running node's configuration with some keys of its ``node``/``http`` sections changed."""
+    doc = yaml.safe_load(run.node.config_path.read_text())
+    for section, changes in node_or_http.items():
+        doc[section] = {**(doc.get(section) or {}), **changes}
+    path = run.tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_healthcheck_command(run: Run) -> None:
+    """Both paths of ``dicom-node healthcheck``, healthy and not: ``/readyz`` with the HTTP side on, a C-ECHO to the
+    Storage SCP without it (this node has an AE title allow-list, as a site's would)."""
+    ready = healthcheck(run.node.config_path)
+    assert ready.returncode == 0, ready.stderr
+    gone = healthcheck(config_variant(run, "http-gone", http={"port": free_port()}))
+    assert gone.returncode == 1 and "HTTP side not answering" in gone.stderr, gone.stderr
+
+    echoes_before = total(scrape(run.base), "dicom_node_associations_total", result="accepted")
+    echo = healthcheck(config_variant(run, "no-http", http={"port": None}))
+    assert echo.returncode == 0, echo.stderr
+    # the C-ECHO reached this node's SCP: one more association accepted there
+    assert total(scrape(run.base), "dicom_node_associations_total", result="accepted") == echoes_before + 1
+    closed = healthcheck(config_variant(run, "scp-gone", http={"port": None}, node={"port": free_port()}))
+    assert closed.returncode == 1 and "did not answer" in closed.stderr, closed.stderr
 
 
 def test_json_logs_one_object_per_line(run: Run) -> None:
@@ -183,8 +209,6 @@ def test_status_page_in_a_browser(run: Run) -> None:
     opts.binary_location = "/usr/bin/chromium"
     driver = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
     study_uid = str(pydicom.dcmread(run.study[0], stop_before_pixels=True).StudyInstanceUID)
-    at_pacs = [pydicom.dcmread(p) for p in run.pacs.received]
-    sr = next(ds for ds in at_pacs if ds.Modality == "SR")
     try:
         driver.get(run.base + "/")
         rows = driver.find_elements(By.CSS_SELECTOR, "#studies tr.study")
@@ -199,8 +223,9 @@ def test_status_page_in_a_browser(run: Run) -> None:
         timeline = driver.find_element(By.ID, "timeline").text
         assert "study complete" in timeline and "-> pacs: delivered, status 0x0000" in timeline
         findings = [li.text for li in driver.find_elements(By.CSS_SELECTOR, ".result .findings li")]
-        sentences = _texts(sr)
-        assert findings and set(findings) <= set(sentences)
+        said = model_sentences(run.emulator.requests)  # what the model answered, read from the emulator's log
+        assert any(boxes for _, boxes in said) and any(not boxes for _, boxes in said), said
+        assert sorted(findings) == sorted({text for text, _ in said}), "every finding, boxed or not, once"
         img = driver.find_element(By.CSS_SELECTOR, ".result[data-kind=gsps] img.preview")
         wait_until(lambda: driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img),
                    30, "the GSPS preview to load")
@@ -215,17 +240,13 @@ def test_status_page_in_a_browser(run: Run) -> None:
         driver.quit()
 
 
-def _texts(sr: pydicom.Dataset) -> list[str]:
-    out: list[str] = []
-
-    def walk(items) -> None:
-        for item in items:
-            if item.get("ValueType") == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121071":
-                out.append(str(item.TextValue))
-            walk(item.get("ContentSequence", []))
-
-    walk(sr.ContentSequence)
-    return out
+def model_sentences(requests: list[dict]) -> list[tuple[str, list]]:
+    """(sentence, boxes) of the CXRReportGen answer (200) in the emulator's request log, as the model sent them
+    (the sample client's shape: ``[{"output": "<JSON list of [text, boxes or null]>"}]``)."""
+    answered = [r for r in requests if r["status"] == 200 and r["reply"] is not None]
+    assert answered, [r["status"] for r in requests]
+    reply = answered[-1]["reply"]  # the answer the node went on with
+    return [(text, boxes or []) for text, boxes in json.loads(reply[0]["output"])]
 
 
 def test_http_side_restarted_when_it_dies(run: Run) -> None:

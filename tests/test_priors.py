@@ -256,7 +256,8 @@ def test_prior_image_and_report_reach_the_model_and_the_sr_names_the_prior(tmp_p
     with EmulatorServer("127.0.0.1", 0) as emulator:
         cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=None)
         node_port = cfg["node"]["port"]
-        with Orthanc(tmp_path / "orthanc", modalities={"AINODE": ("AINODE", "127.0.0.1", node_port)}) as pacs:
+        with Orthanc(tmp_path / "orthanc", modalities={"AINODE": ("AINODE", "127.0.0.1", node_port)},
+                     count_cstores=True) as pacs:
             for f in uploaded:
                 pacs.upload(f)
             cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port),
@@ -269,6 +270,7 @@ def test_prior_image_and_report_reach_the_model_and_the_sr_names_the_prior(tmp_p
                 got = pacs.wait_for_instances(len(uploaded) + 2, timeout=120)
                 time.sleep(2)  # anything sent back (a prior) would show up by now
                 uids = pacs.sop_instance_uids()
+                cstores = pacs.received_log()
                 s = status_json(node)
                 text_status = node.status()
             finally:
@@ -278,9 +280,13 @@ def test_prior_image_and_report_reach_the_model_and_the_sr_names_the_prior(tmp_p
     for phi in ("DEMO^PATIENT", "DEMO-0001", "OTHER-0002", PRIOR_DATE):
         assert phi not in logs, f"{phi!r} in the node's log"
 
-    # Nothing of the prior went back to the PACS: only the SR and the GSPS are new there.
+    # Nothing of the prior went back to the PACS: every C-STORE it received (counted by its Lua filter, as Orthanc
+    # silently drops a copy of an instance it holds) is one of the current study's SR and GSPS, each once.
     mine = {ds.SOPInstanceUID: ds for ds in got if ds.StudyInstanceUID == frontal.StudyInstanceUID}
     assert len(uids) == len(uploaded) + 2 and len(mine) == 2, text_status
+    by_cstore = [(r.study, r.modality, r.sop) for r in cstores if r.origin == "DicomProtocol"]
+    assert sorted(by_cstore) == sorted((frontal.StudyInstanceUID, ds.Modality, sop) for sop, ds in mine.items()), \
+        by_cstore
     sr = next(ds for ds in mine.values() if ds.Modality == "SR")
 
     # The request carried the latest prior of this patient: its frontal, the radiologist's final report (it wins

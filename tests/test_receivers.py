@@ -14,13 +14,14 @@ import os
 import re
 import signal
 import subprocess
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from support.dcmtk import echoscu, storescu
-from support.nodekit import db_rows, spool_files, study_uid_of, wait_until
+from support.nodekit import db_rows, held_sop_uids, sop_uids, spool_sop_counts, study_uid_of, wait_until
 from support.nodeproc import NodeProcess, node_config
 from support.studies import copy_series
 
@@ -89,10 +90,9 @@ def test_two_receivers_share_the_port(tmp_path: Path, data: Path) -> None:
             out = proc.stdout + proc.stderr
             assert proc.returncode == 0, out[-2000:]
             assert len(re.findall(r"Received Store Response \(Success\)", out)) == len(files)
-        total = SENDERS * len(sources)
-        count, distinct = db_rows(node, "SELECT count(*), count(DISTINCT sop_instance_uid) FROM instances")[0]
-        assert (count, distinct) == (total, total)
-        assert len(spool_files(node)) == total
+        sent_sops = [uid for files in studies for uid in sop_uids(files)]
+        assert held_sop_uids(node) == sorted(sent_sops), "the database holds exactly what the senders sent"
+        assert spool_sop_counts(node) == Counter(sent_sops), "one spool file per instance sent"
         sent = {study_uid_of(s[0]) for s in studies}
         assert {r[0] for r in db_rows(node, "SELECT DISTINCT study_uid FROM instances")} == sent
 

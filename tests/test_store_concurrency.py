@@ -8,6 +8,7 @@ lease, every outbox row claimed by one sender only, one circuit row per endpoint
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -46,8 +47,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, pg_server: PostgresSer
         s.engine.dispose()
 
 
-def _at_once(fn: Callable[[int], Any], n: int = THREADS) -> list[Any]:
-    """Run ``fn(i)`` in ``n`` threads released together; their results (an exception fails the test)."""
+def _at_once(fn: Callable[[int], Any], n: int = THREADS, timeout: float = 60.0) -> list[Any]:
+    """Run ``fn(i)`` in ``n`` threads released together; their results (an exception, or a thread still running
+    after ``timeout`` seconds, fails the test)."""
     barrier = threading.Barrier(n)
     out: list[Any] = [None] * n
     errors: list[BaseException] = []
@@ -62,10 +64,25 @@ def _at_once(fn: Callable[[int], Any], n: int = THREADS) -> list[Any]:
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + timeout
     for t in threads:
-        t.join(60)
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = [i for i, t in enumerate(threads) if t.is_alive()]
+    assert not stuck, f"thread(s) {stuck} still running after {timeout} s (a lock never released?)"
     assert not errors, errors
     return out
+
+
+def test_at_once_fails_when_a_thread_never_finishes() -> None:
+    """The helper every race below relies on: a writer that hangs fails the test instead of leaving its result
+    None."""
+    release = threading.Event()
+    try:
+        with pytest.raises(AssertionError, match="still running"):
+            _at_once(lambda i: release.wait(30) if i == 1 else i, n=3, timeout=0.5)
+    finally:
+        release.set()
+    assert _at_once(lambda i: i * 2, n=3) == [0, 2, 4]
 
 
 def test_deciders_racing_on_one_study_version_make_one_job(store: Store) -> None:

@@ -45,6 +45,13 @@ def test_outbox_rows_follow_the_kinds_each_destination_wants() -> None:
     assert destinations_for("sr", ["pacs", "old"], None) == ["pacs", "old"]
 
 
+def segmented_sources(seg: pydicom.Dataset) -> set[str]:
+    """SOP Instance UIDs of the source images under the SEG's non-empty frames."""
+    masks = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
+    return {str(fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+            for fg, mask in zip(seg.PerFrameFunctionalGroupsSequence, masks) if mask.any()}
+
+
 @pytest.mark.slow
 def test_sc_only_destination_gets_burned_in_images_and_nothing_else(tmp_path: Path, data: Path) -> None:
     from support.studies import derive_cxr_study
@@ -54,7 +61,7 @@ def test_sc_only_destination_gets_burned_in_images_and_nothing_else(tmp_path: Pa
                              data / "cxr" / "dx_lateral_thorax_veterinary.dcm")
     ct = sorted((data / "ct/chest_ct_5mm_64slices").glob("*.dcm"))
     with EmulatorServer("127.0.0.1", 0) as emulator, Orthanc(tmp_path / "new") as new, \
-            Orthanc(tmp_path / "old", aet="OLDPACS") as old:
+            Orthanc(tmp_path / "old", aet="OLDPACS", count_cstores=True) as old:
         cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(new.aet, new.dicom_port), quiet=1.5)
         cfg["destinations"]["old"] = {"ae_title": old.aet, "host": "127.0.0.1", "port": old.dicom_port,
                                       "backoff_initial_seconds": 0.5, "backoff_max_seconds": 2, "results": ["sc"]}
@@ -70,19 +77,22 @@ def test_sc_only_destination_gets_burned_in_images_and_nothing_else(tmp_path: Pa
             send(node, study)
             assert_ok(storescu("127.0.0.1", node.port, ct, extra=["-x="]))
             got_new = new.wait_for_instances(3, timeout=180)  # SR, GSPS, SEG
-            got_old = old.wait_for_instances(2, timeout=180)  # SC of the frontal, SC of >= 1 CT slice
-            time.sleep(2)
+            # the CT slices the model annotated: the SEG's non-empty frames, as the PACS received it
+            annotated = segmented_sources(next(ds for ds in got_new if ds.Modality == "SEG"))
+            old.wait_for_instances(1 + len(annotated), timeout=180)  # SC of the frontal, one per annotated slice
+            time.sleep(2)  # a late or second SC would arrive now
             got_new, got_old = new.datasets(), old.datasets()
+            cstores_old = old.cstore_counts()
         finally:
             node.stop()
     assert sorted(ds.Modality for ds in got_new) == ["PR", "SEG", "SR"], node.logs()[-3000:]
     assert all(ds.SOPClassUID == SC_CLASS for ds in got_old), [ds.SOPClassUID for ds in got_old]
     frontal = pydicom.dcmread(study[0], stop_before_pixels=True)
-    by_source = {ds.SourceImageSequence[0].ReferencedSOPInstanceUID: ds for ds in got_old}
-    assert frontal.SOPInstanceUID in by_source
-    ct_uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in ct}
-    ct_scs = [uid for uid in by_source if uid in ct_uids]
-    assert 1 <= len(ct_scs) <= 2, "one SC per annotated CT slice (two slices were segmented)"
+    sources = sorted(str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in got_old)
+    ct_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct}
+    assert len(annotated) == 2 and annotated <= ct_uids, "both slices asked for (prompt: lung) were segmented"
+    assert sources == sorted([str(frontal.SOPInstanceUID), *annotated]), "one SC per annotated slice, nothing else"
+    assert sorted(cstores_old.values()) == [1] * len(got_old), f"each SC C-STOREd once: {cstores_old}"
     for ds in got_old:
         path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)

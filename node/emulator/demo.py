@@ -136,21 +136,6 @@ def draw_boxes_png(frontal: Path, gsps: pydicom.Dataset, out: Path) -> int:
     return n
 
 
-def _sr_sentences(sr: pydicom.Dataset) -> list[str]:
-    found: list[str] = []
-
-    def walk(items) -> None:
-        for item in items:
-            concept = item.get("ConceptNameCodeSequence")
-            is_finding = concept is not None and concept[0].CodeValue == "121071"  # (DCM, Finding)
-            if item.get("ValueType") == "TEXT" and is_finding and item.TextValue not in found:
-                found.append(str(item.TextValue))
-            walk(item.get("ContentSequence", []))
-
-    walk(sr.get("ContentSequence", []))
-    return found
-
-
 def algorithm_of(result: pydicom.Dataset) -> str:
     """"<name> version <Algorithm Version>" of a result the node wrote (its "Processing Algorithm" contributor)."""
     from dicom_out.algorithm import PROCESSING_ALGORITHM_CODE_VALUE
@@ -165,6 +150,7 @@ def algorithm_of(result: pydicom.Dataset) -> str:
 def run_demo(out: Path, *, keep_running: bool = False, timeout: float = 180.0) -> int:
     """Run the demo; results and the PNG go to ``out``. Returns a process exit code."""
     from node.emulator.server import EmulatorServer
+    from node.http.preview import sr_findings
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +199,7 @@ def run_demo(out: Path, *, keep_running: bool = False, timeout: float = 180.0) -
         print(f"  Presentation state {results['PR']}")
         print(f"  series: {sr.SeriesDescription!r} / {gsps.SeriesDescription!r}")
         print("findings:")
-        for sentence in _sr_sentences(sr):
+        for sentence in sr_findings(sr):  # boxed or not: what the study page lists too
             print(f"  - {sentence}")
         png = out / "boxes_on_frontal.png"
         n = draw_boxes_png(study[0], gsps, png)

@@ -16,7 +16,7 @@ from node.emulator import EMULATOR_HEADER_VALUE, ModelHandler, RequestError
 from node.emulator.faults import status_fault, validate_faults
 from node.emulator.handlers import HANDLERS
 from node.emulator.inspect import pixels_of
-from node.emulator.requestlog import new_entry, record_input
+from node.emulator.requestlog import new_entry, record_input, record_reply
 from node.emulator.state import EmulatorState
 from node.emulator.variants import merged, parse_query
 
@@ -113,6 +113,13 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, obj: Any, *, started: float, **kw: Any) -> None:
         self._send(status, json.dumps(obj).encode("utf-8"), started=started, **kw)
+
+    def _logged_reply(self, entry: dict[str, Any], obj: Any) -> bytes:
+        """``obj`` as the JSON body to answer, kept in the request's log entry first (``reply``)."""
+        body = json.dumps(obj).encode("utf-8")
+        with self.state.lock:
+            record_reply(entry, body)
+        return body
 
     def _send_message(self, status: int, message: str, *, started: float, **kw: Any) -> None:
         self._send_json(status, {"message": message}, started=started, **kw)
@@ -250,10 +257,11 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
 
             if "body" in fault:
                 status = int(fault.get("status", 200))
+                body = self._logged_reply(entry, fault["body"])
                 leave()
                 finish(status)
-                self._send_json(status, fault["body"], started=started, model_version=model_version, extra=extra,
-                                version_header=send_version)
+                self._send(status, body, started=started, model_version=model_version, extra=extra,
+                           version_header=send_version)
                 return
             if fault.get("malformed"):
                 leave()
@@ -286,10 +294,11 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
                 options["response_shape"] = fault["shape"]
             result = handler.score(input_data, options)
             status = int(fault.get("status", 200))
+            body = self._logged_reply(entry, result)
             leave()
             finish(status)
-            self._send_json(status, result, started=started, model_version=model_version, extra=extra,
-                            version_header=send_version)
+            self._send(status, body, started=started, model_version=model_version, extra=extra,
+                       version_header=send_version)
         except RequestError as exc:
             leave()
             if exc.status == 404:  # the emulator's own routing (/<model>/score of no model): the gateway's answer

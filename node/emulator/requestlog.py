@@ -7,14 +7,16 @@ SHA-256 digests, and the payload as described by :func:`node.emulator.inspect.de
 from __future__ import annotations
 
 import hashlib
+import json
 from email.message import Message
 from typing import Any
 
 from node.emulator.inspect import describe_payload
 
-__all__ = ["LOG_LIMIT", "fingerprint", "new_entry", "record_input"]
+__all__ = ["LOG_LIMIT", "REPLY_LIMIT", "fingerprint", "new_entry", "record_input", "record_reply"]
 
 LOG_LIMIT = 10_000  # request log entries kept (a long benchmark run must not grow memory without bound)
+REPLY_LIMIT = 64 * 1024  # a JSON reply up to this many bytes is kept in its entry (CXRReportGen's are ~1 KiB)
 
 
 def fingerprint(authorization: str | None) -> str | None:
@@ -41,6 +43,8 @@ def new_entry(path: str, headers: Message, raw: bytes, received: float) -> dict[
         "fault": None,
         "elapsed_ms": None,
         "variants": [],
+        "reply": None,
+        "reply_bytes": None,
     }
 
 
@@ -56,3 +60,11 @@ def record_input(entry: dict[str, Any], input_data: Any) -> None:
                 entry["digests"] = {c: hashlib.sha256(str(v).encode("utf-8")).hexdigest()
                                     for c, v in zip(entry["columns"], first)}
         entry["payload"] = describe_payload(input_data)  # what left the node: image kinds, text
+
+
+def record_reply(entry: dict[str, Any], body: bytes) -> None:
+    """Add the JSON document answered with 200 (or a scripted ``body``) to ``entry``, as sent: ``reply`` (None when
+    over :data:`REPLY_LIMIT` bytes, e.g. MedImageParse masks) and ``reply_bytes``. Tests read what the model said
+    here, not through the node's parser."""
+    entry["reply_bytes"] = len(body)
+    entry["reply"] = json.loads(body) if len(body) <= REPLY_LIMIT else None

@@ -157,7 +157,8 @@ class EmulatorServer:
         of the value in row 0, as sent: base64 for images), headers (no
         Authorization), authorization (a fingerprint, see :func:`fingerprint`), body_size, time (received, POSIX),
         status answered (None while in progress or when closed), state ("in_progress", "answered", "closed"),
-        fault, elapsed_ms, variants (the reply variants this request was answered in)."""
+        fault, elapsed_ms, variants (the reply variants this request was answered in), reply (the JSON answered with
+        a model's result or a scripted body, as sent; None when larger than 64 KiB) and reply_bytes."""
         with self._state.lock:
             return [dict(e) for e in self._state.log]
 

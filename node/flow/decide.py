@@ -40,6 +40,7 @@ from node.config import CLASSIFIED_KEY, NodeConfig, RuleSection
 from node.flow.matching import (  # noqa: F401  (rule matching lives there; re-exported for its callers)
     RulePlan, classified_matches, explain_mismatch, glob_match, instance_matches, plan_study, value_matches)
 from node.flow.services import Services
+from node.monitoring.sr_door import take_reports
 from node.ops.failpoints import failpoint
 from node.store.embeddings import study_labels
 
@@ -157,7 +158,13 @@ def check_study(svc: Services, study_uid: str) -> None:
         return
     version = outcome.version
     failpoint("decided")
-    headers = read_headers(svc, study_uid)
+    headers, fresh = take_reports(svc, study_uid, read_headers(svc, study_uid))  # radiologists' SRs (node/monitoring)
+    if not fresh:  # only a report came since the jobs were made: the AI's results stand, nothing runs again
+        svc.store.close_after_report(study_uid, f"version {version}: a radiologist's report came, no new image: "
+                                                "the AI's results stand")
+        log.info("study %s (version %d): only a radiologist's report came; the models are not run again",
+                 study_uid, version)
+        return
     rules = [r for r in svc.cfg.rules if outcome.rules is None or r.name in outcome.rules]
     plans = plan_study(rules, headers)
     waiting = [w for w in waiting_plans(svc.cfg, headers)  # rules with `classified:` wait for the study's labels

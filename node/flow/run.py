@@ -18,6 +18,7 @@ from node.flow.decide import mixed_patients_reason, resolve_waiting
 from node.flow.heartbeat import Heartbeat
 from node.flow.services import Services
 from node.invoke.client import EndpointError
+from node.monitoring.observe import call_ended, job_writes
 from node.models.base import JobContext
 from node.models.cxrreportgen.priors import PriorFetcher
 from node.models.registry import pipeline_for
@@ -90,6 +91,7 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
         if burned_note:
             output.outcome = f"{output.outcome}; {burned_note}"
     except EndpointError as exc:
+        call_ended(svc, job, "error" if exc.permanent else "transient", exc.status)  # drift (node/monitoring)
         _endpoint_failed(svc, job, exc)
         return
     except Exception as exc:
@@ -114,10 +116,12 @@ def _run_claimed(svc: Services, job: dict[str, Any]) -> None:
                      "series_uid": str(ds.SeriesInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
                      "kind": kind, "path": str(path)})
     rows += job_report_rows(svc, job, rule.send_to, output.results, paths) if rows else []  # RIS/EHR (node/reports)
+    observed = job_writes(svc, job, output.results, paths, output.endpoint_seconds) if output.state == "done" else []
     failpoint("results_written")
     ok = svc.store.finish_job(job_id, svc.owner, state=output.state, outcome=output.outcome,
                                new_results=rows, destinations=rule.send_to if rows else (),
-                               endpoint_seconds=output.endpoint_seconds, writes=output.writes,
+                               endpoint_seconds=output.endpoint_seconds,
+                               writes=[*output.writes, *observed],  # observed: node/monitoring
                                result_kinds=_result_kinds(svc, rule.send_to))
     if not ok:
         log.warning("job %d: lease lost before the results were committed; another worker owns it", job_id)

@@ -35,6 +35,13 @@ def sweep(svc: Services, fresh_start: bool = False) -> None:
     svc.store.purge_hl7(hl7.keep_messages_hours * 3600.0, hl7.keep_unmatched_orders_hours * 3600.0)
     retention = svc.cfg.retention  # MPPS/IAN of studies long gone (or never received), decisions of purged studies
     svc.store.purge_workflow(3600.0 * max(retention.purge_delivered_after_hours, retention.keep_failed_hours))
+    if not fresh_start:  # agreement and drift (node/monitoring): retention, and the evaluation when it is due
+        try:
+            from node.monitoring.evaluate import upkeep as monitoring_upkeep  # scipy: loaded after the start
+
+            monitoring_upkeep(svc)
+        except Exception:  # noqa: BLE001 - the rest of the sweep goes on; the next sweep tries again
+            log.exception("sweep: monitoring upkeep failed")
     leftovers = svc.spool.remove_stale_tmp()
     if leftovers:
         log.warning("sweep: removed %d file(s) left in the spool's tmp folder by receives that died", leftovers)

@@ -65,6 +65,18 @@ class Refusal(Exception):
 Handler = Callable[[InboundMessage, Any], None]  # (message, SQLAlchemy connection inside the transaction)
 _HANDLERS: dict[str, list[Handler]] = {}
 _DISCOVERED = False
+_CONFIG: Any = None
+
+
+def configure(cfg: Any) -> None:
+    """The listener's configuration (a :class:`node.config.NodeConfig`), for handlers that need their own keys."""
+    global _CONFIG
+    _CONFIG = cfg
+
+
+def node_config() -> Any:
+    """The configuration the listener runs with (None outside a listener: a handler then uses its defaults)."""
+    return _CONFIG
 
 
 def register(message_type: str, handler: Handler) -> None:

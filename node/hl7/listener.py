@@ -22,7 +22,7 @@ from typing import Any
 from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from node.config import NodeConfig
-from node.hl7.handlers import accepted_types, discover
+from node.hl7.handlers import accepted_types, configure, discover
 from node.hl7.inbound import Inbound, Outcome
 from node.ops.audit import audit_log
 
@@ -135,6 +135,7 @@ class MllpListener:
 
     def start(self) -> "MllpListener":
         """Bind and serve; raises what binding raised (a port in use, TLS files)."""
+        configure(self.cfg)  # handlers read the node's configuration (node.hl7.handlers.node_config)
         discover()
         self._thread = threading.Thread(target=self._run, name="mllp", daemon=True)
         self._thread.start()

@@ -7,6 +7,8 @@ plus the state read at scrape time), ``GET /`` (status page), ``GET /studies/{ui
 ``http.oidc`` ``/auth/login``, ``/auth/callback``, ``POST /auth/logout``, ``/auth/signed-out`` (:mod:`node.http.sso`).
 Who may use which route: :mod:`node.http.auth`. ``/healthz``, ``/readyz`` and ``/metrics`` stay open (no patient
 data: counts, AE titles, rule and destination names), for probes and scrapers.
+``GET /monitoring`` (pages) and ``POST /fhir/DiagnosticReport`` (radiologists' reports, uploader, by bearer
+token; :mod:`node.monitoring.page`).
 
 Adding routes (DICOMweb, say): pass them to ``build_app(cfg, extra_routes=[Mount("/dicomweb", routes=[...])])``,
 or append to ``ROUTE_PROVIDERS`` a function ``(ctx) -> list[BaseRoute]`` so that every app ``serve`` builds gets
@@ -15,7 +17,7 @@ them; a route reaches the database, spool and configuration as ``request.app.sta
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Metric, generate_latest
 from prometheus_client import multiprocess
@@ -37,6 +39,8 @@ from node.http.auth import Auth
 from node.http.collector import StateCollector
 from node.http.context import HttpContext
 from node.http.health import healthz, readyz
+from node.monitoring.gauges import MonitoringCollector
+from node.monitoring.page import routes as monitoring_routes
 from node.ops import metricsdir
 
 #: Functions adding routes to every app built here (the DICOMweb side registers itself this way).
@@ -51,6 +55,7 @@ def metrics_registry(ctx: HttpContext) -> CollectorRegistry:
     else:  # not under serve (a test app): this process's own metrics
         registry.register(_ThisProcess())
     registry.register(StateCollector(ctx))
+    registry.register(MonitoringCollector(ctx))  # agreement and drift (node/monitoring)
     return registry
 
 
@@ -81,6 +86,16 @@ def stow_in_routes(ctx: HttpContext, auth: Auth) -> list[BaseRoute]:
                             max_request_bytes=int(ctx.cfg.http.stow_max_request_mb * 1024 * 1024)))
 
 
+def bearer_check(auth: Auth, capability: str) -> Callable[[Request], Awaitable[bool | Response]]:
+    """The write check of a machine's route: a bearer token (the static one, or a JWT) whose roles give
+    ``capability``; the refusal (401/403) is the answer to send."""
+    async def authorize(request: Request) -> bool | Response:
+        decision = await auth.authorise(request, capability, bearer_only=True)
+        return True if decision.response is None else decision.response
+
+    return authorize
+
+
 def build_app(cfg: NodeConfig, *, ctx: HttpContext | None = None,
               extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The HTTP side's application for ``cfg`` (opens the database and spool unless ``ctx`` is given)."""
@@ -100,6 +115,7 @@ def build_app(cfg: NodeConfig, *, ctx: HttpContext | None = None,
         Route("/actions/{name}", run_action, methods=["POST"]),
         *pages.routes(),
         *stow_in_routes(ctx, auth),
+        *monitoring_routes(ctx, bearer_check(auth, "stow")),  # FHIR reports: uploader, by bearer token
         *sign_in,
         *extra_routes,
     ]

@@ -47,7 +47,7 @@ class StateCollector(Collector):
                 depth.add_metric([dest], n)
                 oldest.add_metric([dest], max(0.0, t - float(first)))
             for dest in self.ctx.cfg.destinations:  # a configured destination with nothing waiting reads 0
-                if dest not in {s.labels[0] for s in depth.samples}:
+                if dest not in {s.labels["destination"] for s in depth.samples}:
                     depth.add_metric([dest], 0)
                     oldest.add_metric([dest], 0)
             parked_by = dict(conn.execute(select(outbox.c.destination, func.count())

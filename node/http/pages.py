@@ -21,6 +21,7 @@ from node.http import preview, queries
 from node.http.auth import Principal, guarded
 from node.http.context import HttpContext
 from node.http.render import render
+from node.monitoring.page import open_alerts
 
 
 def _render(request: Request, name: str, **values) -> HTMLResponse:
@@ -53,7 +54,7 @@ async def index(request: Request) -> HTMLResponse:
             r["identity"] = queries.identity(ctx.store, r["study_uid"], show_phi)
         box = queries.outbox_rows(ctx.store, limit=20)
         return {"studies": rows, "endpoints": queries.endpoint_health(ctx.store, list(ctx.cfg.endpoints)),
-                "outbox": box}
+                "outbox": box, "alerts": open_alerts(ctx)}  # the monitoring banner (node/monitoring)
 
     data = await run_in_threadpool(gather)
     return _render(request, "index.html", node=ctx.cfg.node, show_phi=show_phi, **data)

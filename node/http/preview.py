@@ -1,7 +1,7 @@
 """Previews of a study's results as a radiologist would glance at them: PNGs drawn from the DICOM objects.
 
 GSPS: its graphics (the boxes) drawn on the image it references. SEG: the masks of a few non-empty frames laid
-over their source slices, side by side. SR: the findings' sentences (text, shown on the page).
+over their source slices, side by side. SR: the findings' sentences (text, shown on the page), boxed or not.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from PIL import Image, ImageDraw
 from converters.pixels import to_uint8
 
 MAX_SIDE = 768
-FINDING_CODE = "121071"  # (DCM, "Finding"): the sentence of each finding in the node's TID 1500 SR
+#: TEXT items that hold a finding's sentence in the node's TID 1500 SRs (dicom_out/sr.py): (DCM, "Finding") for the
+#: sentences without a box (Qualitative Evaluations), (DCM, "Comment") for the sentence of each box's group.
+SENTENCE_CODES = ("121071", "121106")
 SEG_FRAMES = 3
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 220, 0), (80, 255, 80)]
 
@@ -96,14 +98,16 @@ def seg_png(seg: pydicom.Dataset, source_path: Callable[[str], str | None]) -> b
 
 
 def sr_findings(sr: pydicom.Dataset) -> list[str]:
-    """The report's finding sentences, in order, without repeats."""
+    """The report's finding sentences, boxed (a measurement group's Comment) or not (a TEXT Finding), in document
+    order, without repeats (a finding with two boxes has its sentence in each box's group)."""
     found: list[str] = []
 
     def walk(items) -> None:
         for item in items:
             concept = item.get("ConceptNameCodeSequence")
-            is_finding = concept is not None and concept[0].CodeValue == FINDING_CODE
-            if item.get("ValueType") == "TEXT" and is_finding and str(item.TextValue) not in found:
+            is_sentence = (concept is not None and concept[0].CodeValue in SENTENCE_CODES
+                           and concept[0].CodingSchemeDesignator == "DCM")
+            if item.get("ValueType") == "TEXT" and is_sentence and str(item.TextValue) not in found:
                 found.append(str(item.TextValue))
             walk(item.get("ContentSequence", []))
 

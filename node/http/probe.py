@@ -1,7 +1,8 @@
 """``dicom-node healthcheck``: the container's HEALTHCHECK (exit 0 healthy, 1 not), from inside the container.
 
 With the HTTP side on, the node is healthy when ``/readyz`` answers 200 (database writable, spool above the
-floor, queue reachable, worker alive). Without it, when the Storage SCP answers a C-ECHO.
+floor, queue reachable, worker alive). Without it, when the Storage SCP answers a C-ECHO (called as the first
+of ``node.allowed_calling_ae_titles`` when there is an allow-list).
 """
 
 from __future__ import annotations
@@ -30,14 +31,23 @@ def healthcheck(cfg: NodeConfig, timeout: float = 10.0) -> int:
         return 0
     from pynetdicom import AE
 
-    ae = AE(ae_title="HEALTHCHECK")
+    # With an allow-list, an unknown calling AE title is rejected (and audited as a serious failure): the probe
+    # calls as the first allowed title, from inside the node's own host or container.
+    allowed = cfg.node.allowed_calling_ae_titles
+    ae = AE(ae_title=allowed[0] if allowed else "HEALTHCHECK")
     ae.add_requested_context("1.2.840.10008.1.1")
     ae.acse_timeout = ae.network_timeout = timeout
     host = "127.0.0.1" if cfg.node.host in ("0.0.0.0", "::") else cfg.node.host
     assoc = ae.associate(host, cfg.node.port, ae_title=cfg.node.ae_title)
+    if assoc.is_rejected:
+        print(f"the Storage SCP at {host}:{cfg.node.port} rejected the association", file=sys.stderr)
+        return 1
     if not assoc.is_established:
-        print("the Storage SCP refused or did not answer an association", file=sys.stderr)
+        print(f"the Storage SCP at {host}:{cfg.node.port} did not answer an association", file=sys.stderr)
         return 1
     status = assoc.send_c_echo()
     assoc.release()
-    return 0 if status and status.Status == 0 else 1
+    if not status or status.Status != 0:
+        print(f"the Storage SCP answered the C-ECHO with {status.Status if status else 'nothing'}", file=sys.stderr)
+        return 1
+    return 0

@@ -303,3 +303,5 @@ from node.store.schema_sso import sso_tables  # noqa: E402  (sign-outs of the HT
 (http_sessions_ended,) = sso_tables(metadata)
 from node.store.schema_workflow import define as _workflow_tables  # noqa: E402  (node/store/schema_workflow.py)
 study_notices, notice_refs, decisions, ups_workitems = _workflow_tables(metadata)
+from node.store.schema_monitoring import monitoring_tables  # noqa: E402  (monitoring: node/monitoring)
+monitoring = monitoring_tables(metadata)

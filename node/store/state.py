@@ -13,9 +13,10 @@ leases to another worker.
 - :mod:`node.store.circuits`: per-endpoint circuits (an endpoint down or throttled), the backlog to drain;
 - :mod:`node.store.upkeep`: lease recovery, the sweep's stale work, retention, the status summary;
 - :mod:`node.store.revisions`: a study's results and where they went, rejection notes, re-run versions;
-- :mod:`node.store.hl7`: HL7 v2 messages and orders taken by the MLLP listener (node/hl7), their retention.
+- :mod:`node.store.hl7`: HL7 v2 messages and orders taken by the MLLP listener (node/hl7), their retention;
 - :mod:`node.store.workflow`: MPPS and IAN received, the decision transaction, decision records;
-- :mod:`node.store.workitems`: UPS-RS workitems this node claimed (AIW-I).
+- :mod:`node.store.workitems`: UPS-RS workitems this node claimed (AIW-I);
+- :mod:`node.store.monitoring`: radiologists' reports, AI observations, baselines, drift, alerts (node/monitoring).
 
 Opening a store checks the schema revision (:func:`node.store.schema.ensure_schema`); while it is open, the
 methods that take work (new instances, job and outbox claims, job creation) re-check it every few seconds
@@ -35,6 +36,7 @@ from node.store.circuits import CircuitsPart
 from node.store.hl7 import HospitalItPart
 from node.store.jobs import JobsPart
 from node.store.migrate import schema_guard
+from node.store.monitoring import MonitoringPart
 from node.store.outbox import OutboxPart
 from node.store.priors import PriorsPart
 from node.store.records import InstanceRecord
@@ -53,7 +55,7 @@ def lease_owner(instance_id: str) -> str:
 
 
 class Store(StudiesPart, PriorsPart, JobsPart, CircuitsPart, UpkeepPart, OutboxPart, RevisionsPart, HospitalItPart,
-            WorkflowPart, WorkitemsPart):
+            WorkflowPart, WorkitemsPart, MonitoringPart):
     """The node's database, as the operations the roles need."""
 
     def __init__(self, engine: Engine) -> None:

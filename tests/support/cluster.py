@@ -1,5 +1,7 @@
 """A cluster of ``dicom-node serve`` processes for the tests: one PostgreSQL, one Redis, one shared storage folder,
-each node with its own ``instance_id``, DICOM port, HTTP port and log folder, behind HAProxy in TCP mode.
+each node with its own ``instance_id``, DICOM port, HTTP port and log folder, behind HAProxy in TCP mode: the
+shipped ``deploy/cluster/haproxy.cfg`` (``/readyz`` health checks, leastconn; ``support/haproxy.py``), or with the
+HTTP side off (no ``/readyz`` to check) a plain TCP-checked balancer.
 
 Everything listens on 127.0.0.1 free ports and is started and stopped by the test; a node is killed as a power
 cut would (SIGKILL of its whole process group, :meth:`NodeProcess.kill`).
@@ -11,10 +13,15 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .haproxy import HAProxy
+import httpx
+import yaml
+
+from .haproxy import HAProxy, ShippedHAProxy
 from .nodeproc import NodeProcess, node_config
 from .ports import HOST, free_port
 from .postgres import PostgresServer
@@ -59,15 +66,47 @@ class Cluster:
 
     def start(self) -> "Cluster":
         """Start PostgreSQL, Redis, the first ``start_nodes`` nodes (all by default, one after the other: the first
-        creates the schema) and HAProxy over every node's port (a node not started yet is simply down)."""
+        creates the schema) and HAProxy over every node's port (a node not started yet is simply down); with the
+        shipped balancer, return once it has every started node in its rotation."""
         self.pg.start()
         self.database_url = self.pg.create_database()
         self.redis.start()
         self.nodes = [self._node(i) for i in range(self.size)]
         for node in self.nodes[:self.size if self.start_nodes is None else self.start_nodes]:
             node.start()
-        self.balancer = HAProxy(self.tmp / "haproxy", [(HOST, n.port) for n in self.nodes], check_ms=300).start()
+        if self._settings["http"]:
+            started = [i for i, n in enumerate(self.nodes) if n.proc is not None]
+            # HAProxy starts a server in the rotation until a check fails; a node's HTTP side comes up after its DICOM
+            # port, so wait for /readyz first (else the first check fails and `rise` passes are needed to come back)
+            for i in started:
+                self.wait_ready(i)
+            balancer = ShippedHAProxy(self.tmp / "haproxy", [(HOST, n.port, int(n.config["http"]["port"]))
+                                                             for n in self.nodes])
+            self.balancer = balancer.start()
+            balancer.wait_up(started)
+        else:
+            self.balancer = HAProxy(self.tmp / "haproxy", [(HOST, n.port) for n in self.nodes], check_ms=300).start()
         return self
+
+    def wait_ready(self, i: int, timeout: float = 60) -> None:
+        """Wait until node ``i``'s ``/readyz`` answers 200 (database, queue, spool floor, worker)."""
+        url = f"http://{HOST}:{self.nodes[i].config['http']['port']}/readyz"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+            time.sleep(0.2)
+
+    def reconfigure(self, i: int, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply ``change`` to node ``i``'s configuration and rewrite its file (read at its next start)."""
+        node = self.nodes[i]
+        change(node.config)
+        node.config_path.write_text(yaml.safe_dump(node.config, sort_keys=False))
 
     def start_node(self, i: int, env: dict[str, str] | None = None) -> NodeProcess:
         """(Re)start node ``i``, with ``env`` added to its environment for this run only."""

@@ -87,6 +87,24 @@ def spool_files(node: NodeProcess) -> list[Path]:
     return sorted((Path(node.config["node"]["storage_dir"]) / "spool").rglob("*.dcm"))
 
 
+def sop_uids(files: list[Path]) -> list[str]:
+    """The SOP Instance UIDs of the files a test sent, read from the files themselves."""
+    return [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+
+
+def held_sop_uids(node: NodeProcess, study_uid: str | None = None) -> list[str]:
+    """The SOP Instance UIDs of the node's instance rows (of one study), sorted: compare with :func:`sop_uids`."""
+    if study_uid is None:
+        return sorted(r[0] for r in db_rows(node, "SELECT sop_instance_uid FROM instances"))
+    return sorted(r[0] for r in db_rows(node, "SELECT sop_instance_uid FROM instances WHERE study_uid = ?",
+                                        study_uid))
+
+
+def spool_sop_counts(node: NodeProcess) -> Counter:
+    """SOP Instance UID -> how many files of the spool hold it (read from the files, not the database)."""
+    return Counter(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in spool_files(node))
+
+
 def pacs_uids_by_study(pacs) -> Counter:
     """How many distinct result instances a real Orthanc holds per StudyInstanceUID."""
     counts: Counter = Counter()

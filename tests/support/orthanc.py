@@ -35,6 +35,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pydicom
@@ -61,6 +62,15 @@ class OrthancError(RuntimeError):
     pass
 
 
+class Received(NamedTuple):
+    """One instance Orthanc received (:meth:`Orthanc.received_log`)."""
+
+    sop: str
+    study: str
+    modality: str
+    origin: str  # DicomProtocol (C-STORE), RestApi (POST /instances), Plugins (STOW-RS)
+
+
 class Orthanc:
     """One Orthanc server process with its own temporary storage; see the module docstring."""
 
@@ -75,9 +85,9 @@ class Orthanc:
 
         ``dicom_port``/``http_port``: fixed ports (e.g. a PACS that comes back on the port a node already
         knows); by default free ones are picked at each start. ``dicomweb``: load the DICOMweb plugin.
-        ``count_cstores``: a Lua ``ReceivedInstanceFilter`` logs the SOP Instance UID of every C-STORE received,
-        duplicates included (Orthanc keeps one copy per UID, so counting what it holds cannot see a resend):
-        :meth:`cstore_counts`.
+        ``count_cstores``: a Lua ``ReceivedInstanceFilter`` logs every instance received (SOP Instance and Study
+        UIDs, modality, C-STORE / upload / STOW-RS), duplicates included (Orthanc keeps one copy per UID, so
+        counting what it holds cannot see a resend): :meth:`cstore_counts`, :meth:`received_log`.
         """
         self.dicomweb = dicomweb
         self.count_cstores = count_cstores
@@ -130,20 +140,29 @@ class Orthanc:
 
     def _write_counter_script(self) -> Path:
         script = self.workdir / "count_cstores.lua"
+        # one tab-separated line per instance received, before Orthanc decides to keep it: SOP Instance UID,
+        # Study Instance UID, Modality, and how it came (DicomProtocol: a C-STORE; RestApi: an upload; Plugins:
+        # a STOW-RS through the DICOMweb plugin)
         script.write_text(
             "function ReceivedInstanceFilter(dicom, origin, info)\n"
             f"  local f = io.open({json.dumps(str(self.cstore_log))}, 'a')\n"
-            "  f:write(dicom.SOPInstanceUID .. '\\n')\n"
+            "  f:write(table.concat({dicom.SOPInstanceUID or '', dicom.StudyInstanceUID or '',\n"
+            "                        dicom.Modality or '', origin.RequestOrigin or ''}, '\\t') .. '\\n')\n"
             "  f:close()\n"
             "  return true\n"
             "end\n")
         return script
 
-    def cstore_counts(self) -> Counter[str]:
-        """SOP Instance UID -> how many C-STOREs of it Orthanc received (needs ``count_cstores=True``)."""
+    def received_log(self) -> list[Received]:
+        """Every instance Orthanc received, in order, duplicates included (needs ``count_cstores=True``)."""
         if not self.cstore_log.exists():
-            return Counter()
-        return Counter(line for line in self.cstore_log.read_text().splitlines() if line)
+            return []
+        return [Received(*line.split("\t")) for line in self.cstore_log.read_text().splitlines() if line]
+
+    def cstore_counts(self, origin: str | None = "DicomProtocol") -> Counter[str]:
+        """SOP Instance UID -> how many times Orthanc received it (needs ``count_cstores=True``): by C-STORE by
+        default; ``origin="Plugins"``: by STOW-RS; None: any way (REST uploads included)."""
+        return Counter(r.sop for r in self.received_log() if origin is None or r.origin == origin)
 
     def start(self) -> Orthanc:
         """Pick free ports, write the configuration, start Orthanc and wait until ``/system`` answers."""
@@ -315,5 +334,5 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         server.stop(graceful=False)
 
 
-__all__ = ["HOST", "Orthanc", "OrthancError", "orthanc", "orthanc_binary"]
+__all__ = ["HOST", "Orthanc", "OrthancError", "Received", "orthanc", "orthanc_binary"]
 

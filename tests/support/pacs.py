@@ -8,6 +8,7 @@ refuses, warns or succeeds::
         ...                                     # send to ("127.0.0.1", pacs.port), AE title pacs.ae_title
         assert pacs.stored == [sop_uid]         # SOP Instance UIDs kept (Success and the warning statuses)
 
+``answered`` lists every C-STORE with the time it came and the status it was given.
 ``folder=``: the instances it keeps are also written there (``received`` lists the files, named
 ``<Modality>_<SOPInstanceUID>.dcm``). ``require_calling=``: only these calling AE titles may associate.
 
@@ -17,6 +18,7 @@ refuses, warns or succeeds::
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ class MiniPACS:
         self.folder = folder
         self.port = free_port()
         self.stored: list[str] = []  # SOP Instance UIDs, in the order they came
+        self.answered: list[tuple[float, str, int]] = []  # (time.time(), SOP Instance UID, status) of every C-STORE
         self.received: list[Path] = []  # the files written to ``folder`` (when given)
         self._lock = threading.Lock()
         self._ae = AE(ae_title=ae_title)
@@ -49,6 +52,7 @@ class MiniPACS:
     def _on_store(self, event: evt.Event) -> int:
         with self._lock:
             status = self.statuses.pop(0) if self.statuses else 0x0000
+            self.answered.append((time.time(), str(event.request.AffectedSOPInstanceUID), status))
             if status in STORED_STATUSES:
                 self.stored.append(str(event.request.AffectedSOPInstanceUID))
                 if self.folder is not None:

@@ -9,15 +9,23 @@ from .tools import require_tool
 
 
 def dciodvfy_errors(path: Path | str) -> list[str]:
-    """Run ``dciodvfy -new`` on one file and return its Error lines (warnings are allowed)."""
+    """Run ``dciodvfy -new`` on one file; its Error and Abort lines (warnings are allowed).
+
+    dciodvfy exits 0 only when it read the file and found no error: a file it cannot open or read prints
+    ``Abort - File open for read failed`` (no Error line) and exits 1, so a non-zero exit without an Error or Abort
+    line is reported too, with its output.
+    """
     exe = require_tool("dciodvfy")
     proc = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
-    return [line for line in out.splitlines() if line.startswith("Error")]
+    problems = [line for line in out.splitlines() if line.startswith(("Error", "Abort"))]
+    if proc.returncode != 0 and not problems:
+        problems.append(f"dciodvfy exited with {proc.returncode}:\n{out[-2000:]}")
+    return problems
 
 
 def assert_valid_dicom(path: Path | str) -> None:
-    """Fail with dciodvfy's own Error lines when the object is not valid."""
+    """Fail with dciodvfy's own Error/Abort lines when the object is not valid or cannot be read."""
     errors = dciodvfy_errors(path)
     assert not errors, f"dciodvfy found errors in {path}:\n" + "\n".join(errors)
 

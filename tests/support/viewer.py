@@ -34,7 +34,10 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO / "test-artifacts" / "viewer"
 
-APP_CONFIG = """window.config = {
+# OHIF shows its first-use tour once per browser profile (localStorage "shownTours"); every test browser is a fresh
+# profile, so the tour is marked shown before the app starts instead of being clicked away at an unknown moment.
+APP_CONFIG = """try { localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])); } catch (e) {}
+window.config = {
   routerBasename: '/',
   extensions: [],
   modes: [],

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydicom.dataset import Dataset
 
-from node.dicomweb import multipart
 from node.emulator.azure_dicom.archive import Archive, Stored, StowResult, metadata_json
+from node.emulator.azure_dicom.multipart_io import BodyError, read_related, write_related
 
 PREFIX = "/v2"
 MAX_FEED_LIMIT = 200  # the change feed refuses larger pages
@@ -111,13 +111,12 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(PREFIX + r"/studies(?:/([0-9.]+))?", url.path)
         if not m:
             return self._json(404, {"error": "not found"}, "application/json")
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() != "multipart/related":
+            return self._json(415, {"error": "multipart/related expected"}, "application/json")
         try:
-            media, _ = multipart.content_type_params(self.headers.get("Content-Type", ""))
-            if media != "multipart/related":
-                return self._json(415, {"error": "multipart/related expected"}, "application/json")
-            parts = [data for kind, data in multipart.decode(body, self.headers["Content-Type"])
-                     if kind == multipart.DICOM_MEDIA]
-        except multipart.MultipartError as exc:
+            parts = [data for kind, data in read_related(body, content_type) if kind == "application/dicom"]
+        except BodyError as exc:
             return self._json(400, {"error": str(exc)}, "application/json")
         status, doc = stow_body(self.server.archive.store(parts, m.group(1)), self.server.base_url())
         self._json(status, doc)
@@ -189,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
                               "application/json")
         with self.server.lock:
             self.server.archive.wado_counts.update(s.sop for s in found)
-        body, content_type = multipart.encode(s.path.read_bytes() for s in found)
+        body, content_type = write_related(s.path.read_bytes() for s in found)
         self._send(200, body, content_type)
 
     def _qido(self, level: str, found: list[Stored], query: dict[str, str]) -> None:
