@@ -149,7 +149,7 @@ def test_reports_to_the_ris_and_the_ehr_are_exports_naming_the_patient_the_study
         assert dest.get("AlternativeUserID") == name and dest.get("UserIsRequestor") == "false"
         (study_obj,) = objects(doc, "110180")
         assert study_obj.get("ParticipantObjectID") == study
-        assert study_obj.get("ParticipantObjectTypeCode") == "2" and study_obj.get("ParticipantObjectTypeCodeRole") == "3"
+        assert (study_obj.get("ParticipantObjectTypeCode"), study_obj.get("ParticipantObjectTypeCodeRole")) == ("2", "3")
         assert details(study_obj)["Report"] == report.uid
         (patient,) = objects(doc, "2")
         assert patient.get("ParticipantObjectID") == "PAT-0042^^^HOSP"  # from the study's DICOM file

@@ -241,7 +241,3 @@ CONVERTERS: dict[str, Callable[[Context, dict[str, Any]], list[AuditMessage]]] =
     "prior-query": query, "prior-retrieved": prior_retrieve, "study-deleted": study_deleted, "action": action,
     "user-login": user_authentication, "user-login-failed": user_authentication, "user-logout": user_authentication,
 }
-
-from node.audit import workflow_events as _workflow  # noqa: E402 - its converters build on the helpers above
-
-CONVERTERS.update(_workflow.CONVERTERS)

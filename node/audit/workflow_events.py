@@ -159,7 +159,7 @@ def _host_of(url: str) -> str | None:
         return None
 
 
-#: the function making the messages of each event of this module (registered in :data:`events.CONVERTERS`)
+#: the function making the messages of each event of this module (:data:`node.audit.convert.CONVERTERS` adds them)
 CONVERTERS: dict[str, Callable[[events.Context, dict[str, Any]], list[AuditMessage]]] = {
     "report-sent": report_export, "report-parked": report_export,
     "verify-query": events.query,
