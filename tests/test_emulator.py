@@ -57,7 +57,9 @@ def test_same_png_same_answer(emulator):
     assert isinstance(body, list) and isinstance(body[0]["output"], str)
     assert json.loads(body[0]["output"]) == emulate_findings(png)
     assert first.headers["x-ms-emulator"] == EMULATOR_HEADER_VALUE
-    assert first.headers["x-ms-model-version"] == "cxrreportgen-emulator-1"
+    assert "x-ms-model-version" not in first.headers  # as the real service: no version header by default
+    versioned = post(emulator, build_request(frontal_png=png), url=emulator.model_url("cxrreportgen", "versioned"))
+    assert versioned.headers["x-ms-model-version"] == "cxrreportgen-emulator-1"
     assert first.headers["x-request-id"] and first.headers["x-request-id"] != second.headers["x-request-id"]
     assert float(first.headers["x-emulator-elapsed-ms"]) >= 0
 

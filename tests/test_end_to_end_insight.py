@@ -69,7 +69,8 @@ def test_view_classification_routes_a_study_without_viewposition(tmp_path: Path,
         cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port))
         cfg["endpoints"]["insight"] = {"model": "medimageinsight", "url": emulator.model_url("medimageinsight"),
                                        "auth": "none", "timeout_seconds": 30, "max_attempts": 3,
-                                       "backoff_initial_seconds": 0.2, "backoff_max_seconds": 1}
+                                       "backoff_initial_seconds": 0.2, "backoff_max_seconds": 1,
+                                       "model_version": "MedImageInsight:emulator-1"}
         cfg["rules"] = [
             {"name": "view", "match": {"Modality": ["CR", "DX"]}, "endpoint": "insight", "send_to": ["pacs"],
              "params": {"labels": {"view": LABELS}, "resize": 512, "max_rows": 1}},

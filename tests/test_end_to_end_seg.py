@@ -41,9 +41,9 @@ def test_ct_3d_and_2d_and_rgb_2d_segmentations_reach_orthanc(tmp_path: Path, dat
         cfg = node_config(tmp_path, endpoint_url=emulator.url, pacs=(pacs.aet, pacs.dicom_port), quiet=1.5)
         cfg["endpoints"] = {
             "parse": {"model": "medimageparse", "url": f"{base}/medimageparse/score", "auth": "none",
-                      "timeout_seconds": 60},
+                      "timeout_seconds": 60, "model_version": "MedImageParse:emulator-1"},
             "parse3d": {"model": "medimageparse3d", "url": f"{base}/medimageparse3d/score", "auth": "none",
-                        "timeout_seconds": 120},
+                        "timeout_seconds": 120, "model_version": "MedImageParse3D:emulator-1"},
         }
         cfg["rules"] = [
             {"name": "liver-ct", "match": {"Modality": "CT"}, "endpoint": "parse3d", "params": {"prompt": "liver"},

@@ -39,11 +39,11 @@ from test_parse_pipelines import frames_by_source
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
 POISON_PIXELS = 2_000_000  # the emulator refuses images larger than this: the 1955x1841 CR is, the 1024x1024 are not
-CXR_VERSION = "CXRReportGen:registry-7"  # endpoints.cxr.model_version: the emulator (no-version) reports none
+CXR_VERSION = "CXRReportGen:registry-7"  # endpoints.cxr.model_version: the emulator reports none (as Azure)
 LABELS = {"view": ["x-ray chest posteroanterior", "x-ray chest lateral"]}
 VARIANTS_3D = ("3d-input-affine", "3d-canonical", "3d-no-affine", "3d-identity", "3d-zooms-only", "3d-prompt-first",
                "3d-one-prompt")
-INSIGHT = {"mii-rows": [], "mii-object": ["insight-object"], "mii-nosf": ["no-scaling-factor"],
+INSIGHT = {"mii-rows": ["versioned"], "mii-object": ["insight-object"], "mii-nosf": ["no-scaling-factor"],
            "mii-unset": ["no-scaling-factor"]}
 PROMPTS = "prostate & lesion"
 
@@ -54,7 +54,7 @@ class Env:
 
         self.tmp, self.data = tmp, data
         # the CXR endpoint's emulator: refuses images over POISON_PIXELS, reports no model version (as Azure)
-        self.cxr_emulator = EmulatorServer(variants=["no-version"], max_input_pixels=POISON_PIXELS).start()
+        self.cxr_emulator = EmulatorServer(max_input_pixels=POISON_PIXELS).start()
         self.emulator = EmulatorServer().start()  # MedImageInsight and MedImageParse 3D, variants per URL
         self.pacs = Orthanc(tmp / "orthanc").start()
         cfg = node_config(tmp, endpoint_url=self.cxr_emulator.url, pacs=(self.pacs.aet, self.pacs.dicom_port),
@@ -67,14 +67,16 @@ class Env:
                          "send_to": ["pacs"]}]
         for name, variants in INSIGHT.items():
             cfg["endpoints"][name] = {"model": "medimageinsight", "auth": "none", "timeout_seconds": 60,
-                                      "url": self.emulator.model_url("medimageinsight", *variants)}
+                                      "url": self.emulator.model_url("medimageinsight", *variants),
+                                      "model_version": "MedImageInsight:emulated-1"}
             cfg["rules"].append({"name": name, "match": {"StudyDescription": f"E2E {name}"}, "endpoint": name,
                                  "params": {"labels": LABELS}, "send_to": ["pacs"]})
         cfg["endpoints"]["mii-nosf"]["scaling_factor"] = 4.516357
         cfg["endpoints"]["mii-rows"]["model_version"] = "ignored: the reply reports one"
         for variant in VARIANTS_3D:
             cfg["endpoints"][variant] = {"model": "medimageparse3d", "auth": "none", "timeout_seconds": 120,
-                                         "url": self.emulator.model_url("medimageparse3d", variant)}
+                                         "url": self.emulator.model_url("medimageparse3d", variant),
+                                         "model_version": "MedImageParse3D:emulated-1"}
             cfg["rules"].append({"name": variant, "match": {"StudyDescription": f"E2E {variant}"},
                                  "endpoint": variant, "send_to": ["pacs"],
                                  "params": {"prompt": PROMPTS, "series": "matched", "category": "other organ"}})
@@ -241,7 +243,7 @@ def test_insight_rows_object_and_missing_scaling_factor(env: Env) -> None:
     sr = env.pacs_by_study()[uids["mii-rows"]][0]
     assert "medimageinsight-emulator-1" in software_versions(sr)  # the reply's header wins over the config
     rows = [r for r in env.emulator.requests if r["path"] == "/medimageinsight/score" and r["status"] == 200]
-    assert {tuple(r["variants"]) for r in rows} >= {(), ("insight-object",), ("no-scaling-factor",)}
+    assert {tuple(r["variants"]) for r in rows} >= {("versioned",), ("insight-object",), ("no-scaling-factor",)}
 
 
 # --- MedImageParse 3D in every variant -----------------------------------------------------------------------------

@@ -40,8 +40,10 @@ def servers() -> Iterator[dict[str, EmulatorServer]]:
 def endpoints(s: dict[str, EmulatorServer]) -> dict[str, dict[str, Any]]:
     plain = s["plain"]
     eps: dict[str, dict[str, Any]] = {
-        "cxr": {"model": "cxrreportgen", "url": plain.model_url("cxrreportgen")},
-        "cxr-no-version": {"model": "cxrreportgen", "url": plain.model_url("cxrreportgen", "no-version"),
+        "cxr": {"model": "cxrreportgen", "url": plain.model_url("cxrreportgen")},  # no version: as Azure
+        "cxr-versioned": {"model": "cxrreportgen", "url": plain.model_url("cxrreportgen", "versioned"),
+                          "model_version": "CXRReportGen:9"},
+        "cxr-configured": {"model": "cxrreportgen", "url": plain.model_url("cxrreportgen"),
                            "model_version": "CXRReportGen:9"},
         "insight": {"model": "medimageinsight", "url": plain.model_url("medimageinsight")},
         "insight-object": {"model": "medimageinsight", "url": plain.model_url("medimageinsight", "insight-object")},
@@ -112,11 +114,14 @@ def test_probe_reports_every_variant_and_every_error(servers: dict[str, Emulator
             assert "one mask per prompt for 2 sent" in r["reply"]["prompts"], (variant, r["reply"])
     assert "prompt axis first" in reports["3d-prompt-first"]["reply"]["prompts"]
 
-    # versions: the reply's header, or the configured one when the reply has none
-    assert (reports["cxr"]["version"], reports["cxr"]["version_source"]) == ("cxrreportgen-emulator-1",
-                                                                           "reply header")
-    assert (reports["cxr-no-version"]["version"],
-            reports["cxr-no-version"]["version_source"]) == ("CXRReportGen:9", "endpoints.cxr-no-version.model_version")
+    # versions: the reply's header (the emulator's `versioned` variant; no real endpoint sends one), else the
+    # configured one, else "unspecified" with a warning naming the key
+    assert (reports["cxr-versioned"]["version"], reports["cxr-versioned"]["version_source"]) == (
+        "cxrreportgen-emulator-1", "reply header")
+    assert (reports["cxr-configured"]["version"],
+            reports["cxr-configured"]["version_source"]) == ("CXRReportGen:9", "endpoints.cxr-configured.model_version")
+    assert reports["cxr"]["version"] == "unspecified"
+    assert any("endpoints.cxr.model_version" in w for w in reports["cxr"]["warnings"]), reports["cxr"]["warnings"]
 
     # what reached the endpoints: synthetic images only (PNG / NIfTI, no DICOM, no text chunks), one call per probe
     plain = servers["plain"].requests[before["plain"]:]
@@ -146,7 +151,7 @@ def test_probe_reads_the_deployment_from_the_workspace(servers: dict[str, Emulat
 
     deployments.clear()
     cfg = parse_config({"endpoints": {"mii": {
-        "model": "medimageinsight", "url": servers["plain"].model_url("medimageinsight", "no-version"),
+        "model": "medimageinsight", "url": servers["plain"].model_url("medimageinsight"),
         "auth": "key", "key_env": "PATH", "max_concurrency": 16, "timeout_seconds": 60,
         "subscription_id": "s", "resource_group": "g", "workspace": "w", "endpoint_name": "mii"}}})
     ws = FakeWorkspace({"blue": 100}, {"blue": "azureml://registries/azureml/models/MedImageInsight/versions/6"},

@@ -133,6 +133,9 @@ def test_emulator_variant_names_are_checked() -> None:
         check_variants(["3d-canonical", "3d-identity"])
     assert parse_query("/m/score?variant=no-version&variant=3d-identity") == ("/m/score", ["3d-identity", "no-version"])
     assert merged(["3d-canonical", "no-version"], ["3d-identity"]) == {"3d-identity", "no-version"}
+    with pytest.raises(ValueError, match="exclude each other"):
+        check_variants("versioned,no-version")
+    assert merged(["versioned", "3d-canonical"], ["no-version"]) == {"3d-canonical", "no-version"}
 
 
 def test_endpoint_settings_are_checked_per_model() -> None:
@@ -222,7 +225,7 @@ def test_a_new_model_version_starts_new_caches_and_never_mixes(data: Path, tmp_p
     store = Store.open(database_url(tmp_path))
     files = derive_cxr_study(tmp_path / "study", data / "cxr/cr_pa_jpeg_baseline.dcm")
     labels = {"view": ["x-ray chest posteroanterior", "x-ray chest lateral"]}
-    with EmulatorServer(variants=["no-version"]) as emulator:
+    with EmulatorServer() as emulator:  # no version header, as the real service
         for version in ("MedImageInsight:6", "MedImageInsight:6", "MedImageInsight:7"):
             cfg = parse_config({"endpoints": {"m": {"model": "medimageinsight", "auth": "none",
                                                     "url": emulator.model_url("medimageinsight"),

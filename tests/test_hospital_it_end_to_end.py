@@ -24,7 +24,7 @@ from hl7.client import MLLPClient
 
 from support.fhir_receiver import FhirReceiver
 from support.nodekit import send, status_json, wait_until
-from support.nodeproc import NodeProcess, node_config
+from support.nodeproc import EMULATED_CXR_VERSION, NodeProcess, node_config
 from support.ports import free_port
 from support.ris import Ris, field_of, obx_rows
 from support.studies import derive_cxr_study
@@ -40,9 +40,11 @@ def hospital_config(tmp: Path, emulator, ris: Ris, ehr: FhirReceiver, mllp_port:
     base = emulator.url.rstrip("/").rsplit("/score", 1)[0]
     cfg = node_config(tmp, endpoint_url=emulator.url, pacs=None, quiet=1.0)
     cfg["endpoints"]["insight"] = {"model": "medimageinsight", "url": emulator.model_url("medimageinsight"),
-                                   "auth": "none", "timeout_seconds": 30}
+                                   "auth": "none", "timeout_seconds": 30,
+                                   "model_version": "MedImageInsight:emulator-1"}
     cfg["endpoints"]["parse3d"] = {"model": "medimageparse3d", "url": f"{base}/medimageparse3d/score",
-                                   "auth": "none", "timeout_seconds": 120}
+                                   "auth": "none", "timeout_seconds": 120,
+                                   "model_version": "MedImageParse3D:emulator-1"}
     retry = {"backoff_initial_seconds": 0.3, "backoff_max_seconds": 1.0, "timeout_seconds": 10}
     cfg["destinations"] = {
         "ris": {"type": "hl7v2", "host": "127.0.0.1", "port": ris.port, "receiving_application": "TEST_RIS",
@@ -157,6 +159,13 @@ def test_results_reach_the_ris_and_the_ehr(tmp_path: Path, data: Path) -> None:
             assert field_of(cxr, "OBR", 18) == accession and field_of(cxr, "PID", 3).startswith("PAT-0042")
             assert field_of(cxr, "ORC", 2) == "PLC-1001" and field_of(cxr, "ORC", 3) == "FIL-2002"  # from the order
             assert field_of(cxr, "MSH", 4) == "RADIOLOGY" and field_of(cxr, "MSH", 5) == "TEST_RIS"
+            # the emulator, like Azure, reports no model version: each endpoint's model_version names the algorithm
+            want = {"cxr": EMULATED_CXR_VERSION, "view": "MedImageInsight:emulator-1",
+                    "ct": "MedImageParse3D:emulator-1"}
+            told_versions = {k: [r["values"][0] for r in obx_rows(v[0]) if r["code"] == "111003"]
+                             for k, v in groups.items()}
+            assert told_versions == {k: [v] for k, v in want.items()}, told_versions
+            assert sorted(d["version"][0]["value"] for d in ehr.resources("Device")) == sorted(want.values())
 
             # the RIS says what the PACS gets: the SR the node wrote holds the same sentences
             headers = {p: pydicom.dcmread(p, stop_before_pixels=True)

@@ -119,7 +119,7 @@ def test_emulator_round_trip_is_deterministic_and_marked() -> None:
     from node.invoke.client import EndpointClient
 
     a, b = png(64, 48, seed=1), png(64, 48, seed=2)
-    with EmulatorServer("127.0.0.1", 0) as emulator:
+    with EmulatorServer("127.0.0.1", 0, variants=["versioned"]) as emulator:  # the client reads its version header
         ep = EndpointSection(model="medimageinsight", url=emulator.model_url("medimageinsight"), auth="none")
         with EndpointClient("insight", ep) as client:
             inputs = [InsightInput("a", image=a), InsightInput("b", image=b), InsightInput("t", text="x-ray chest")]
@@ -329,7 +329,7 @@ def test_pipeline_batches_by_bytes_stores_vectors_and_caches_label_texts(tmp_pat
     with EmulatorServer("127.0.0.1", 0) as emulator:
         cfg = parse_config({
             "endpoints": {"insight": {"model": "medimageinsight", "url": emulator.model_url("medimageinsight"),
-                                      "auth": "none"}},
+                                      "auth": "none", "model_version": "medimageinsight-emulator-1"}},
             "rules": [{"name": "view", "endpoint": "insight", "params": {
                 "labels": {"view": labels}, "resize": 256,
                 "max_request_bytes": max(sizes) * 4 // 3 + 1024}}]})  # room for one image per request

@@ -71,6 +71,7 @@ def client_for(server: EmulatorServer, **kw) -> EndpointClient:
 # --- the happy path ----------------------------------------------------------------------------------
 
 def test_score_returns_reply_with_metadata(emulator):
+    emulator.configure(variants=["versioned"])  # a version header, as no real endpoint sends: the client reads it
     with EndpointClient(unique(), section(emulator.url, deployment="blue-1")) as client:
         reply = client.score(PAYLOAD, request_id="job-42_attempt")
     assert reply.status == 200 and reply.attempts == 1

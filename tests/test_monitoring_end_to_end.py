@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 from dicom_out.common import quiet_person_name_warnings, source_header
 from support.dcmtk import Storescp
 from support.nodekit import db_rows, send, wait_until
-from support.nodeproc import NodeProcess, node_config
+from support.nodeproc import EMULATED_CXR_VERSION, NodeProcess, node_config
 from support.ports import free_port
 from support.studies import derive_cxr_study
 from support.viewer import chromium, console, console_errors, screenshot
@@ -179,15 +179,15 @@ def test_reports_by_three_doors_agreement_on_the_page_and_a_version_change(tmp_p
             versions = {}
             for name, (reply, _) in AI.items():
                 paths, study_uid, accession = studies[name]
-                fault = {"body": {"output": reply}}
-                if name == "S4":  # an in-place model update: the deployment answers with another version
-                    fault["headers"] = {"x-ms-model-version": "cxrreportgen-emulator-2"}
-                emulator.script_faults([fault])
+                if name == "S4":  # an in-place model update: the operator names the new version, the node restarts
+                    _restart_with_model_version(node, "CXRReportGen:emulator-2", base, mllp_port)
+                emulator.script_faults([{"body": {"output": reply}}])
                 send(node, paths)
                 sr = wait_until(lambda: sr_of(pacs, study_uid), 120, f"the SR of {name} at the PACS")
                 found, versions[name] = codes_and_version(sr)
                 assert found == AI[name][1], (name, found)
-            assert versions["S1"] == versions["S2"] == versions["S3"] != versions["S4"], versions
+            assert versions == {"S1": EMULATED_CXR_VERSION, "S2": EMULATED_CXR_VERSION, "S3": EMULATED_CXR_VERSION,
+                                "S4": "CXRReportGen:emulator-2"}, versions  # endpoints.cxr.model_version, each time
 
             # S2 by FHIR, S3 by a DICOM SR to the SCP, S4 by HL7: all after their AI result
             _, text, _ = RADIOLOGIST["S2"]
@@ -219,6 +219,28 @@ def test_reports_by_three_doors_agreement_on_the_page_and_a_version_change(tmp_p
             _page_in_chromium(base, versions["S1"], expected_counts(["S1", "S2", "S3"]))
         finally:
             node.stop()
+
+
+def _restart_with_model_version(node: NodeProcess, version: str, base: str, mllp_port: int) -> None:
+    """The documented way to label a new model: ``endpoints.<n>.model_version`` (the real endpoints report no
+    version header), then a restart; waits until the HTTP side and the MLLP listener answer again."""
+    import socket
+
+    import yaml
+
+    node.stop()
+    node.config["endpoints"]["cxr"]["model_version"] = version
+    node.config_path.write_text(yaml.safe_dump(node.config, sort_keys=False))
+    node.start()
+    node.wait_worker_started()
+
+    def listening() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", mllp_port), timeout=1):
+                return True
+        except OSError:
+            return False
+    wait_until(lambda: _up(base) and listening(), 60, "the HTTP side and the MLLP listener after the restart")
 
 
 def _up(base: str) -> bool:

@@ -189,7 +189,7 @@ def test_2d_round_trip_over_http_both_reply_shapes():
     png = gradient_png("RGB")
     payload = mip.build_request([png], ["liver", "cell nuclei"])
     expected, categories = emulate_masks(png, ["liver", "cell nuclei"])
-    with EmulatorServer(model="medimageparse") as server:
+    with EmulatorServer(model="medimageparse", variants=["versioned"]) as server:
         with client(server.url, "medimageparse") as c:
             reply = c.score(payload)
             assert reply.emulated and reply.model_version == "medimageparse-emulator-1"
@@ -296,7 +296,7 @@ def test_3d_round_trip_over_http_preserves_the_affine():
     source = nibabel.Nifti1Image.from_bytes(gzip.decompress(nii))
     expected = np.asanyarray(emulate_volume_mask(nii).dataobj)
     payload = mip3d.build_request(nii, "pancreas")
-    with EmulatorServer(model="medimageparse3d") as server:
+    with EmulatorServer(model="medimageparse3d", variants=["versioned"]) as server:
         with client(server.url, "medimageparse3d") as c:
             reply = c.score(payload)
             assert reply.emulated and reply.model_version == "medimageparse3d-emulator-1"

@@ -107,28 +107,54 @@ def test_example_config_is_valid_and_paths_are_relative_to_it(monkeypatch) -> No
 
 
 def test_example_config_documents_every_key() -> None:
-    """config/example.yaml names every key of the config model (commented-out ones count)."""
+    """config/example.yaml names every key of the config model (commented-out ones count), the sections inside
+    lists, dicts and discriminated unions included (``sources``: the change feed and the UPS-RS worklist)."""
+    import typing
+
     from pydantic import BaseModel
 
     from support.data import REPO
     from node.config import NodeConfig
 
     text = (REPO / "config" / "example.yaml").read_text()
-    missing = []
+    missing: list[str] = []
+    walked: set[str] = set()
+
+    def models_in(ann: object) -> typing.Iterator[type[BaseModel]]:
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield ann
+        for arg in typing.get_args(ann):  # list[...], dict[str, ...], X | None, Annotated[A | B, discriminator]
+            yield from models_in(arg)
 
     def walk(model: type[BaseModel]) -> None:
+        if model.__name__ in walked:
+            return
+        walked.add(model.__name__)
         for name, field in model.model_fields.items():
             if field.exclude:
                 continue
             if f"{name}:" not in text:
                 missing.append(f"{model.__name__}.{name}")
-            ann = field.annotation
-            for candidate in (ann, *getattr(ann, "__args__", ())):
-                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                    walk(candidate)
+            for inner in models_in(field.annotation):
+                walk(inner)
 
     walk(NodeConfig)
     assert not missing, f"undocumented keys in config/example.yaml: {missing}"
+    # the walk reaches the sections of every concern (a section it cannot see is a section it cannot check)
+    assert {"SourceSection", "UpsSourceSection", "WorkitemCode", "ExpectedSeries", "MllpListenerSection",
+            "SyslogSection", "OidcSection", "HttpTlsSection", "RetractionSection", "MonitoringSection"} <= walked
+
+
+def test_dicom_node_check_config_passes_on_the_example() -> None:
+    """The README's first step: ``dicom-node check-config config/example.yaml`` answers OK (exit 0)."""
+    import subprocess
+    import sys
+
+    from support.data import REPO
+
+    out = subprocess.run([sys.executable, "-m", "node.cli", "check-config", str(REPO / "config" / "example.yaml")],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0 and "config/example.yaml: OK" in out.stdout, out.stdout + out.stderr
 
 
 def test_example_config_documents_every_rule_param() -> None:

@@ -17,12 +17,14 @@ import os
 import socket
 from typing import Any
 
-from node.audit import events, rfc5424, transfers
+from node.audit import events, rfc5424, transfers, workflow_events
 from node.audit.xmlbuild import AuditMessage
 
 log = logging.getLogger(__name__)
 
 MAX_EXPIRED = 2000
+#: the function making the messages of each event that makes its own (the workflow events: node/audit/workflow_events)
+CONVERTERS = {**events.CONVERTERS, **workflow_events.CONVERTERS}
 
 
 class Converter:
@@ -55,8 +57,8 @@ class Converter:
         try:
             if kind == "instance-quarantined":
                 made = _quarantined(self.ctx, ev)
-            elif kind in events.CONVERTERS:
-                made = events.CONVERTERS[kind](self.ctx, ev)
+            elif kind in CONVERTERS:
+                made = CONVERTERS[kind](self.ctx, ev)
             else:
                 return []  # details of another event (results-rejected, study-rerun), or an unknown kind
         except Exception:  # noqa: BLE001 - one odd line must not stop the trail

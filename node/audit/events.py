@@ -53,6 +53,8 @@ class Context:
     endpoint_urls: dict[str, str] = field(default_factory=dict)
     patient_of: Callable[[str | None], Patient | None] = lambda uid: None
     max_bytes: int = 32768
+    #: the patient of an HL7 message the listener kept: (MSH-3 sending application, MSH-10) -> Patient
+    patient_of_message: Callable[[str | None, str | None], Patient | None] = lambda app, control: None
 
 
 def new(ctx: Context, ev: dict[str, Any], event_id: x.Code, action: str, *, types: list[x.Code] | None = None,

@@ -71,7 +71,8 @@ class Forwarder:
         self.patients = PatientDirectory(folder / "patients.db", engine)
         ctx = Context(source_id=self.syslog.audit_source_id or cfg.node.instance_id, ae_title=cfg.node.ae_title,
                       site_id=self.syslog.enterprise_site_id, endpoint_urls=_endpoint_urls(cfg),
-                      patient_of=self.patients.of_study, max_bytes=self.syslog.max_message_bytes)
+                      patient_of=self.patients.of_study, max_bytes=self.syslog.max_message_bytes,
+                      patient_of_message=self.patients.of_hl7_message)
         self.converter = Converter(ctx, self.syslog.app_name, cursor, self.patients.forget)
         if cursor.get("inode") not in (None, self.trail.inode):  # replaced while the forwarder was not running
             self.converter.rebase()

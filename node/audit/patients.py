@@ -52,6 +52,25 @@ class PatientDirectory:
             self._bound()
         return found
 
+    def of_hl7_message(self, sending_application: str | None, control_id: str | None) -> Patient | None:
+        """The patient (PID-3 first identifier, its authority, PID-5) of the HL7 message the MLLP listener kept
+        with this MSH-3 and MSH-10 (the newest such); None when there is none or it names none."""
+        if self.engine is None or not control_id:
+            return None
+        from sqlalchemy import select
+
+        from node.store.schema import hl7_messages
+
+        try:
+            with self.engine.connect() as conn:
+                text = conn.execute(select(hl7_messages.c.text).where(
+                    hl7_messages.c.sending_application == (sending_application or ""),
+                    hl7_messages.c.control_id == control_id).order_by(hl7_messages.c.id.desc()).limit(1)).scalar()
+        except Exception as exc:  # noqa: BLE001 - the message goes without its patient, never not at all
+            log.warning("audit: cannot look up HL7 message %s: %s", control_id, type(exc).__name__)
+            return None
+        return _hl7_patient(text) if text else None
+
     def forget(self, study_uid: str) -> None:
         self._db.execute("DELETE FROM patients WHERE study_uid = ?", (study_uid,))
 
@@ -101,3 +120,18 @@ def read_patient(path: Path) -> Patient | None:
         return None
     issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
     return Patient(pid, issuer, str(ds.get("PatientName", "") or "").strip())
+
+
+def _hl7_patient(text: str) -> Patient | None:
+    """PID-3 (first identifier and its assigning authority) and PID-5 of an HL7 v2 message, read by python-hl7."""
+    import hl7
+
+    from node.hl7.orders import patient_of
+
+    try:
+        msg = hl7.parse(text.replace("\n", "\r"))
+        pid, issuer = patient_of(msg)
+        name = str(msg.segment("PID")[5]) if pid else ""
+    except Exception:  # noqa: BLE001 - an unreadable message names no patient
+        return None
+    return Patient(pid, issuer, name) if pid else None

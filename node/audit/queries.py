@@ -73,18 +73,20 @@ def query_bytes(ev: dict[str, Any], patient: Patient | None) -> tuple[bytes, lis
 
 
 def record_query(cfg: Any, name: str, dest: Any, query: Dataset, for_study_uid: str | None, matches: int | None,
-                 error: BaseException | None) -> None:
-    """The trail's ``prior-query`` line of one C-FIND or QIDO-RS sent to the destination ``name``."""
+                 error: BaseException | None, event: str = "prior-query") -> None:
+    """The trail's ``prior-query`` line (or ``event``: ``verify-query``) of one C-FIND or QIDO-RS sent to the
+    destination ``name``."""
     from urllib.parse import urlsplit
 
     from node.ops.audit import audit_log
 
     web = getattr(dest, "type", None) == "dicomweb"
     why = None
-    if error is not None:  # QueryError's messages hold no PHI; anything else is named by its type only
-        why = str(error) if type(error).__name__ in ("QueryError", "QueryTimeout") else type(error).__name__
+    if error is not None:  # these messages hold no PHI; anything else is named by its type only
+        why = str(error) if type(error).__name__ in ("QueryError", "QueryTimeout", "VerifyError") \
+            else type(error).__name__
     audit_log(cfg).record(
-        "prior-query", "success" if error is None else "serious-failure", protocol="QIDO-RS" if web else "C-FIND",
+        event, "success" if error is None else "serious-failure", protocol="QIDO-RS" if web else "C-FIND",
         destination=name, called_ae=None if web else dest.ae_title,
         peer_host=urlsplit(dest.url).hostname if web and dest.url else dest.host, url=dest.url if web else None,
         sop_class_uid=STUDY_ROOT_FIND, for_study_uid=for_study_uid, matches=matches, reason=why or None,

@@ -126,6 +126,7 @@ class NoticeHandlers:
         sop_class = str(event.request.AffectedSOPClassUID)
         kind = "mpps" if sop_class == MPPS_CLASS else "ian" if sop_class == IAN_CLASS else ""
         calling = event.assoc.requestor.ae_title.strip()
+        host = event.assoc.requestor.address
         if not kind:
             return self._answer("n-create", 0x0118, None)  # No such SOP class (not negotiated here anyway)
         uid = str(event.request.AffectedSOPInstanceUID or "")
@@ -139,11 +140,13 @@ class NoticeHandlers:
         except Exception as exc:  # noqa: BLE001 - an undecodable attribute list
             log.warning("%s N-CREATE %s from %s: cannot decode the attribute list (%s)", kind.upper(), uid, calling,
                         type(exc).__name__)
+            self._refused(kind, "create", uid, calling, host, 0x0106, "the attribute list cannot be decoded")
             return self._answer(f"{kind}-create", 0x0106, None)
         if kind == "mpps":
             state = _text(ds, "PerformedProcedureStepStatus").upper()
             if state != "IN PROGRESS":
                 log.warning("MPPS N-CREATE %s from %s: status %r, IN PROGRESS expected (0x0106)", uid, calling, state)
+                self._refused(kind, "create", uid, calling, host, 0x0106, "status is not IN PROGRESS")
                 return self._answer("mpps-create", 0x0106, None)
             studies, refs = mpps_studies(ds), mpps_refs(ds)
         else:
@@ -152,9 +155,11 @@ class NoticeHandlers:
             studies, refs = ([study] if is_valid_uid(study) else []), ian_refs(ds)
         if not studies:
             log.warning("%s N-CREATE %s from %s names no valid Study Instance UID (0x0120)", kind.upper(), uid, calling)
+            self._refused(kind, "create", uid, calling, host, 0x0120, "no valid Study Instance UID")
             return self._answer(f"{kind}-create", 0x0120, None)
         status = self._record(kind, "create", uid, calling, lambda: self.store.create_notice(
-            kind, uid, studies, state, calling, ds.to_json() if kind == "mpps" else None, refs))
+            kind, uid, studies, state, calling, ds.to_json() if kind == "mpps" else None, refs),
+            host=host, studies=studies, state=state)
         if status == 0x0000:
             log.info("%s %s from %s: %s, study %s, %d instance(s) listed", kind.upper(), uid, calling, state,
                      ", ".join(studies), len(refs))
@@ -164,12 +169,14 @@ class NoticeHandlers:
     def on_set(self, event: evt.Event) -> tuple[int, Dataset | None]:
         """EVT_N_SET: an MPPS update (COMPLETED, DISCONTINUED or still IN PROGRESS), recorded before the answer."""
         calling = event.assoc.requestor.ae_title.strip()
+        host = event.assoc.requestor.address
         uid = str(event.request.RequestedSOPInstanceUID or "")
         if str(event.request.RequestedSOPClassUID) != MPPS_CLASS:
             return self._answer("n-set", 0x0118, None)
         recorded = self.store.mpps(uid)
         if recorded is None:
             log.warning("MPPS N-SET %s from %s: no such MPPS (0x0112)", uid, calling)
+            self._refused("mpps", "set", uid, calling, host, 0x0112, "no such MPPS")
             return self._answer("mpps-set", 0x0112, None)
         try:
             changes = event.modification_list
@@ -177,37 +184,52 @@ class NoticeHandlers:
         except Exception as exc:  # noqa: BLE001 - an undecodable modification list
             log.warning("MPPS N-SET %s from %s: cannot decode the modification list (%s)", uid, calling,
                         type(exc).__name__)
+            self._refused("mpps", "set", uid, calling, host, 0x0106, "the modification list cannot be decoded")
             return self._answer("mpps-set", 0x0106, None)
         state = _text(ds, "PerformedProcedureStepStatus").upper()
         if state not in MPPS_STATES:
             log.warning("MPPS N-SET %s from %s: status %r is not one of %s (0x0106)", uid, calling, state, MPPS_STATES)
+            self._refused("mpps", "set", uid, calling, host, 0x0106, f"status is not one of {', '.join(MPPS_STATES)}")
             return self._answer("mpps-set", 0x0106, None)
         studies = mpps_studies(ds) or list(recorded["study_uids"])
         refs = mpps_refs(ds)
         status = self._record("mpps", "set", uid, calling,
-                              lambda: self.store.set_mpps(uid, state, ds.to_json(), studies, refs))
+                              lambda: self.store.set_mpps(uid, state, ds.to_json(), studies, refs),
+                              host=host, studies=studies, state=state)
         if status == 0x0000:
             log.info("MPPS %s from %s: %s, study %s, %d instance(s) listed", uid, calling, state, ", ".join(studies),
                      len(refs))
         return self._answer("mpps-set", status, None)
 
     # -- shared ------------------------------------------------------------------------------------------------
-    def _record(self, kind: str, verb: str, uid: str, calling: str, write: Any) -> int:
+    def _record(self, kind: str, verb: str, uid: str, calling: str, write: Any, *, host: str | None = None,
+                studies: Sequence[str] = (), state: str = "") -> int:
         """Run the database write; arm the checks of the studies it watches. The DIMSE status."""
         try:
             watched: Sequence[str] = write()
         except NoticeError as exc:
             log.warning("%s %s %s from %s refused (0x%04X): %s", kind.upper(), verb, uid, calling, exc.status, exc)
+            self._refused(kind, verb, uid, calling, host, exc.status, str(exc), studies)
             return exc.status
         except SQLAlchemyError as exc:
             log.error("%s %s %s from %s: not recorded (0x0110): %s", kind.upper(), verb, uid, calling,
                       type(exc).__name__)
+            self._refused(kind, verb, uid, calling, host, 0x0110, f"not recorded ({type(exc).__name__})", studies)
             return 0x0110
-        self.audit.record(f"{kind}-received", calling_ae=calling, sop_instance_uid=uid,
-                          sop_class_uid=MPPS_CLASS if kind == "mpps" else IAN_CLASS, operation=f"n-{verb}")
+        self.audit.record(f"{kind}-received", calling_ae=calling, peer_host=host, sop_instance_uid=uid,
+                          sop_class_uid=MPPS_CLASS if kind == "mpps" else IAN_CLASS, operation=f"n-{verb}",
+                          study_uids=list(studies), state=state, status="0x0000")
         for study in watched:
             self.intake.arm(study, time.time())  # its MPPS/IAN may complete it now
         return 0x0000
+
+    def _refused(self, kind: str, verb: str, uid: str, calling: str, host: str | None, status: int, why: str,
+                 studies: Sequence[str] = ()) -> None:
+        """The audit line of an MPPS or IAN refused with ``status`` (an ATNA Procedure Record, outcome 4)."""
+        self.audit.record(f"{kind}-received", "minor-failure", calling_ae=calling, peer_host=host,
+                          sop_instance_uid=uid, sop_class_uid=MPPS_CLASS if kind == "mpps" else IAN_CLASS,
+                          operation=f"n-{verb}", study_uids=list(studies), status=f"0x{status:04X}",
+                          reason=f"refused 0x{status:04X}: {why}")
 
     @staticmethod
     def _answer(message: str, status: int, reply: Dataset | None) -> tuple[int, Dataset | None]:

@@ -130,6 +130,17 @@ class Peer:
     ae_title: str
 
 
+def received_file(event: evt.Event) -> Path | None:
+    """The file pynetdicom streamed a C-STORE's data set into (``STORE_RECV_CHUNKED_DATASET`` on, as ``serve``
+    sets it); None when the data set was received in memory instead (the setting off: pynetdicom's
+    ``dataset_path`` is then None, or raises AttributeError in older releases)."""
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        return None
+    return Path(path) if path is not None else None
+
+
 class SpoolingStoreHandler:
     """EVT_C_STORE of C-GET sub-operations: each instance goes durably into the spool and the database."""
 
@@ -144,12 +155,11 @@ class SpoolingStoreHandler:
     def __call__(self, event: evt.Event) -> int:
         """Store one received instance; returns the C-STORE status (0xA700 when it cannot be written)."""
         try:
-            try:
-                src = Path(event.dataset_path)
-                tmp = self.spool.tmp / f"get-{uuid.uuid4().hex}.dcm"
+            tmp = self.spool.tmp / f"get-{uuid.uuid4().hex}.dcm"
+            src = received_file(event)
+            if src is not None:
                 shutil.copyfile(src, tmp)  # the receive file may live on another filesystem than the spool
-            except AttributeError:  # chunked receive off: encode the dataset pynetdicom decoded
-                tmp = self.spool.tmp / f"get-{uuid.uuid4().hex}.dcm"
+            else:  # chunked receive off (only `serve` turns it on): the bytes as the peer sent them
                 tmp.write_bytes(event.encoded_dataset())
             header = pydicom.dcmread(tmp, stop_before_pixels=True)
             study, series, sop = (text_of(header, k) for k in ("StudyInstanceUID", "SeriesInstanceUID",

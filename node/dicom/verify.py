@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE
@@ -35,8 +35,15 @@ class VerifyError(Exception):
     """The PACS could not be asked (network, refusal, failure status): nothing may be concluded."""
 
 
-def held_instances(dest: DestinationSection, calling_ae: str, refs: Sequence[InstanceRef]) -> set[str]:
-    """The SOP Instance UIDs among ``refs`` that the PACS reports it holds; raises :class:`VerifyError`."""
+#: Told of each C-FIND sent: (the identifier, matches or None when it failed, the failure or None).
+OnQuery = Callable[[Dataset, "int | None", "BaseException | None"], None]
+
+
+def held_instances(dest: DestinationSection, calling_ae: str, refs: Sequence[InstanceRef],
+                   on_query: OnQuery | None = None) -> set[str]:
+    """The SOP Instance UIDs among ``refs`` that the PACS reports it holds; raises :class:`VerifyError`.
+
+    ``on_query`` is told of every C-FIND sent and what came of it (the audit trail's ``verify-query``)."""
     if not refs:
         return set()
     ae = AE(ae_title=calling_ae)
@@ -51,6 +58,8 @@ def held_instances(dest: DestinationSection, calling_ae: str, refs: Sequence[Ins
     if not assoc.is_established:
         raise VerifyError("the destination refused or dropped the C-FIND association")
     held: set[str] = set()
+    told = on_query or (lambda query, matches, error: None)
+    query = Dataset()
     try:
         for ref in refs:
             query = Dataset()
@@ -67,7 +76,12 @@ def held_instances(dest: DestinationSection, calling_ae: str, refs: Sequence[Ins
                     held.add(ref.sop_instance_uid)
                 elif code not in PENDING and code != 0x0000:
                     raise VerifyError(f"C-FIND failed (0x{code:04X})")
+            told(query, int(ref.sop_instance_uid in held), None)
+    except VerifyError as exc:
+        told(query, None, exc)
+        raise
     except (OSError, RuntimeError, ValueError) as exc:
+        told(query, None, exc)
         raise VerifyError(f"C-FIND failed: {exc}") from exc
     finally:
         if assoc.is_established:

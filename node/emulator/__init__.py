@@ -34,7 +34,8 @@ class RequestError(Exception):
 class ModelHandler(Protocol):
     """One emulated model.
 
-    ``name`` is its path segment (``/<name>/score``) and ``model_version`` goes into ``x-ms-model-version``.
+    ``name`` is its path segment (``/<name>/score``) and ``model_version`` goes into ``x-ms-model-version`` (in the
+    ``versioned`` variant only).
     ``accepts(columns)`` says whether a ``/score`` request with these ``input_data.columns`` is meant for it.
     ``score(input_data, options)`` returns the JSON reply; ``options`` holds the server's settings
     (``response_shape``: ``"rows"`` or ``"object"``).

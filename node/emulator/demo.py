@@ -24,6 +24,9 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+#: endpoints.cxr.model_version of the demo: the emulated model's version. Like the real service, the emulator
+#: reports none, so the node writes this string as the results' Algorithm Version (the documented way).
+DEMO_MODEL_VERSION = "CXRReportGen:emulator-1"
 FRONTAL = DEMO_DATA / "cr_pa_jpeg_baseline.dcm"
 LATERAL = DEMO_DATA / "dx_lateral_thorax_veterinary.dcm"
 
@@ -133,6 +136,17 @@ def draw_boxes_png(frontal: Path, gsps: pydicom.Dataset, out: Path) -> int:
     return n
 
 
+def algorithm_of(result: pydicom.Dataset) -> str:
+    """"<name> version <Algorithm Version>" of a result the node wrote (its "Processing Algorithm" contributor)."""
+    from dicom_out.algorithm import PROCESSING_ALGORITHM_CODE_VALUE
+
+    for item in result.get("ContributingEquipmentSequence", []):
+        purpose = item.get("PurposeOfReferenceCodeSequence") or [{}]
+        if purpose[0].get("CodeValue") == PROCESSING_ALGORITHM_CODE_VALUE:
+            return f"{item.get('ManufacturerModelName', '?')} version {item.SoftwareVersions}"
+    return "not named"
+
+
 def run_demo(out: Path, *, keep_running: bool = False, timeout: float = 180.0) -> int:
     """Run the demo; results and the PNG go to ``out``. Returns a process exit code."""
     from node.emulator.server import EmulatorServer
@@ -148,7 +162,8 @@ def run_demo(out: Path, *, keep_running: bool = False, timeout: float = 180.0) -
         "node": {"ae_title": "AINODE", "host": "127.0.0.1", "port": node_port, "storage_dir": str(work / "var"),
                  "study_complete_after_seconds": 2, "min_free_disk_mb": 50},
         "endpoints": {"cxr": {"model": "cxrreportgen", "url": emulator.url, "auth": "none", "timeout_seconds": 60,
-                              "max_attempts": 3, "backoff_initial_seconds": 0.5}},
+                              "max_attempts": 3, "backoff_initial_seconds": 0.5,
+                              "model_version": DEMO_MODEL_VERSION}},
         "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port}},
         "rules": [{"name": "chest-xray-findings", "match": {"Modality": ["CR", "DX"], "BodyPartExamined": "CHEST*"},
                    "endpoint": "cxr", "send_to": ["pacs"]}],
@@ -189,6 +204,7 @@ def run_demo(out: Path, *, keep_running: bool = False, timeout: float = 180.0) -
         png = out / "boxes_on_frontal.png"
         n = draw_boxes_png(study[0], gsps, png)
         print(f"\n{n} box(es) drawn on the frontal image: {png}")
+        print(f"algorithm: {algorithm_of(sr)} (ContributingEquipmentSequence of the SR)")
         code = 0
         if keep_running:
             print("\nrunning; Ctrl-C to stop")

@@ -84,7 +84,7 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, *, started: float, model_version: str | None = None,
               extra: dict[str, str] | None = None, content_type: str = "application/json",
-              version_header: bool = True) -> None:
+              version_header: bool = False) -> None:
         try:
             self._write(status, body, started, model_version if version_header else "", extra, content_type)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
@@ -98,7 +98,7 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("x-ms-emulator", EMULATOR_HEADER_VALUE)
         self.send_header("x-request-id", str(uuid.uuid4()))
-        if model_version != "":  # "": the no-version variant (a real endpoint sends no version header)
+        if model_version != "":  # only with the `versioned` variant: no real endpoint sends a version header
             self.send_header("x-ms-model-version", model_version or GENERIC_MODEL_VERSION)
         self.send_header("x-emulator-elapsed-ms", f"{(time.perf_counter() - started) * 1000:.3f}")
         client_rid = self.headers.get("x-ms-client-request-id")
@@ -216,7 +216,7 @@ class EndpointRequestHandler(BaseHTTPRequestHandler):
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
             config = dict(state.config)
         variants = merged(config.get("variants") or [], requested)
-        send_version = "no-version" not in variants
+        send_version = "versioned" in variants  # no Microsoft source shows a version header: off by default
         with state.lock:
             entry["variants"] = sorted(variants)
         counted = True

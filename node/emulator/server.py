@@ -25,8 +25,9 @@ Unauthenticated requests are answered by the "gateway": they consume no fault.
 The faults a ``/score`` request may meet are in :mod:`node.emulator.faults`, the request log's entries in
 :mod:`node.emulator.requestlog`, the request handling in :mod:`node.emulator.endpoint`.
 
-Every reply carries ``x-ms-emulator``, ``x-request-id``, ``x-emulator-elapsed-ms`` (server processing time) and
-``x-ms-model-version``.
+Every reply carries ``x-ms-emulator``, ``x-request-id`` and ``x-emulator-elapsed-ms`` (server processing time); like
+the real service, no model-version header, except a scoring reply in the ``versioned`` variant
+(``x-ms-model-version``: the emulated model's version).
 """
 
 from __future__ import annotations

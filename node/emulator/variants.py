@@ -4,18 +4,22 @@
 
 Each variant is written from a Microsoft source (see :data:`VARIANTS`); without any, the emulator answers as the
 documents and notebooks show most often: MedImageInsight one row per input with ``scaling_factor``, MedImageParse 3D
-a ``nifti_file`` carrying the request volume's header and affine, and a model-version header (``x-ms-model-version``,
-which no Microsoft source shows: ``no-version`` drops it).
+a ``nifti_file`` carrying the request volume's header and affine, and no model-version header (no Microsoft source
+shows one: the node's results take their Algorithm Version from ``endpoints.<n>.model_version``); ``versioned`` adds
+``x-ms-model-version`` for the tests of the node's reading of such a header.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
-__all__ = ["AFFINE_VARIANTS", "VARIANTS", "check_variants", "parse_query"]
+__all__ = ["AFFINE_VARIANTS", "VARIANTS", "VERSION_VARIANTS", "check_variants", "parse_query"]
 
 VARIANTS: dict[str, str] = {
-    "no-version": "no model-version reply header (no Microsoft source shows one)",
+    "versioned": "an x-ms-model-version reply header with the emulated model's version (no Microsoft source shows "
+                 "one: it tests the node's reading of such a header, which a future service version may send)",
+    "no-version": "no model-version reply header, as every Microsoft source shows: the default (the name is kept so "
+                  "URLs and commands that named it still work)",
     "insight-object": "MedImageInsight: one object for the whole request (the model document's response example) "
                       "instead of one row per input (the mi2-deploy notebook's output)",
     "no-scaling-factor": "MedImageInsight: no scaling_factor even when asked (the mi2-deploy notebook sent "
@@ -32,6 +36,8 @@ VARIANTS: dict[str, str] = {
     "3d-one-prompt": "MedImageParse 3D: a deployment that reads '&'-joined prompts as one: image_features with a "
                      "prompt axis of 1 whatever the number of prompts",
 }
+#: These two exclude each other.
+VERSION_VARIANTS = ("versioned", "no-version")
 #: At most one of these at a time: each says how MedImageParse 3D answers.
 AFFINE_VARIANTS = ("3d-input-affine", "3d-canonical", "3d-no-affine", "3d-identity", "3d-zooms-only",
                    "3d-prompt-first", "3d-one-prompt")
@@ -53,6 +59,8 @@ def check_variants(names: Any) -> list[str]:
     forms = [n for n in cleaned if n in AFFINE_VARIANTS]
     if len(forms) > 1:
         raise ValueError(f"variants {forms} exclude each other (one MedImageParse 3D reply form at a time)")
+    if set(VERSION_VARIANTS) <= set(cleaned):
+        raise ValueError(f"variants {list(VERSION_VARIANTS)} exclude each other")
     return cleaned
 
 
@@ -70,5 +78,6 @@ def parse_query(path: str) -> tuple[str, list[str]]:
 def merged(configured: Iterable[str], requested: Iterable[str]) -> set[str]:
     """The variants of one request: the server's, with those the request names replacing its 3D form."""
     requested = set(requested)
-    base = {v for v in configured if not (v in AFFINE_VARIANTS and requested & set(AFFINE_VARIANTS))}
+    base = {v for v in configured if not (v in AFFINE_VARIANTS and requested & set(AFFINE_VARIANTS))
+            and not (v in VERSION_VARIANTS and requested & set(VERSION_VARIANTS))}
     return base | requested

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -51,6 +52,12 @@ TIMEOUT_STUDIES = 3
 TIMEOUT_WINDOW_SECONDS = 600.0
 #: Causes of a failed call that are about one input, not the endpoint: never counted against its circuit alone.
 PER_JOB_CAUSES = ("model-error", "timeout")
+
+#: Causes that say the endpoint answered and this input was the trouble: never held against the endpoint's health.
+INPUT_CAUSES = ("model-input", *PER_JOB_CAUSES)
+#: How a job's outcome names the cause of a failed endpoint call (``node/flow/run.py`` writes it, the status page's
+#: endpoint health reads it back): "endpoint error (model-input): ...".
+_OUTCOME_CAUSE = re.compile(r"^endpoint error \((?P<cause>[a-z-]+)\)")
 
 _timeouts_lock = threading.Lock()
 _timeouts: dict[str, deque[tuple[float, str]]] = {}
@@ -85,6 +92,29 @@ def verdict(svc: "Services", job: dict[str, Any], exc: EndpointError) -> str:
             return "fail" if spent else "endpoint"
         return "fail" if spent else "retry-job"
     return "endpoint" if says_endpoint_down(exc) else "fail"
+
+
+def failure_outcome(exc: EndpointError, detail: str = "") -> str:
+    """The outcome of a job a failed call ended: ``endpoint error (<cause>)<detail>: <message>``."""
+    return f"endpoint error ({exc.cause}){detail}: {exc}"
+
+
+def fault_of(state: str, outcome: str | None) -> str | None:
+    """Whose fault a job's last outcome says it is, for the endpoint's health: ``"endpoint"`` (parked after the
+    endpoint failed past ``give_up_after_seconds``, or failed on an endpoint-level cause: auth, a request the
+    gateway refused, an unreadable reply, the configuration), ``"answered"`` (done, or the endpoint answered and
+    this input was refused or failed: a 424, a 408, :data:`INPUT_CAUSES`) or None (nothing about the endpoint: the
+    job failed before or after its call, or is waiting)."""
+    if state == "done":
+        return "answered"
+    if state == "parked":
+        return "endpoint"
+    if state != "failed" or not outcome:
+        return None
+    found = _OUTCOME_CAUSE.match(outcome)
+    if found is None:
+        return None
+    return "answered" if found.group("cause") in INPUT_CAUSES else "endpoint"
 
 
 def admit(svc: "Services", job: dict[str, Any]) -> dict[str, Any] | None:

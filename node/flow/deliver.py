@@ -132,7 +132,7 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
                 report.delivered += 1
             metrics.sent(destination, out.status, "delivered", _since_last_instance(store, row["study_uid"], t))
             log.info("delivered result %s to %s (%s)", row["result_uid"], destination, out.status)
-            audit_log(cfg).record("result-sent", **_where(row, destination, dest), status=out.status)
+            audit_log(cfg).record(_event(dest, "sent"), **_where(row, destination, dest), status=out.status)
             continue
         limit = dest.max_processing_failure_attempts if out.verdict == "retry_limited" else dest.max_attempts
         if out.verdict == "park" or attempts >= limit or too_old:
@@ -147,7 +147,7 @@ def deliver_due(store: Store, cfg: NodeConfig, destination: str, owner: str, *, 
             metrics.sent(destination, out.status, "parked", None)
             report.parked += 1
             log.error("ALERT: result %s parked for %s: %s (%s)", row["result_uid"], destination, why, out.status)
-            audit_log(cfg).record("result-parked", "serious-failure", **_where(row, destination, dest),
+            audit_log(cfg).record(_event(dest, "parked"), "serious-failure", **_where(row, destination, dest),
                                   status=out.status, reason=why)
             continue
         store.settle_outbox(row["id"], row["lease_owner"], state="pending", status=out.status, error=out.reason,
@@ -175,8 +175,14 @@ def _verify_unseen(store: Store, cfg: NodeConfig, dest: DestinationSection, dest
         return [r for r in rows if r["id"] not in ids], unseen
     if dest.verify_by != "c-find":
         return rows, []  # at-least-once: the same SOP Instance UIDs again
+    from node.audit.queries import record_query
+
+    def audited(query: pydicom.Dataset, matches: int | None, error: BaseException | None) -> None:
+        record_query(cfg, destination, dest, query, str(query.get("StudyInstanceUID", "")) or None, matches, error,
+                     "verify-query")
+
     try:
-        held = held_instances(dest, cfg.node.ae_title, [_ref(r) for r in unseen])
+        held = held_instances(dest, cfg.node.ae_title, [_ref(r) for r in unseen], on_query=audited)
     except (VerifyError, OSError, ValueError) as exc:
         t = time.time()
         for r in unseen:  # never resend what might be there: ask again later
@@ -241,9 +247,16 @@ def _since_last_instance(store: Store, study_uid: str, t: float) -> float | None
     return None if last is None else t - float(last)
 
 
+def _event(dest: DestinationSection, what: str) -> str:
+    """The audit event of a send: ``report-sent`` / ``-parked`` for a RIS or an EHR (an ATNA Export: the report
+    leaves the imaging domain), ``result-sent`` / ``-parked`` for DICOM instances (Instances Transferred)."""
+    return f"report-{what}" if dest.type in ("hl7v2", "fhir") else f"result-{what}"
+
+
 def _where(row, destination: str, dest: DestinationSection) -> dict:
     """Audit fields of one outbox row: what (UIDs) went where (destination, AE title, address, TLS)."""
-    return {"destination": destination, "destination_ae": dest.ae_title, "destination_host": dest.host,
+    return {"destination": destination, "destination_type": dest.type, "destination_ae": dest.ae_title,
+            "destination_host": dest.host,
             "destination_port": dest.port, "tls": dest.tls is not None or str(dest.url).startswith("https:"),
             "destination_url": dest.url, "study_uid": row["study_uid"],
             "sop_instance_uid": row["result_uid"], "sop_class_uid": row["sop_class_uid"]}

@@ -166,9 +166,10 @@ def _endpoint_failed(svc: Services, job: dict[str, Any], exc: EndpointError) -> 
         if exc.status is not None:  # the endpoint answered: it is up, whatever it made of this input
             circuit.succeeded(svc, job["endpoint"])
         return
-    why = f"endpoint error: {exc}"
+    why = circuit.failure_outcome(exc)  # names the cause: the status page's endpoint health reads it back
     if exc.cause in circuit.PER_JOB_CAUSES:
-        why = f"endpoint error, {job['attempts']} tries (model_error_retries {endpoint.model_error_retries}): {exc}"
+        why = circuit.failure_outcome(exc, f", {job['attempts']} tries (model_error_retries "
+                                           f"{endpoint.model_error_retries})")
     svc.store.finish_job(job["id"], svc.owner, state="failed", outcome=why)
     _count(svc, job, "failed")
     log.error("job %d (study %s) failed: %s", job["id"], job["study_uid"], why)

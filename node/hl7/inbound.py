@@ -52,6 +52,9 @@ class Outcome:
     message_type: str = ""
     control_id: str = ""
     reason: str = ""
+    sending_application: str = ""  # MSH-3 and MSH-4 (first components), for the audit trail
+    sending_facility: str = ""
+    order_control: str = ""  # ORC-1 of the first order group of an order taken
 
 
 def _msh_fields(raw: bytes) -> list[str]:
@@ -107,7 +110,8 @@ class Inbound:
              error: str = "", message_type: str = "") -> Outcome:
         text = build_ack(code=code, control_id=control_id, msh=msh, reason=reason, error=error,
                          receiving_application=self.app, receiving_facility=self.facility)
-        return Outcome(text.encode(codec, errors="replace"), code, message_type, control_id, reason)
+        return Outcome(text.encode(codec, errors="replace"), code, message_type, control_id, reason,
+                       *_sender(msh))
 
     def refuse_oversized(self, limit: int) -> Outcome:
         """The answer to a frame over ``max_message_bytes`` (its MSH is not known)."""
@@ -164,11 +168,13 @@ class Inbound:
             if _is_database_error(exc):
                 log.error("HL7 %s %s could not be stored (%s): no ACK, the sender will resend", kind, control_id,
                           type(exc).__name__)
-                return Outcome(None, "none", kind, control_id, "storage failed")
+                return Outcome(None, "none", kind, control_id, "storage failed", sender, facility)
             log.exception("HL7 %s %s: a handler failed", kind, control_id)
             return self._ack("AE", msh, control_id, codec, f"could not be processed ({type(exc).__name__})",
                              INTERNAL, kind)
-        return self._ack("AA", msh, control_id, codec, message_type=kind)
+        out = self._ack("AA", msh, control_id, codec, message_type=kind)
+        out.order_control = str((orders or [{}])[0].get("order_control") or "")
+        return out
 
     def _content(self, kind: str, parsed: hl7.Message) -> tuple[str, list[dict[str, Any]] | None, str]:
         """(what is missing or '', the order rows to keep, the accession number)."""
@@ -190,6 +196,11 @@ class Inbound:
                 return "no OBR segment", None, ""
             return "", None, accession_of_report(parsed)
         return "", None, accession_of_report(parsed)
+
+
+def _sender(msh: list[str]) -> tuple[str, str]:
+    """(MSH-3, MSH-4) first components; '' when the message has no MSH."""
+    return (msh[2].split("^")[0] if len(msh) > 2 else "", msh[3].split("^")[0] if len(msh) > 3 else "")
 
 
 def _is_database_error(exc: Exception) -> bool:

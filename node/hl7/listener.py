@@ -3,8 +3,10 @@
 python-hl7's asyncio MLLP server reads the blocks (``limit`` = ``mllp.max_message_bytes``); each message is handled
 by :class:`node.hl7.inbound.Inbound` in a worker thread (its database writes block) and answered on the same
 connection, which stays open for the next message (a connection idle for ``idle_timeout_seconds`` is closed).
-Optional TLS on the same port (``mllp.tls``). A block that is not an MLLP frame closes the connection; a frame over
-the limit is answered AR and the connection closed.
+Optional TLS on the same port (``mllp.tls``): the handshake runs in the connection's own coroutine, so a failed
+one is known with its peer (a ``tls-failure`` audit event, as for DICOM TLS). A block that is not an MLLP frame
+closes the connection; a frame over the limit is answered AR and the connection closed. Every message taken or
+refused is an ``hl7-received`` audit event (an ATNA Procedure Record, :mod:`node.audit.workflow_events`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from node.config import NodeConfig
 from node.hl7.handlers import accepted_types, configure, discover
-from node.hl7.inbound import Inbound
+from node.hl7.inbound import Inbound, Outcome
+from node.ops.audit import audit_log
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +53,33 @@ class MllpListener:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    def _audit(self, out: Outcome, peer: Any) -> None:
+        """The trail's ``hl7-received`` line of one message taken or refused (an ATNA Procedure Record)."""
+        outcome = {"AA": "success", "AE": "minor-failure"}.get(out.code, "serious-failure")
+        host, port = (peer[0], peer[1]) if isinstance(peer, tuple) else (str(peer), None)
+        audit_log(self.cfg).record(
+            "hl7-received", outcome, message_type=out.message_type or None, control_id=out.control_id or None,
+            sending_application=out.sending_application or None, sending_facility=out.sending_facility or None,
+            order_control=out.order_control or None, code=out.code, reason=out.reason or None, peer_host=host,
+            peer_port=port, tls=self.section.tls is not None)
 
     async def _serve_client(self, reader: Any, writer: Any) -> None:
         peer = writer.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         try:
+            if self._tls is not None:
+                try:
+                    timeout = min(30.0, self.section.idle_timeout_seconds)
+                    await writer.start_tls(self._tls, ssl_handshake_timeout=timeout)
+                except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
+                    log.warning("MLLP TLS handshake with %s failed: %s", peer_text, type(exc).__name__)
+                    audit_log(self.cfg).record("tls-failure", "serious-failure", protocol="MLLP",
+                                               peer_host=peer[0] if isinstance(peer, tuple) else str(peer),
+                                               peer_port=peer[1] if isinstance(peer, tuple) else None,
+                                               reason=f"MLLP TLS handshake failed: {_tls_reason(exc)}")
+                    return
             while True:
                 try:
                     block = await asyncio.wait_for(reader.readblock(), self.section.idle_timeout_seconds)
@@ -62,15 +87,19 @@ class MllpListener:
                     return
                 except InvalidBlockError:
                     log.warning("MLLP peer %s sent bytes that are no MLLP frame: connection closed", peer_text)
+                    self._audit(Outcome(None, "none", reason="bytes that are no MLLP frame: connection closed"),
+                                peer)
                     return
                 except ValueError:  # over max_message_bytes (python-hl7's reader limit)
                     out = self.inbound.refuse_oversized(self.section.max_message_bytes)
+                    self._audit(out, peer)
                     writer.writeblock(out.ack)
                     await writer.drain()
                     log.warning("MLLP peer %s sent a message over %d bytes: AR, connection closed", peer_text,
                                 self.section.max_message_bytes)
                     return
                 out = await self.loop.run_in_executor(None, self.inbound.handle, bytes(block), peer_text)
+                self._audit(out, peer)
                 if out.ack is None:
                     return
                 writer.writeblock(out.ack)
@@ -80,13 +109,17 @@ class MllpListener:
                         out.code, f" ({out.reason})" if out.reason else "")
         except ssl.SSLError as exc:
             log.warning("MLLP TLS with %s failed: %s", peer_text, exc)
+            audit_log(self.cfg).record("tls-failure", "serious-failure", protocol="MLLP",
+                                       peer_host=peer[0] if isinstance(peer, tuple) else str(peer),
+                                       reason=f"MLLP TLS failed: {type(exc).__name__}")
         finally:
             writer.close()
 
     async def _start(self) -> None:
+        self._tls = tls_context(self.section.tls)  # the handshake runs in _serve_client (its failures are audited)
         self.server = await start_hl7_server(
             self._serve_client, self.section.host, self.section.port, limit=self.section.max_message_bytes,
-            ssl=tls_context(self.section.tls), reuse_address=True)
+            reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
 
     def _run(self) -> None:
@@ -129,6 +162,12 @@ class MllpListener:
         self.loop.call_soon_threadsafe(self.loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """Why a handshake failed, without the peer's data: the SSL reason (e.g. CERTIFICATE_VERIFY_FAILED) or the type."""
+    reason = getattr(exc, "reason", None)
+    return f"{type(exc).__name__} {reason}" if reason else type(exc).__name__
 
 
 def run_listener(cfg: NodeConfig, parent_pid: int | None = None) -> int:

@@ -123,20 +123,43 @@ def outbox_rows(store: Store, limit: int = 200) -> dict[str, list[dict[str, Any]
         return {"pending": rows("pending"), "parked": rows("parked"), "failed_jobs": failed, "quarantine": quarantined}
 
 
-def endpoint_health(store: Store, endpoints: list[str], window_seconds: float = 86400) -> list[dict[str, Any]]:
-    """Per endpoint over the last day: jobs done/failed/retrying, the last outcome and mean endpoint time."""
+def endpoint_health(store: Store, endpoints: list[str], window_seconds: float = 86400,
+                    evidence_jobs: int = 200) -> list[dict[str, Any]]:
+    """Per endpoint over the last day: jobs done/failed/retrying, its health, the last outcome and mean time.
+
+    Health is about the endpoint, not about one input (:func:`node.flow.circuit.fault_of`): ``unavailable`` while
+    its circuit is open (network, 429, 5xx, repeated 408s); ``failing`` when the newest job that says anything about
+    it failed on an endpoint-level cause (auth, a request the gateway refused, an unreadable reply) or was parked;
+    ``ok`` otherwise. A job the model refused (424 with an inner 4xx), failed on (424, inner 5xx) or timed out on
+    (408) shows the endpoint answered: it never counts against it, nor does a job that failed before or after
+    its call (a study mixing patients, an image the converter refused)."""
+    from node.flow.circuit import fault_of
+
     since = time.time() - window_seconds
+    open_circuits = {r["endpoint"]: r for r in store.circuits()}
     out = []
     with store.engine.connect() as conn:
         for name in endpoints:
             by_state = dict(conn.execute(select(jobs.c.state, func.count()).where(
                 jobs.c.endpoint == name, jobs.c.updated_at >= since).group_by(jobs.c.state)).all())
-            last = conn.execute(select(jobs.c.state, jobs.c.outcome, jobs.c.updated_at).where(jobs.c.endpoint == name)
-                                .order_by(jobs.c.updated_at.desc()).limit(1)).first()
+            recent = conn.execute(select(jobs.c.state, jobs.c.outcome, jobs.c.updated_at)
+                                  .where(jobs.c.endpoint == name).order_by(jobs.c.updated_at.desc(), jobs.c.id.desc())
+                                  .limit(evidence_jobs)).all()
+            last = recent[0] if recent else None
             mean = conn.execute(select(func.avg(jobs.c.endpoint_seconds)).where(
                 jobs.c.endpoint == name, jobs.c.updated_at >= since)).scalar()
-            healthy = not (last is not None and last[0] == "failed")
-            out.append({"name": name, "states": by_state, "healthy": healthy, "mean_seconds": mean,
+            circuit = open_circuits.get(name)
+            evidence = next(((fault, row) for row in recent if (fault := fault_of(row[0], row[1])) is not None),
+                            None)
+            if circuit is not None:
+                health, why = "unavailable", (f"circuit {circuit['state']} since {clock(circuit['opened_at'])}: "
+                                              f"{circuit['reason'] or ''}")
+            elif evidence is not None and evidence[0] == "endpoint":
+                health, why = "failing", f"job {evidence[1][0]} at {clock(evidence[1][2])}: {evidence[1][1] or ''}"
+            else:
+                health, why = "ok", ""
+            out.append({"name": name, "states": by_state, "healthy": health == "ok", "health": health, "why": why,
+                        "mean_seconds": mean,
                         "last": None if last is None else {"state": last[0], "outcome": last[1],
                                                            "at": clock(last[2])}})
     return out

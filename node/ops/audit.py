@@ -31,7 +31,20 @@ study-rerun                the new jobs of a rerun                        110103
 user-login[-failed]        a person logged in (or failed to)              110114 User Authentication
 user-logout                a person logged out                            110114 User Authentication
 token-refused              a bearer token was refused                     110113 Security Alert
+report-sent                an ORU / FHIR Bundle reached the RIS / EHR     110106 Export
+report-parked              a report could not be delivered                110106 Export (outcome: serious failure)
+verify-query               the C-FIND of verify_by: c-find before a resend 110112 Query
+hl7-received               the MLLP listener took or refused a message    110111 Procedure Record
+mpps-received              an MPPS N-CREATE / N-SET (taken or refused)    110111 Procedure Record
+ian-received               an IAN (taken or refused)                      110111 Procedure Record
+workitem-claimed           an AIW-I workitem claimed (IN PROGRESS)        110111 Procedure Record
+workitem-completed         ... COMPLETED with its outputs                 110111 Procedure Record
+workitem-canceled          ... CANCELED with the reason                   110111 Procedure Record
+workitem-query             a worklist search that returned workitems      110112 Query
+inputs-retrieved           a workitem's inputs retrieved (C-GET, WADO-RS) 110104 DICOM Instances Transferred
 =========================  =============================================  ==========================
+
+The workflow events' messages are made by :mod:`node.audit.workflow_events`.
 """
 
 from __future__ import annotations
@@ -72,6 +85,17 @@ EVENT_CODES = {
     "user-login-failed": ("110114", "User Authentication"),
     "user-logout": ("110114", "User Authentication"),
     "token-refused": ("110113", "Security Alert"),
+    "report-sent": ("110106", "Export"),
+    "report-parked": ("110106", "Export"),
+    "verify-query": ("110112", "Query"),
+    "hl7-received": ("110111", "Procedure Record"),
+    "mpps-received": ("110111", "Procedure Record"),
+    "ian-received": ("110111", "Procedure Record"),
+    "workitem-claimed": ("110111", "Procedure Record"),
+    "workitem-completed": ("110111", "Procedure Record"),
+    "workitem-canceled": ("110111", "Procedure Record"),
+    "workitem-query": ("110112", "Query"),
+    "inputs-retrieved": ("110104", "DICOM Instances Transferred"),
 }
 
 # ATNA EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure, 12 major failure

@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from typing import Any, Callable
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pydicom
@@ -124,7 +125,12 @@ class TaskPerformer:
     def search_and_claim(self) -> int:
         """Claim every SCHEDULED workitem this node can perform and does not know; returns how many it claimed."""
         claimed = 0
-        for ds in self.client.search({"ProcedureStepState": "SCHEDULED", **self.source.filter}, self.source.limit):
+        matching = {"ProcedureStepState": "SCHEDULED", **self.source.filter}
+        found = self.client.search(matching, self.source.limit)
+        if found:  # a search that named workitems (patients): an ATNA Query (an empty poll discloses nothing)
+            audit_log(self.cfg).record("workitem-query", worklist=self.key, url=self.client.base,
+                                       query="/workitems?" + urlencode(matching), matches=len(found))
+        for ds in found:
             uid = str(ds.get("SOPInstanceUID", "") or "")
             rule = self.source.rule_for(workitem_codes(ds))
             if not is_valid_uid(uid) or rule is None or self.store.workitem(uid) is not None:
@@ -313,6 +319,7 @@ class TaskPerformer:
 
             retrieve_inputs(self.cfg, self.source, self.store, self.spool, missing)
         still = [i.sop_instance_uid for i in missing if self.store.instance(i.sop_instance_uid) is None]
+        self._audit_inputs([i for i in missing if i.sop_instance_uid not in still])
         if still:
             raise Later(f"{len(still)} input instance(s) not received yet")
 
@@ -364,4 +371,22 @@ class TaskPerformer:
             raise Later(f"workitem {uid}: this node's lease on it was lost")
 
     def _audit(self, event: str, uid: str, **fields: Any) -> None:
-        audit_log(self.cfg).record(event, workitem_uid=uid, worklist=self.key, **fields)
+        """A workitem's state change at the worklist (an ATNA Procedure Record): its study when known."""
+        row = self.store.workitem(uid) or {}
+        audit_log(self.cfg).record(event, workitem_uid=uid, worklist=self.key, url=self.client.base,
+                                   study_uid=row.get("study_uid"), **fields)
+
+    def _audit_inputs(self, got: list[InputRef]) -> None:
+        """Inputs retrieved by C-GET or WADO-RS (C-MOVE's arrive through the Storage SCP, audited there)."""
+        if not got or self.source.inputs == "c-move":
+            return
+        web = self.source.inputs == "wado-rs"
+        dest = self.cfg.destinations.get(self.source.retrieve_from or "")
+        url = (base_url(dest) if dest is not None else self.client.base) if web else None
+        for study in sorted({i.study_uid for i in got}):
+            audit_log(self.cfg).record(
+                "inputs-retrieved", protocol="WADO-RS" if web else "C-GET", destination=self.source.retrieve_from,
+                called_ae=None if web or dest is None else dest.ae_title, url=url,
+                peer_host=urlsplit(url).hostname if url else (dest.host if dest is not None else None),
+                study_uid=study, worklist=self.key,
+                instances=[[i.sop_instance_uid, i.sop_class_uid] for i in got if i.study_uid == study])

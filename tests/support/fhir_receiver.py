@@ -14,15 +14,21 @@ need from one, and only that:
   ``identifier=system|value``. The answer is a ``transaction-response`` Bundle;
 * faults, scripted per request: ``500``, ``429``, ``401``, ``400`` (answered without applying), ``slow:N``
   (applied and committed, answered N seconds later: a node killed meanwhile never sees the answer), ``drop``
-  (applied, connection closed without an answer).
+  (applied, connection closed without an answer);
+* credentials, when asked for (``FhirReceiver(basic=(user, password))`` or ``FhirReceiver(bearer=token)``): a
+  request without the right ``Authorization`` header is answered 401 with ``WWW-Authenticate`` and an
+  OperationOutcome, before anything else is read or applied, as a FHIR server behind OAuth or basic auth does.
 
 The node's Bundles are counted here: ``posts`` (every request), ``bundles`` (the valid ones), ``store`` (resources
-by type and id, with their version), ``invalid`` (what a validator said).
+by type and id, with their version), ``invalid`` (what a validator said), ``refused`` (requests answered 401 for
+their credentials: the ``Authorization`` header each one carried).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import hmac
 import json
 import subprocess
 import threading
@@ -91,7 +97,13 @@ class Conflict(Exception):
 class FhirReceiver:
     """``with FhirReceiver() as ehr:`` a FHIR base URL ``ehr.url`` on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, basic: tuple[str, str] | None = None, bearer: str | None = None) -> None:
+        if basic is not None and bearer is not None:
+            raise ValueError("one kind of credential at a time")
+        self.expected = (f"Basic {base64.b64encode(f'{basic[0]}:{basic[1]}'.encode()).decode()}" if basic
+                         else f"Bearer {bearer}" if bearer else None)
+        self.challenge = 'Basic realm="fhir"' if basic else 'Bearer realm="fhir", error="invalid_token"'
+        self.refused: list[str | None] = []
         self.js = JsValidator()
         self.store: dict[str, dict[str, dict[str, Any]]] = {}
         self.posts: list[dict[str, Any]] = []
@@ -132,6 +144,12 @@ class FhirReceiver:
     # the HTTP side ---------------------------------------------------------------------------------------------
     def _post(self, req: BaseHTTPRequestHandler) -> None:
         body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
+        if self.expected is not None and not hmac.compare_digest(
+                (req.headers.get("Authorization") or "").encode(), self.expected.encode()):
+            with self._lock:
+                self.refused.append(req.headers.get("Authorization"))
+            return self._answer(req, 401, _outcome("missing or wrong credentials", code="login"),
+                                {"WWW-Authenticate": self.challenge})
         with self._lock:
             mode = self._script.popleft() if self._script else "ok"
             self.posts.append({"mode": mode, "headers": dict(req.headers), "at": time.time()})
@@ -160,12 +178,15 @@ class FhirReceiver:
             return None
         return self._answer(req, 200, response)
 
-    def _answer(self, req: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
+    def _answer(self, req: BaseHTTPRequestHandler, status: int, body: dict[str, Any],
+                headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         try:
             req.send_response(status)
             req.send_header("Content-Type", "application/fhir+json")
             req.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                req.send_header(name, value)
             req.end_headers()
             req.wfile.write(data)
         except OSError:  # the client went away (killed)
@@ -266,6 +287,5 @@ def _rewrite(value: Any, resolved: dict[str, str]) -> Any:
     return value
 
 
-def _outcome(text: str) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing",
-                                                           "diagnostics": text}]}
+def _outcome(text: str, code: str = "processing") -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}

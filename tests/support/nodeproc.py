@@ -17,13 +17,19 @@ from .ports import free_port
 from .testdb import database_section
 
 
+#: endpoints.cxr.model_version of the nodes the tests start (the Algorithm Version of their CXRReportGen results).
+EMULATED_CXR_VERSION = "CXRReportGen:emulator-1"
+
+
 def node_config(tmp: Path, *, endpoint_url: str, pacs: tuple[str, int] | None, quiet: float = 1.0,
                 **extra: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "node": {"ae_title": "AINODE", "host": "127.0.0.1", "port": free_port(), "storage_dir": str(tmp / "var"),
                  "study_complete_after_seconds": quiet, "min_free_disk_mb": 0},
+        # model_version: the emulator, like the real service, reports none (the results' Algorithm Version)
         "endpoints": {"cxr": {"model": "cxrreportgen", "url": endpoint_url, "auth": "none", "timeout_seconds": 30,
-                              "max_attempts": 4, "backoff_initial_seconds": 0.2, "backoff_max_seconds": 2}},
+                              "max_attempts": 4, "backoff_initial_seconds": 0.2, "backoff_max_seconds": 2,
+                              "model_version": EMULATED_CXR_VERSION}},
         "destinations": {},
         "rules": [{"name": "chest-xray-findings", "match": {"Modality": ["CR", "DX"], "BodyPartExamined": "CHEST*"},
                    "endpoint": "cxr", "send_to": []}],

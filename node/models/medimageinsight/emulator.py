@@ -17,7 +17,8 @@ input): **one row per input row**, ``[{"image_features": [[1024 floats]], "text_
 (:mod:`node.emulator.variants`): ``insight-object`` answers the model document's single object
 ``{"image_features": [...], "text_features": [...], "scaling_factor": f}``; ``no-scaling-factor`` leaves the factor
 out even when asked (the notebook asked and printed keys without it). Answers are emulated, never clinical output:
-the server's ``x-ms-emulator`` header and the model version ``medimageinsight-emulator-1`` say so.
+the server's ``x-ms-emulator`` header says so (and, in the ``versioned`` variant, the model version
+``medimageinsight-emulator-1``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ lower-cased prompt, else ``"other"`` (one of the model's 16 ``text_features`` ca
 Reply shapes: ``response_shape`` ``rows`` (default): ``[{"image_features": "<JSON string>", "text_features":
 [...]}]`` per image, what the notebooks parse; ``object``: the product page's example, ``image_features`` written
 with single quotes (a Python literal) and ``text_features`` a list. Answers are emulated, never clinical output:
-the server's ``x-ms-emulator`` header and the model version ``medimageparse-emulator-1`` say so.
+the server's ``x-ms-emulator`` header says so (and, in the ``versioned`` variant, the model version
+``medimageparse-emulator-1``).
 """
 
 from __future__ import annotations
