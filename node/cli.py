@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -352,11 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `dicom-node`: run the command named by ``argv``; returns the exit status."""
-    # serve stops its worker with SIGINT. A command started as a background shell job inherits SIGINT ignored, and
-    # so would every child it starts: a worker still starting (before Huey sets its handlers) then lost the stop
-    # and serve waited a whole lease before killing it. SIGINT is this node's stop signal: never ignored.
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGINT, this node's stop signal, is never ignored here: node/__init__.py restored it before any import.
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -23,7 +23,7 @@ from node.audit.patients import Patient
 from node.audit.tail import Trail
 from node.ops.audit import AuditLog
 
-pytestmark = [pytest.mark.security, pytest.mark.nodb]
+pytestmark = pytest.mark.security  # not nodb: one test reads the node's database (tests/conftest.py ENGINE_TESTS)
 
 STUDY, PATIENT = "1.2.826.0.1.3680043.8.498.1", Patient("PAT-77", "HOSP-A", "DOE^JANE")
 CR = "1.2.840.10008.5.1.4.1.1.1"

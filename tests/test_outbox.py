@@ -126,9 +126,11 @@ def test_retention_purges_delivered_studies_and_keeps_undelivered_ones(tmp_path:
 
 def test_retry_gives_a_row_parked_for_age_a_fresh_window(tmp_path: Path, data: Path) -> None:
     """A row parked by give_up_after_seconds and retried is tried again, not parked again at its first failure."""
+    # the fresh window must hold the three sends after the retry: 0.5 s did not on a loaded machine running the
+    # suite in parallel (the row was parked again before the third send)
     with MiniPACS([0xA700, 0xA700, 0xA700]) as pacs:
-        store, cfg, uids = make_outbox(tmp_path, data, pacs.port, give_up_after_seconds=0.5)
-        time.sleep(0.6)
+        store, cfg, uids = make_outbox(tmp_path, data, pacs.port, give_up_after_seconds=3.0)
+        time.sleep(3.1)
         assert deliver_due(store, cfg, "pacs", "w:1:a").parked == 1
         assert "give_up_after_seconds" in outbox_rows(store)[0]["error"]
         assert store.retry_parked() == 1

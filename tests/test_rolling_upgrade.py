@@ -8,14 +8,18 @@ run by the same ``dicom-node serve`` command from that folder:
   Every result reaches the PACS exactly once, counted per C-STORE (dcmtk storescp, one file per C-STORE);
 * non-additive (a NOT NULL column without default, which the old code's INSERTs cannot fill): once the new node
   migrates, the running old node stops taking work with an error naming both revisions (a C-STORE to it gets
-  0xA700, nothing recorded), and an old node started afterwards refuses to start with the same message.
+  0xA700, nothing recorded; its worker takes no task from the shared queue, so the upgraded node decides every
+  study while the old one still runs), and an old node started afterwards refuses to start with the same message.
 
 The two nodes are a cluster as ``README.md`` describes it: one PostgreSQL database, one Redis queue and one storage
-folder, each node with its own ``instance_id`` and ports.
+folder, each node with its own ``instance_id`` and ports. Each also has its own AE title, so that every result the
+PACS holds names the node that sent it (dcmtk's storescp writes the calling AE title into the file's meta header as
+Source Application Entity Title): who sent what is read at the peer.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -88,8 +92,13 @@ def _node(tmp: Path, name: str, db_url: str, emulator_url: str, pacs: Storescp, 
     folder.mkdir()
     cfg = node_config(folder, endpoint_url=emulator_url, pacs=(pacs.ae_title, pacs.port), quiet=1.0,
                       database={"url": db_url}, queue={"url": queue_url})
-    cfg["node"].update(instance_id=name, storage_dir=str(tmp / "shared"))
+    cfg["node"].update(instance_id=name, storage_dir=str(tmp / "shared"), ae_title=_ae(name))
     return NodeProcess(folder, cfg)
+
+
+def _ae(name: str) -> str:
+    """The AE title node ``name`` calls the PACS with: node-a -> AINODE_A."""
+    return "AINODE_" + name.rsplit("-", 1)[-1].upper()
 
 
 def _upgrade(node: NodeProcess, code: Path) -> None:
@@ -106,6 +115,16 @@ def _db(url: str, sql: str) -> list[tuple]:
             return [tuple(r) for r in conn.execute(text(sql))]
     finally:
         engine.dispose()
+
+
+def _store_statuses(node: NodeProcess, files: list[Path]) -> list[int | None]:
+    """storescu each file to ``node``; the DIMSE status of each C-STORE response as dcmtk printed it (None: none)."""
+    statuses: list[int | None] = []
+    for f in files:
+        out = storescu("127.0.0.1", node.port, [f], extra=[transfer_syntax_flag(f), "-d"], timeout=60)
+        found = re.findall(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", out.stdout + out.stderr)
+        statuses.append(int(found[-1], 16) if found else None)
+    return statuses
 
 
 def _send_study(node: NodeProcess, files: list[Path]) -> bool:
@@ -125,6 +144,10 @@ class Load(threading.Thread):
         self.tmp, self.data, self.nodes, self.pause = tmp, data, nodes, pause
         self.accepted: dict[str, str] = {}  # study UID -> instance_id of the node that acknowledged it
         self.failures: list[str] = []
+        # studies whose first attempt was refused part-way (a node stopping for its upgrade): the instances it
+        # took may have been decided on their own before the rest arrived elsewhere, and the late ones then reopen
+        # the study (a new version, new results): each result still reaches the PACS once, in more results
+        self.resent: set[str] = set()
         self.done = threading.Event()  # set by the test: finish the study in hand, then stop
 
     def run(self) -> None:
@@ -141,10 +164,17 @@ class Load(threading.Thread):
                 if _send_study(node, files):
                     self.accepted[uid] = node.config["node"]["instance_id"]
                     break
+                self.resent.add(uid)
                 time.sleep(0.5)
             else:
                 self.failures.append(uid)
             time.sleep(self.pause)
+
+
+def _senders(pacs: Storescp, files: list[Path] | None = None) -> Counter:
+    """AE title of the sending node -> C-STOREs received from it at the PACS (of ``files``, default all)."""
+    return Counter(str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.SourceApplicationEntityTitle).strip()
+                   for f in (pacs.received() if files is None else files))
 
 
 def _result_study_counts(pacs: Storescp) -> tuple[Counter, Counter]:
@@ -158,6 +188,7 @@ def _result_study_counts(pacs: Storescp) -> tuple[Counter, Counter]:
     return by_sop, by_study
 
 
+@pytest.mark.timeout(600)
 def test_nodes_upgraded_one_at_a_time_under_load_deliver_every_result_once(tmp_path: Path, data: Path) -> None:
     from node.emulator.server import EmulatorServer
 
@@ -176,11 +207,15 @@ def test_nodes_upgraded_one_at_a_time_under_load_deliver_every_result_once(tmp_p
             _upgrade(a, code)  # migrates the shared database to NEXT while b, the old code, keeps working
             assert _db(url, "SELECT version_num FROM alembic_version") == [(NEXT,)]
             upgraded_at = len(load.accepted)
+            before = set(pacs.received())
             wait_until(lambda: len(load.accepted) >= upgraded_at + 4, 120, "studies after the first upgrade")
             on_old_b = [uid for uid, n in list(load.accepted.items())[upgraded_at:] if n == "node-b"]
             assert on_old_b, "the old node took studies after the schema upgrade"
             wait_until(lambda: all(_result_study_counts(pacs)[1][uid] >= RESULTS_PER_STUDY for uid in on_old_b),
                        120, "the results of the studies the old node acknowledged on the upgraded schema")
+            # the old node keeps sending: results that reached the PACS from node-b's AE title, on the new schema
+            wait_until(lambda: _senders(pacs, [f for f in pacs.received() if f not in before])[_ae("node-b")] >= 1,
+                       120, "a result sent by the old node after the schema upgrade")
             _upgrade(b, code)
             upgraded_at = len(load.accepted)
             wait_until(lambda: len(load.accepted) >= upgraded_at + 3, 120, "studies after the second upgrade")
@@ -198,7 +233,11 @@ def test_nodes_upgraded_one_at_a_time_under_load_deliver_every_result_once(tmp_p
             a.stop()
             b.stop()
     assert len(sent) >= 10
-    assert {uid: by_study[uid] for uid in sent} == {uid: RESULTS_PER_STUDY for uid in sent}, "every result, once"
+    whole = sent - load.resent
+    assert {uid: by_study[uid] for uid in whole} == {uid: RESULTS_PER_STUDY for uid in whole}, "every result, once"
+    assert all(by_study[uid] >= RESULTS_PER_STUDY and by_study[uid] % RESULTS_PER_STUDY == 0
+               for uid in load.resent & sent), {uid: by_study[uid] for uid in load.resent & sent}
+    assert len(whole) >= 8, f"too few studies sent whole: {len(whole)} of {len(sent)}"
     assert set(by_sop.values()) == {1}, [u for u, n in by_sop.items() if n > 1]
     assert f"database schema upgraded from {CURRENT} to {NEXT}" in logs
     assert "stops taking work" not in logs
@@ -231,6 +270,7 @@ def test_an_old_node_starting_on_an_additively_upgraded_database_runs_with_a_war
         assert _db(url, "SELECT version_num FROM alembic_version") == [(NEXT,)]
 
 
+@pytest.mark.timeout(600)
 def test_a_non_additive_upgrade_stops_the_old_node_and_it_refuses_to_start_again(tmp_path: Path,
                                                                                   data: Path) -> None:
     from node.emulator.server import EmulatorServer
@@ -251,13 +291,20 @@ def test_a_non_additive_upgrade_stops_the_old_node_and_it_refuses_to_start_again
             _upgrade(a, code)
             assert _db(url, "SELECT revision, compatible_from FROM schema_compat") == [(NEXT, NEXT)]
             time.sleep(6)  # past the old node's check interval (node.store.compat.CHECK_EVERY_SECONDS)
+            before = set(pacs.received())
             refused = study(1)
-            assert not _send_study(b, refused), "the old node must not acknowledge instances any more"
+            statuses = _store_statuses(b, refused)
+            assert statuses == [0xA700] * len(refused), f"the README's refusal, 0xA700 (Out of Resources): {statuses}"
             wait_until(lambda: "this node stops taking work" in b.logs(), 30, "the old node's error")
             assert _db(url, "SELECT count(*) FROM instances WHERE study_uid = '%s'"
                        % pydicom.dcmread(refused[0], stop_before_pixels=True).StudyInstanceUID) == [(0,)]
-            assert _send_study(a, refused), "the upgraded node takes the study instead"
-            wait_until(lambda: len(pacs.received()) >= 2 * RESULTS_PER_STUDY, 120, "the new node's results")
+            # the upgraded node decides every study while the old one still runs (and still polls the shared queue)
+            for i in (1, 2, 3):
+                assert _send_study(a, study(i) if i > 1 else refused), f"the upgraded node takes study {i}"
+            wait_until(lambda: len(pacs.received()) >= 4 * RESULTS_PER_STUDY, 120, "the new node's results")
+            assert b.proc is not None and b.proc.poll() is None, "the old node still runs"
+            after = [f for f in pacs.received() if f not in before]
+            old_log = b.logs()
             b.stop()
             with pytest.raises(RuntimeError, match="node exited early") as failed:
                 b.start()
@@ -266,5 +313,8 @@ def test_a_non_additive_upgrade_stops_the_old_node_and_it_refuses_to_start_again
             b.stop()
     message = str(failed.value)
     assert f"schema revision {NEXT!r}" in message and f"{NEXT!r} or newer" in message and repr(CURRENT) in message
-    by_sop, _ = _result_study_counts(pacs)
-    assert len(by_sop) == 2 * RESULTS_PER_STUDY and set(by_sop.values()) == {1}
+    by_sop, by_study = _result_study_counts(pacs)
+    assert len(by_sop) == 4 * RESULTS_PER_STUDY and set(by_sop.values()) == {1}
+    assert len(by_study) == 4 and set(by_study.values()) == {RESULTS_PER_STUDY}, by_study
+    assert _senders(pacs, after) == {_ae("node-a"): 3 * RESULTS_PER_STUDY}, "the refused node sends nothing more"
+    assert "Unhandled exception in task" not in old_log, "the refused node's worker took shared tasks"

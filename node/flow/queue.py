@@ -11,12 +11,16 @@ task bodies, bound to their dependencies, to :meth:`Queue.bind` (:mod:`node.flow
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from huey import Huey, RedisHuey, SqliteHuey
 
 from node.config import ConfigError, NodeConfig
+from node.store.compat import IncompatibleSchema
+
+log = logging.getLogger(__name__)
 
 QUEUE_NAME = "dicom-node"
 TASK_NAMES = ("check_study", "run_job", "deliver")
@@ -61,10 +65,31 @@ class Queue:
             body = self._bodies.get(name)
             if body is None:
                 raise RuntimeError(f"task {name!r} ran in a process without task bodies (run `dicom-node worker`)")
-            return body(*args)
+            try:
+                return body(*args)
+            except IncompatibleSchema:
+                # A newer node upgraded the shared database past this code (node.store.compat): every store write
+                # refuses before it changes anything, so the task is handed back untouched for a node that can
+                # do it; this worker takes no more (see consume_only_while).
+                getattr(self, name)(*args)
+                log.warning("task %s%r handed back to the queue: this node's schema is out of date", name, args)
+                return None
 
         run.__name__ = name
         return run
+
+    def consume_only_while(self, allowed: Callable[[], bool]) -> None:
+        """Dequeue nothing while ``allowed()`` is False: the tasks stay in the queue for the other nodes.
+
+        Huey has no hook before a dequeue, so this wraps the instance's ``dequeue`` (what the consumer's worker
+        threads call on every poll); an idle poll returns None, as on an empty queue.
+        """
+        dequeue = self.huey.dequeue
+
+        def gated_dequeue() -> Any:
+            return dequeue() if allowed() else None
+
+        self.huey.dequeue = gated_dequeue  # type: ignore[method-assign]
 
     def enqueue_job(self, job_id: int, delay: float = 0.0) -> None:
         """Run job ``job_id`` now, or in ``delay`` seconds."""

@@ -18,6 +18,7 @@ from node.flow.services import Services
 from node.models import registry, versions
 from node.ops.hardening import harden_process
 from node.ops.process import die_with_parent, freeze_startup_heap
+from node.store.compat import IncompatibleSchema
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,22 @@ def bind_tasks(svc: Services) -> None:
     })
 
 
+def compatible(svc: Services) -> bool:
+    """False once a newer node made the shared database unusable to this code (node.store.compat): from then on
+    this worker dequeues nothing and sweeps nothing, so the nodes that can use the schema get every task.
+
+    The guard reads the database at most every few seconds; a failed read is no verdict (the tasks meet the
+    failure themselves and are retried as before).
+    """
+    try:
+        svc.store.schema_guard.check()
+    except IncompatibleSchema:
+        return False
+    except Exception:  # the database unreachable for a moment: not a reason to stop consuming
+        return True
+    return True
+
+
 def sweep_every(svc: Services, interval: float, stop: threading.Event) -> threading.Thread:
     """Sweep for stale work every ``interval`` seconds on a daemon thread until ``stop`` is set.
 
@@ -40,6 +57,8 @@ def sweep_every(svc: Services, interval: float, stop: threading.Event) -> thread
     """
     def loop() -> None:
         while not stop.wait(interval):
+            if not compatible(svc):
+                continue  # the upgraded nodes sweep; this one only waits for its stop
             try:
                 sweep.sweep(svc)
             except Exception:  # a database hiccup: the next sweep tries again
@@ -75,6 +94,7 @@ def _run_worker(cfg: NodeConfig, parent_pid: int | None) -> None:
         spec.load_pipeline()
     bind_tasks(svc)
     sweep.sweep(svc, fresh_start=True)  # resume at once what the previous run left (a job released at restart too)
+    svc.queue.consume_only_while(functools.partial(compatible, svc))
     consumer = svc.queue.consumer(cfg.queue.workers)
     freeze_startup_heap()
     stop = threading.Event()
@@ -85,3 +105,4 @@ def _run_worker(cfg: NodeConfig, parent_pid: int | None) -> None:
         consumer.run()
     finally:
         stop.set()
+    log.info("worker stopped")

@@ -149,6 +149,7 @@ class StudiesPart(PriorsPart):
         it died between closing it and creating its jobs) is ("complete", its version) again; job creation is
         idempotent per (study, rule, version).
         """
+        self.schema_guard.check()  # a node the schema moved past closes no study (its jobs could not be made)
         t = now()
         with self.engine.begin() as conn:
             row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).mappings().first()

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from node.store.compat import SchemaGuard
 from node.store.schema import (decisions, instances, jobs, notice_refs, now, studies, study_notices,
                                ups_workitems)
 
@@ -139,6 +140,7 @@ class WorkflowPart:
     """MPPS and IAN rows, the decision transaction, decision records."""
 
     engine: Engine
+    schema_guard: SchemaGuard
 
     # -- MPPS and IAN -----------------------------------------------------------------------------------------
     def create_notice(self, kind: str, uid: str, study_uids: Sequence[str], state: str, calling_ae: str,
@@ -214,6 +216,7 @@ class WorkflowPart:
     @contextmanager
     def completion_txn(self, study_uid: str) -> Iterator[CompletionTxn]:
         """One write transaction over the study's row (None when the study is unknown); see the module doc."""
+        self.schema_guard.check()  # a node the schema moved past decides no study (its jobs could not be made)
         t = now()
         with self.engine.begin() as conn:
             q = select(studies).where(studies.c.study_uid == study_uid)
