@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one short run of each (CI smoke mode)")
     p.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png (default: bench-out)")
     args = p.parse_args(argv)
+    # The figures are the default configuration's (SQLite), and bench.completion reads its node.db: a PostgreSQL
+    # choice meant for the test harness's nodes must not leak into the benchmarks' nodes.
+    os.environ.pop("DICOM_NODE_TEST_DATABASE", None)
     names = [n for n in MODULES if n not in ON_REQUEST] if args.modules in (["all"], []) else args.modules
     unknown = [n for n in names if n not in MODULES]
     if unknown:

@@ -185,7 +185,7 @@ def test_the_c_find_of_verify_by_is_a_query_with_the_identifier_as_sent(tmp_path
              "series_uid": str(result.SeriesInstanceUID), "sop_class_uid": str(result.SOPClassUID), "kind": "sr",
              "path": str(tmp_path / "result.dcm")}])
         with store.engine.begin() as conn:
-            conn.exec_driver_sql("UPDATE outbox SET in_flight = 1")
+            conn.exec_driver_sql("UPDATE outbox SET in_flight = TRUE")
         report = deliver_due(store, cfg, "pacs", "t:1:a")
         assert report.verified == 1 and pacs.cstore_counts().get(str(result.SOPInstanceUID), 0) == 0
     (ev, doc), = [(e, d) for e, d in atna(cfg.audit_path, store.engine, tmp_path) if e["event"] == "verify-query"]
