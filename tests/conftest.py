@@ -65,7 +65,8 @@ ENGINE_MODULES = frozenset({
     # (a) the store in the test process
     "test_commit", "test_http_app", "test_insight", "test_migrations", "test_outbox", "test_outbox_verify",
     "test_receive", "test_resilience", "test_retract_unsent", "test_rolling_upgrade_worker", "test_security_logging",
-    "test_security_tls", "test_sso_tokens",
+    "test_security_tls", "test_sso_tokens", "test_integration_audit", "test_integration_health",
+    "test_integration_qr_get",
     # (b) what the database guarantees between processes
     "test_exactly_once", "test_faults_kill", "test_load", "test_receivers",
 })
@@ -116,7 +117,7 @@ OWN_ENGINE_TESTS = frozenset({
 SLOW_MODULES = frozenset({
     "test_gsps_writer", "test_kos", "test_parse_pipelines", "test_receive", "test_rule_tester", "test_sc_writer",
     "test_security_tls", "test_seg_writer", "test_sr_writer", "test_store_concurrency", "test_volume",
-    "test_support_validate",
+    "test_support_validate", "test_integration_fhir_auth",
 })
 SLOW_TESTS = frozenset({
     "test_architecture.py::test_the_command_line_imports_no_metrics_before_serve_sets_them_up",
@@ -139,6 +140,7 @@ SLOW_TESTS = frozenset({
     "test_fhir_sender.py::test_rerun_corrects_and_retract_withdraws",
     "test_fhir_sender.py::test_the_receiver_refuses_what_r4_refuses",
     "test_monitoring_extract.py::test_the_pipeline_builds_and_runs_with_no_network",
+    "test_rules.py::test_dicom_node_check_config_passes_on_the_example",
 })
 
 # ---- per-test timeouts (pytest-timeout; the default is `timeout` in pyproject.toml) ---------------------------------
