@@ -5,7 +5,7 @@ monitoring_data.py: manufacturer and view mix, kVp, pixel spacing, finding rates
 each window is compared with the baseline by :func:`node.monitoring.drift.compare` with the defaults of
 ``monitoring`` (drift_alpha 0.01, drift_min_effect 0.1, drift_min_mmd2 0.005, 4000 permutations). The false-alarm
 rate is the share of no-drift windows with any significant test; the power is the share of shifted windows (a
-second manufacturer, a different view mix, moved embeddings) whose shifted feature is flagged. README "Monitoring"
+second manufacturer, a different view mix, moved embeddings) whose shifted feature is flagged. docs/monitoring.md
 quotes the numbers of a run.
 """
 

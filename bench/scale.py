@@ -278,7 +278,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                             "studies/h", reference="1 node", ref_value=one_node_rate,
                             note=f"{len(studies)} CXR studies (2 instances, 2 results each), quiet 1 s, emulator; "
                                  f"duplicate C-STOREs: {got['duplicates']} (no verification configured: a "
-                                 "C-STORE that timed out is sent again, see README 'Delivery')"))
+                                 "C-STORE that timed out is sent again, see docs/delivery.md)"))
             if "profile" in got:
                 rows.append(row(GROUP, "where node 0 spends its time (py-spy wall samples, all threads, 1-node "
                                        "ingest)", None, "", note=got["profile"]))

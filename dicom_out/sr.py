@@ -1,6 +1,6 @@
 """CXRReportGen's grounded findings as a DICOM Comprehensive SR (TID 1500 Measurement Report, IHE AI Results).
 
-Layout of the document, chosen so that viewers read it (OHIF 3.13.2 measured, see the README's "What each viewer
+Layout of the document, chosen so that viewers read it (OHIF 3.13.2 measured, see docs/viewers.md, "What each viewer
 shows") and PixelMed's TID 1500 validator finds nothing outside the template:
 
 - observer context: the model as a DEVICE (TID 1004: UID, name, manufacturer, model name);

@@ -1,4 +1,4 @@
-"""The configuration keys of study completion (README "Study completion"): the node's MPPS and IAN SCPs, the
+"""The configuration keys of study completion (docs/study-completion.md): the node's MPPS and IAN SCPs, the
 maximum wait, and a rule's expected content (``complete_when``) and ``on_discontinued``.
 
 :class:`NodeCompletionKeys` and :class:`RuleCompletionKeys` are mixed into ``NodeSection`` and ``RuleSection``
@@ -39,7 +39,7 @@ class ExpectedSeries(_Keys):
 
 
 class CompleteWhen(_Keys):
-    """A rule's expected content: when all given clauses hold, the rule has what it needs (see the README)."""
+    """A rule's expected content: when all given clauses hold, the rule has what it needs (docs/study-completion.md)."""
 
     series: list[ExpectedSeries] | None = Field(
         None, description="Each entry needs its own matching instance(s), e.g. [{match: {ViewPosition: PA}}, "

@@ -19,7 +19,7 @@ reaches the PACS exactly once; every acknowledged instance is in the database; t
 out within ``fall x inter`` (+ one check); B takes over A's model call and sends within ``1.25 x lease`` + 3 s
 (``queue.lease_seconds``, the sweep every lease / 4) and finishes every study within the quiet time + that; the
 resend succeeds within ``fall x inter`` + 2 s of the kill. The measured times are printed (``-s``) and written to
-``failover.json`` beside the test's logs; the README's fail-over paragraph states these bounds.
+``failover.json`` beside the test's logs; docs/cluster.md's fail-over paragraph states these bounds.
 
 A second test shows the balancer following ``/readyz``: a node whose ``/readyz`` fails (its spool under its disk
 floor) while its DICOM port is open gets no association, comes back once ready, and a dead node goes out.
@@ -52,7 +52,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 # queue.lease_seconds of both nodes (the sweep runs every LEASE / 4); DICOM_NODE_TEST_LEASE measures another
 LEASE = float(os.environ.get("DICOM_NODE_TEST_LEASE", "4"))
 QUIET = 8.0   # node.study_complete_after_seconds (Q and R must still be receiving at the kill, on a busy machine)
-#: What the README tells operators to plan on beyond 1.25 x lease_seconds (lease expiry + one sweep): the survivor's
+#: What docs/cluster.md says to plan on beyond 1.25 x lease_seconds (lease expiry + one sweep): the survivor's
 #: worker picking the work up and the database round trips, on this loaded 2-core machine.
 TAKEOVER_SLACK = 3.0
 

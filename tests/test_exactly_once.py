@@ -10,7 +10,7 @@ send may have reached the PACS unseen, and must not send a result twice where th
   Orthanc to commit them first; Orthanc reports them failed (it never got them) and they are sent once;
 * killed while Orthanc's C-STORE reply is held (it stored the SR, the node never saw the answer): with
   ``verify_by: c-find`` the restart finds it there and does not send it again; without verification the node
-  sends it a second time (at-least-once with the same UID: that is what the README promises there);
+  sends it a second time (at-least-once with the same UID: that is what docs/delivery.md promises there);
 * killed while waiting for the commitment report (failpoint ``commitment_requested``): no second C-STORE;
 * killed with rows claimed, nothing sent, no verification configured: counted at dcmtk ``storescp +uf`` (one
   file per C-STORE), one each.
@@ -137,7 +137,7 @@ def test_kill_while_the_pacs_reply_is_held(tmp_path: Path, data: Path, verify: s
     if verify == "c-find":
         assert set(counts.values()) == {1}, counts
         assert "already at pacs (C-FIND): not sent again" in logs
-    else:  # no way to ask: resent with the same SOP Instance UID (at-least-once, as the README says)
+    else:  # no way to ask: resent with the same SOP Instance UID (at-least-once, as docs/delivery.md says)
         assert counts[held_uid] == 2 and sorted(counts.values()) == [1, 2], counts
 
 

@@ -1,6 +1,6 @@
 """The hl7v2 Sender against a RIS it does not share code with (hl7apy's MLLPServer, tests/support/ris.py).
 
-Each answer variant of the README's ACK table, counted and parsed at the receiver: AA delivered, AE retried, AR
+Each answer of docs/hospital-it.md's ACK table, counted and parsed at the receiver: AA delivered, AE retried, AR
 parked with the receiver's text, a wrong MSA-2 / a garbled frame / no answer / a late answer "unseen" (resent with
 the same MSH-10), a peer that closes after each message, a message over 64 KiB, an unreachable RIS.
 """

@@ -5,7 +5,7 @@ One node serves the main case: an order, then a chest X-ray (CXRReportGen and a 
 a CT (MedImageParse 3D); each job result reaches the RIS as one valid ORU and the EHR as one valid Bundle, counted
 there; CXRReportGen's request (the emulator's log) carries the order's indication; a re-run is a correction and a
 retraction withdraws, in both. A second node shows AE, AR and SIGKILL during an ORU send and during a FHIR
-transaction, as the README states them.
+transaction, as docs/hospital-it.md states them.
 """
 
 from __future__ import annotations

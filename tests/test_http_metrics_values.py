@@ -1,4 +1,4 @@
-"""The README's metrics, each error label and ``/readyz``'s failures, checked against what this test caused.
+"""docs/operations.md's metrics, each error label and ``/readyz``'s failures, checked against what this test caused.
 
 A node with the HTTP side, the emulator (a fault script per study) and a mini PACS that answers scripted C-STORE
 statuses and logs every answer. The studies go one at a time, so each fault meets the study it was scripted for:

@@ -1,7 +1,7 @@
 """FHIR destinations with ``auth: basic`` and ``auth: bearer`` against the test EHR requiring those credentials
 (tests/support/fhir_receiver.py), through the real outbox (``deliver_due``): the right credentials deliver one
 report (counted in the EHR's store, the header checked as the EHR received it); wrong ones get 401 and are retried
-``max_processing_failure_attempts`` times, then parked with the server's words, as the README's Hospital IT section
+``max_processing_failure_attempts`` times, then parked with the server's words, as docs/hospital-it.md
 says; a secret fixed in the environment between two tries is used by the next one (read at every request); a
 secret variable that is empty parks at once, naming the variable.
 """

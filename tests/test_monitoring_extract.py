@@ -27,7 +27,7 @@ from support.data import REPO
 
 pytestmark = pytest.mark.nodb
 SENTENCES = REPO / "tests" / "data" / "monitoring" / "report_sentences.tsv"
-#: the floor of the decision accuracy on SENTENCES (README "Monitoring" states the measured value)
+#: the floor of the decision accuracy on SENTENCES (docs/monitoring.md states the measured value)
 ACCURACY_FLOOR = 0.95
 
 

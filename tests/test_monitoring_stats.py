@@ -17,7 +17,7 @@ from support.monitoring_data import Stream, embeddings, observations
 
 pytestmark = pytest.mark.nodb
 
-#: the windows of the false-alarm measurement here (the README's rate is measured over more, see bench/)
+#: the windows of the false-alarm measurement here (docs/monitoring.md's rate is measured over more, see bench/)
 NULL_WINDOWS = 40
 
 

@@ -11,7 +11,7 @@ run by the same ``dicom-node serve`` command from that folder:
   0xA700, nothing recorded; its worker takes no task from the shared queue, so the upgraded node decides every
   study while the old one still runs), and an old node started afterwards refuses to start with the same message.
 
-The two nodes are a cluster as ``README.md`` describes it: one PostgreSQL database, one Redis queue and one storage
+The two nodes are a cluster as docs/cluster.md describes it: one PostgreSQL database, one Redis queue and one storage
 folder, each node with its own ``instance_id`` and ports. Each also has its own AE title, so that every result the
 PACS holds names the node that sent it (dcmtk's storescp writes the calling AE title into the file's meta header as
 Source Application Entity Title): who sent what is read at the peer.
@@ -294,7 +294,7 @@ def test_a_non_additive_upgrade_stops_the_old_node_and_it_refuses_to_start_again
             before = set(pacs.received())
             refused = study(1)
             statuses = _store_statuses(b, refused)
-            assert statuses == [0xA700] * len(refused), f"the README's refusal, 0xA700 (Out of Resources): {statuses}"
+            assert statuses == [0xA700] * len(refused), f"docs/internals.md: 0xA700 (Out of Resources): {statuses}"
             wait_until(lambda: "this node stops taking work" in b.logs(), 30, "the old node's error")
             assert _db(url, "SELECT count(*) FROM instances WHERE study_uid = '%s'"
                        % pydicom.dcmread(refused[0], stop_before_pixels=True).StudyInstanceUID) == [(0,)]

@@ -382,7 +382,7 @@ def test_findings_sr_draws_every_box_where_the_model_put_it(published: dict[str,
     unboxed = [text for text, found in published["findings"] if not found]
     assert unboxed, "the emulator should answer a sentence without a box too"
     shown = [text for text in unboxed if text in body]
-    assert not shown, f"OHIF 3.13.2 shows no box-less sentence of a TID 1500 SR (README), yet it shows {shown}"
+    assert not shown, f"OHIF 3.13.2 shows no box-less sentence of a TID 1500 SR (docs/viewers.md), yet it shows {shown}"
     # and the SR in the PACS holds those boxes (what the viewer drew came from it)
     held = sorted(sr_rectangles(published["findings_sr"]))
     assert len(held) == len(boxes) and np.allclose(held, sorted(box for _, box in boxes), atol=0.5), held

@@ -1,4 +1,4 @@
-"""A :class:`~node.reports.model.Report` as one FHIR R4 transaction Bundle (the README's resource map).
+"""A :class:`~node.reports.model.Report` as one FHIR R4 transaction Bundle (the resource map of docs/hospital-it.md).
 
 * Patient, ServiceRequest (accession, identifier type ``v2-0203#ACSN``) and ImagingStudy (``urn:dicom:uid`` /
   ``urn:oid:<StudyInstanceUID>``) are conditional creates (``ifNoneExist`` on their identifier): the EHR's own

@@ -1,4 +1,4 @@
-"""When a study is complete: the triggers, in order of precedence (README "Study completion").
+"""When a study is complete: the triggers, in order of precedence (docs/study-completion.md).
 
 :class:`Completion` decides one study at a time (:meth:`Completion.begin`, called by the quiet-timer check through
 :class:`node.flow.intake.Intake`, the only reader of the timer settings). In one database transaction holding the

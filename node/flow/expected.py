@@ -1,4 +1,4 @@
-"""Expected content: whether a study holds what its rules' ``complete_when`` asks for (README "Study completion").
+"""Expected content: whether a study holds what its rules' ``complete_when`` asks for (docs/study-completion.md).
 
 Pure functions over headers (no database, no files), used by the decision (:mod:`node.flow.completion`) and by the
 rule tester (:mod:`node.flow.ruletest`), so both say the same thing:

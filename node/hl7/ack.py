@@ -1,4 +1,4 @@
-"""What an HL7 v2 acknowledgement means for the outbox row (original mode, the README's ACK rules).
+"""What an HL7 v2 acknowledgement means for the outbox row (original mode, the ACK rules of docs/hospital-it.md).
 
 ============================================  =====================================================
 MSA-1 AA (or CA) and MSA-2 = the sent MSH-10   delivered

@@ -1,6 +1,6 @@
 """A :class:`~node.reports.model.Report` as one HL7 v2.5.1 ORU^R01 message (IHE RAD-128 style), built with hl7apy.
 
-The field map is the README's "Hospital IT" table. In short: MSH (MSH-10 derived from the report version, MSH-18
+The field map is the ORU^R01 table of docs/hospital-it.md. In short: MSH (MSH-10 derived from the report version, MSH-18
 from SpecificCharacterSet), PID, PV1, ORC (SC, CM), OBR (OBR-4 procedure, OBR-7 study time, OBR-18 accession,
 OBR-24 RAD, OBR-25 P / C / the configured retraction), then OBX rows: the Study Instance UID (113014^DICOM
 Study^DCM), per finding its sentence (TX) and code (CWE), per classified image its words (TX), winners (CWE) and

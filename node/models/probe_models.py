@@ -70,7 +70,7 @@ class CxrProbe(_Probe):
             crop = [round(v) for v in denormalize_box(boxes[0], self.width, self.height, "center_crop")]
             full = [round(v) for v in denormalize_box(boxes[0], self.width, self.height, "full_image")]
             report.reply["boxes"] = (f"first box {[round(v, 3) for v in boxes[0]]} -> pixels {crop} if centre-crop normalised, {full} "
-                                     f"if whole-image normalised (the probe cannot tell which: README 'box frame')")
+                                     f"if whole-image normalised (the probe cannot tell which: docs/endpoints.md, 'box frame')")
         report.node_will.append(f"write an SR and a GSPS per study; boxes mapped as box_reference "
                                 f"{self.endpoint.box_reference}")
 

@@ -1,7 +1,7 @@
 """Configuration keys of the monitoring side (``monitoring:``): agreement with the radiologists and drift.
 
 A plain pydantic model that imports nothing of :mod:`node.config` (which imports it). Every key is documented in
-``config/example.yaml``; the README's "Monitoring" section says what each one changes.
+``config/example.yaml``; docs/monitoring.md says what each one changes.
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ def sent(destination: str, status: str | None, verdict: str, since_last_instance
         DELIVERY_SECONDS.labels(destination).observe(max(0.0, since_last_instance))
 
 
-#: The names of the metrics above (without the ``_total`` suffix), for the README and dashboard checks.
+#: The names of the metrics above (without the ``_total`` suffix), for the docs/operations.md and dashboard checks.
 REGISTERED = {m._name for m in (ASSOCIATIONS, INSTANCES, RECEIVED_BYTES, CSTORE_RESPONSES, QUARANTINED,  # noqa: SLF001
                                 STUDIES_COMPLETED, JOBS, ENDPOINT_SECONDS, ENDPOINT_RESPONSES, RETRIES, SENDS,
                                 DELIVERY_SECONDS, DECISIONS, DECISION_SECONDS, WORKFLOW_MESSAGES, WORKITEMS)}

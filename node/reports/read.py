@@ -1,6 +1,6 @@
 """Reading the node's own written results (SR, classification SR, SEG) into a :class:`~node.reports.model.Content`.
 
-The layouts are the ones :mod:`dicom_out` writes (and the README describes):
+The layouts are the ones :mod:`dicom_out` writes (and docs/viewers.md describes):
 
 * report SR (CXRReportGen): one TID 1410 group per box, "Finding N box M", with the coded Finding (DCM 121071) and
   the sentence as TEXT Comment (DCM 121106); sentences without a box in the "Qualitative Evaluations" container, a

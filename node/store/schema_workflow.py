@@ -1,4 +1,4 @@
-"""Tables of the hospital workflow (README "Study completion" and "AIW-I"), defined on the one ``metadata`` of
+"""Tables of the hospital workflow (docs/study-completion.md: completion and AIW-I), defined on the one ``metadata`` of
 :mod:`node.store.schema`, which calls :func:`define` (this module imports nothing of the node, so there is no
 import cycle) and exports the tables like its own. Revision ``0008_workflow`` creates them.
 
