@@ -16,17 +16,8 @@ DAEMON=/usr/sbin/Orthanc
 CONFIG_DIR=/etc/orthanc
 PYTHON="${PYTHON:-python3}"
 
-step() { printf '[setup] %s\n' "$*"; }
-
-SUDO=()
-if [[ ${EUID} -ne 0 ]] && command -v sudo >/dev/null 2>&1; then SUDO=(sudo); fi
-as_root() {
-    if [[ ${EUID} -ne 0 && ${#SUDO[@]} -eq 0 ]]; then
-        step "need root for: $*" >&2
-        return 1
-    fi
-    "${SUDO[@]}" "$@"
-}
+# shellcheck source=scripts/setup_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/setup_common.sh"  # step, as_root
 
 # True when process $1 is the Debian service's Orthanc: its executable and its configuration argument.
 is_debian_service_orthanc() {

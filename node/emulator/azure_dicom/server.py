@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from node.emulator.azure_dicom.archive import Archive, Stored, StowResult, metadata_json
 from node.emulator.azure_dicom.multipart_io import BodyError, read_related, write_related
+from node.emulator.threaded import ThreadedEmulator
 
 PREFIX = "/v2"
 MAX_FEED_LIMIT = 200  # the change feed refuses larger pages
@@ -236,13 +237,13 @@ class _Server(ThreadingHTTPServer):
         return f"http://{host}:{port}{PREFIX}"
 
 
-class AzureDicomEmulator:
+class AzureDicomEmulator(ThreadedEmulator):
     """The emulated service in a background thread (a context manager); ``url`` is its ``.../v2`` base URL."""
 
     def __init__(self, directory: Path, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
         self.archive = Archive(directory)
-        self._server = _Server((host, port), self.archive, token)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="azure-dicom-emulator", daemon=True)
+        self._server: _Server
+        super().__init__(_Server((host, port), self.archive, token), "azure-dicom-emulator")
 
     @property
     def url(self) -> str:
@@ -252,20 +253,6 @@ class AzureDicomEmulator:
         """The next ``count`` requests are answered with HTTP ``status``."""
         with self._server.lock:
             self._server.faults += [status] * count
-
-    def start(self) -> "AzureDicomEmulator":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> "AzureDicomEmulator":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

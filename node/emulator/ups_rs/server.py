@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydicom.dataset import Dataset
 
 from node.emulator.ups_rs.worklist import UpsFailure, Worklist
+from node.emulator.threaded import ThreadedEmulator
 
 PREFIX = "/v2"
 DICOM_JSON = "application/dicom+json"
@@ -196,12 +197,12 @@ class _Server(ThreadingHTTPServer):
         return f"http://{host}:{port}{PREFIX}"
 
 
-class UpsRsEmulator:
+class UpsRsEmulator(ThreadedEmulator):
     """The emulated worklist in a background thread (a context manager); ``url`` is its ``.../v2`` base URL."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
-        self._server = _Server((host, port), token)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ups-rs-emulator", daemon=True)
+        self._server: _Server
+        super().__init__(_Server((host, port), token), "ups-rs-emulator")
 
     @property
     def url(self) -> str:
@@ -219,20 +220,6 @@ class UpsRsEmulator:
     def delay_state_changes(self, seconds: float) -> None:
         """Hold every Change Workitem State request this long before it is applied (overlapping claims)."""
         self._server.state_delay = seconds
-
-    def start(self) -> "UpsRsEmulator":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> "UpsRsEmulator":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
