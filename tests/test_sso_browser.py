@@ -2,7 +2,7 @@
 ``http.oidc``, oidc-provider from npm (tests/support/oidc_provider.py) as the hospital's provider, headless
 Chromium (selenium) as the person, the emulator and a mini PACS behind the node.
 
-What each role may see and do is read from docs/security.md's role table (tests/support/roles.py) and checked in the
+What each role may see and do is read from the README's role table (tests/support/roles.py) and checked in the
 browser: the pages, the patient's name, the write forms and what a POST gets. What the operator's forms did is
 counted at the PACS (the rejection note and the re-run's results it received), never in the node's database.
 Sign-ins, refusals, sign-outs and actions are looked up in the audit trail the node wrote, and in the audit record
@@ -38,7 +38,7 @@ from support.nodeproc import NodeProcess, node_config
 from support.oidc_provider import OidcProvider, User
 from support.pacs import MiniPACS
 from support.ports import free_port
-from support.roles import guide_role_table
+from support.roles import readme_role_table
 from support.studies import derive_cxr_study
 from support.tlscerts import make_ca
 
@@ -271,7 +271,7 @@ def test_https_with_the_dicom_tls_settings(site: Site) -> None:
 
 @pytest.mark.parametrize("role", ["viewer", "phi-viewer", "uploader", "operator"])
 def test_each_role_sees_and_does_what_the_guide_table_says(site: Site, role: str) -> None:
-    allowed = guide_role_table()[role]
+    allowed = readme_role_table()[role]
     login = PEOPLE[role]
     d = site.driver
     sign_in(site, login, f"/studies/{site.study_uid}")

@@ -1,4 +1,4 @@
-"""docs/security.md's role table against the code's own table of roles (no node, no provider: the end-to-end proof is
+"""The README's role table against the code's own table of roles (no node, no provider: the end-to-end proof is
 tests/test_sso_browser.py and tests/test_sso_tokens.py, which take their expected values from the same table)."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import pytest
 from node.http.auth import NEEDS, STATIC_TOKEN_ROLES, Principal
 from node.http.auth_settings import ROLES
 
-from support.roles import guide_role_table
+from support.roles import readme_role_table
 
 pytestmark = pytest.mark.security
 
 
-def test_the_guide_role_table_is_what_the_code_allows() -> None:
-    table = guide_role_table()
+def test_the_readme_role_table_is_what_the_code_allows() -> None:
+    table = readme_role_table()
     assert set(ROLES) | {"no role of the node", "static token (http.token_env)",
                          "nobody signed in, without http.oidc"} == set(table), "one row per role"
     for role in ROLES:

@@ -1,7 +1,7 @@
 """The configuration of the HTTP side's security: ``http.tls`` (HTTPS) and ``http.oidc`` (single sign-on for people,
 bearer JWTs for machines), hooked into ``HttpSection`` (node/config_sections.py) by one field line each.
 
-The node's roles, and what each one may do, are :data:`ROLES` (docs/security.md's role table says the same, by test).
+The node's roles, and what each one may do, are :data:`ROLES` (the README's role table says the same, by test).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["viewer", "phi-viewer", "operator", "uploader"]
 
-#: Each role of the node and what it may do (docs/security.md's role table is checked against it).
+#: Each role of the node and what it may do (the README's role table is checked against it).
 ROLES: dict[str, str] = {
     "viewer": "the status pages (studies, a study's timeline and previews, the outbox) without patient identifiers",
     "phi-viewer": "the same pages with patient name, ID and accession number",

@@ -1,4 +1,4 @@
-"""The role table of docs/security.md (the table whose header starts ``| who |``), read as data: the tests
+"""The README's role table (the table whose header starts ``| who |``), read as data: the tests
 check the code and a real sign-in against it, so the table cannot drift from what the node does."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ COLUMNS = {"status pages": "pages", "patient identifiers": "phi", "retry, retrac
            "STOW-RS in": "stow"}
 
 
-def guide_role_table() -> dict[str, dict[str, bool]]:
+def readme_role_table() -> dict[str, dict[str, bool]]:
     """Row label (backquotes removed) -> capability -> allowed ("yes..." in the cell)."""
-    lines = [line.strip() for line in (REPO / "docs" / "security.md").read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()]
     start = next(i for i, line in enumerate(lines) if line.startswith("| who |"))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     assert [COLUMNS.get(h) for h in header[1:]] == list(COLUMNS.values()), header
