@@ -191,7 +191,10 @@ class Orthanc:
                 start_new_session=True,  # a Ctrl-C meant for pytest does not reach Orthanc before stop() does
             )
             stdout.close()
-            self._client = httpx.Client(base_url=self.url, timeout=30.0, trust_env=False)
+            # No kept-alive connections: Orthanc's HTTP server closes an idle one after its KeepAliveTimeout, and a
+            # request sent on it at that moment ends in "Server disconnected without sending a response".
+            self._client = httpx.Client(base_url=self.url, timeout=30.0, trust_env=False,
+                                        limits=httpx.Limits(max_keepalive_connections=0))
             try:
                 self._wait_until_ready()
                 return self
