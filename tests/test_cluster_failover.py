@@ -157,7 +157,12 @@ def test_sigkill_of_a_node_holding_every_state_the_survivor_finishes_each_study_
             assert len(held) == 1 and held[0][0] == "running" and held[0][1].startswith("node-0:") and calls == 1, \
                 f"M's model call still running on A at the kill: {held}, {calls} call(s) in flight"
 
-            # R's sender: the next C-STORE fails cleanly (no success), then it resends everything via the balancer
+            # R's sender: the next C-STORE fails cleanly (no success), then it resends everything via the balancer.
+            # pynetdicom pauses its reactor while send_c_store waits for the answer, so a C-STORE sent in the instant
+            # of the kill, before the closed connection is noticed, ends only at the sender's DIMSE timeout (10 s
+            # here, past the quiet time: R would be decided on its first instance, then re-opened by the resend).
+            # This sender, like a modality set to notice a dead peer quickly, waits 2 s.
+            assoc.dimse_timeout = 2
             try:
                 status = assoc.send_c_store(pydicom.dcmread(r[1]))
                 failed_cleanly = status is None or not status or status.Status != 0x0000
