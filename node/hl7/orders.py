@@ -13,23 +13,13 @@ from typing import Any
 
 import hl7
 
+from node.hl7 import fields
+
 CANCELLED = ("CA", "DC", "OC", "OD", "CR")  # cancel / discontinue requests and their confirmations
 
 
 def _get(msg: hl7.Message, seg: Any, field: int, component: int = 1, repetition: int = 0) -> str:
-    if seg is None or len(seg) <= field:
-        return ""
-    value = seg[field]
-    try:
-        if isinstance(value, hl7.Repetition) or (isinstance(value, hl7.Field) and value and isinstance(value[0], hl7.Repetition)):
-            value = value[repetition]
-        if isinstance(value, (hl7.Field, hl7.Repetition)) and len(value) and isinstance(value[0], hl7.Component):
-            value = value[component - 1] if component <= len(value) else ""
-        elif component > 1:
-            value = ""
-    except (IndexError, TypeError):
-        return ""
-    return msg.unescape(str(value)).strip()
+    return msg.unescape(fields.component(seg, field, component, repetition)).strip()
 
 
 def _all_texts(msg: hl7.Message, seg: Any, field: int) -> list[str]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import hl7
 
+from node.hl7 import fields
 from node.hl7.handlers import InboundMessage, Refusal, handles, node_config
 from node.monitoring.extract import NOT_FINDINGS
 from node.monitoring.intake import IncomingReport, Status, decide, source_key
@@ -39,22 +40,6 @@ AI_NOTE_CODE = "AINOTE"
 TEXT_TYPES = ("TX", "FT", "ST", "CE", "CWE")
 STATUSES: dict[str, Status] = {"F": "final", "C": "corrected", "P": "preliminary", "X": "cancelled"}
 _FT_BREAK = re.compile(r"\\\.br\\", re.IGNORECASE)
-
-
-def _value(msg: hl7.Message, seg: Any, field: int, component: int = 1) -> str:
-    if seg is None or len(seg) <= field:
-        return ""
-    value = seg[field]
-    try:
-        if isinstance(value, hl7.Field) and value and isinstance(value[0], hl7.Repetition):
-            value = value[0]
-        if isinstance(value, (hl7.Field, hl7.Repetition)) and len(value) and isinstance(value[0], hl7.Component):
-            value = value[component - 1] if component <= len(value) else ""
-        elif component > 1:
-            value = ""
-    except (IndexError, TypeError):
-        return ""
-    return str(value)
 
 
 def _text(msg: hl7.Message, raw: str) -> str:
@@ -101,28 +86,28 @@ def read_oru(msg: InboundMessage) -> IncomingReport | None:
     study_uid = ""
     lines: list[str] = []
     for obx in _segments(parsed, "OBX"):
-        code = _value(parsed, obx, 3, 1)
+        code = fields.component(obx, 3, 1)
         if code == AI_NOTE_CODE:
             return None
         if code == STUDY_UID_CODE:
-            study_uid = study_uid or _text(parsed, _value(parsed, obx, 5))
+            study_uid = study_uid or _text(parsed, fields.component(obx, 5))
             continue
-        if _value(parsed, obx, 2) not in TEXT_TYPES:
+        if fields.component(obx, 2) not in TEXT_TYPES:
             continue
-        value_type = _value(parsed, obx, 2)
+        value_type = fields.component(obx, 2)
         raw = str(obx[5]) if len(obx) > 5 else ""
-        value = _text(parsed, _value(parsed, obx, 5, 2) or _value(parsed, obx, 5) if value_type in ("CE", "CWE")
+        value = _text(parsed, fields.component(obx, 5, 2) or fields.component(obx, 5) if value_type in ("CE", "CWE")
                       else raw.replace("~", "\n"))
         if value:
-            lines.append(f"{section_of(_text(parsed, _value(parsed, obx, 3, 2)))}: {value}")
+            lines.append(f"{section_of(_text(parsed, fields.component(obx, 3, 2)))}: {value}")
     for zds in _segments(parsed, "ZDS"):
-        study_uid = study_uid or _text(parsed, _value(parsed, zds, 1))
-    status = STATUSES.get(_value(parsed, obr, 25).upper(), "other")
-    when = next((t for t in (hl7_time(_value(parsed, obr, 22)), hl7_time(_value(parsed, obr, 7)),
-                             hl7_time(_value(parsed, _segments(parsed, "MSH")[0], 7) if _segments(parsed, "MSH")
+        study_uid = study_uid or _text(parsed, fields.component(zds, 1))
+    status = STATUSES.get(fields.component(obr, 25).upper(), "other")
+    when = next((t for t in (hl7_time(fields.component(obr, 22)), hl7_time(fields.component(obr, 7)),
+                             hl7_time(fields.component(_segments(parsed, "MSH")[0], 7) if _segments(parsed, "MSH")
                                       else "")) if t is not None), None)
-    order = msg.accession or _value(parsed, obr, 3) or _value(parsed, obr, 2)
-    key = source_key("hl7", msg.sending_application, msg.sending_facility, order, _value(parsed, obr, 4))
+    order = msg.accession or fields.component(obr, 3) or fields.component(obr, 2)
+    key = source_key("hl7", msg.sending_application, msg.sending_facility, order, fields.component(obr, 4))
     return IncomingReport(door="hl7", key=key, text="\n".join(lines), status=status, study_uid=study_uid or None,
                           accession=msg.accession or None, reported_at=when)
 
