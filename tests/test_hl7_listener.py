@@ -13,7 +13,6 @@ from pathlib import Path
 
 import hl7
 import pytest
-from hl7.client import MLLPClient
 from sqlalchemy import func, select
 
 from node.config import parse_config
@@ -23,6 +22,7 @@ from node.hl7.listener import MllpListener
 from node.models.cxrreportgen.indication import choose_indication
 from node.store.schema import hl7_messages, hl7_orders
 from node.store.state import Store
+from support.mllp_client import send_mllp as send
 
 pytestmark = pytest.mark.engine
 DATA = Path(__file__).parent / "data" / "hl7"
@@ -42,19 +42,6 @@ def node(tmp_path: Path):
     yield listener, store
     listener.stop()
     store.engine.dispose()
-
-
-def send(port: int, *messages: bytes) -> list[hl7.Message]:
-    """Send on one connection (python-hl7's client); the ACKs, parsed."""
-    out = []
-    with MLLPClient("127.0.0.1", port) as client:
-        client.socket.settimeout(30)
-        for raw in messages:
-            data = client.send_message(raw)
-            while not data.endswith(b"\x1c\x0d"):
-                data += client.socket.recv(4096)
-            out.append(hl7.parse(data.strip(b"\x0b\x1c\x0d").decode("utf-8")))
-    return out
 
 
 def msa(ack: hl7.Message) -> tuple[str, str, str]:

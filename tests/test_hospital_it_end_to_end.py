@@ -17,12 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import hl7
 import pydicom
 import pytest
-from hl7.client import MLLPClient
 
 from support.fhir_receiver import FhirReceiver
+from support.mllp_client import msa_code, send_mllp
 from support.nodekit import send, status_json, wait_until
 from support.nodeproc import EMULATED_CXR_VERSION, NodeProcess, node_config
 from support.ports import free_port
@@ -78,12 +77,7 @@ def send_order(port: int, accession: str, control_id: str, patient: str = "PAT-0
     """An ORM^O01 from tests/data/hl7 for ``accession``; returns MSA-1 (python-hl7's own MLLP client)."""
     raw = (DATA / "orm_o01.hl7").read_bytes().replace(b"ACC-ORM-1", accession.encode())
     raw = raw.replace(b"ORM-0001", control_id.encode()).replace(b"PAT-0042", patient.encode())
-    with MLLPClient("127.0.0.1", port) as client:
-        client.socket.settimeout(30)
-        ack = client.send_message(raw)
-        while not ack.endswith(b"\x1c\x0d"):
-            ack += client.socket.recv(4096)
-    return str(hl7.parse(ack.strip(b"\x0b\x1c\x0d").decode()).segment("MSA")[1])
+    return msa_code(send_mllp(port, raw)[0])
 
 
 def wait_listening(port: int, node: NodeProcess) -> None:

@@ -16,10 +16,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import hl7
 import pydicom
 import pytest
-from hl7.client import MLLPClient
 from lxml import etree
 from pydicom.filereader import read_dataset
 from pydicom.uid import generate_uid
@@ -33,6 +31,7 @@ from node.config import parse_config
 from node.flow.deliver import deliver_due
 from node.ops.audit import read_events
 from node.store.state import InstanceRecord, Store
+from support.mllp_client import msa_code, send_mllp
 
 pytestmark = [pytest.mark.security, pytest.mark.slow]
 HL7_DATA = Path(__file__).parent / "data" / "hl7"
@@ -203,15 +202,6 @@ def test_the_c_find_of_verify_by_is_a_query_with_the_identifier_as_sent(tmp_path
 
 # --- the MLLP listener: orders in, refusals, TLS -------------------------------------------------------------------
 
-def send_raw(port: int, raw: bytes) -> bytes:
-    with MLLPClient("127.0.0.1", port) as client:
-        client.socket.settimeout(30)
-        data = client.send_message(raw)
-        while not data.endswith(b"\x1c\x0d"):
-            data += client.socket.recv(4096)
-    return data
-
-
 def test_hl7_messages_in_are_procedure_records_and_a_failed_tls_handshake_a_security_alert(tmp_path: Path) -> None:
     from node.hl7.listener import MllpListener
     from support.tlscerts import make_pki
@@ -224,10 +214,10 @@ def test_hl7_messages_in_are_procedure_records_and_a_failed_tls_handshake_a_secu
     no_pid = orm.replace(b"PAT-0042^^^HOSP^MR", b"").replace(b"ORM-0001", b"ORM-0003")
     listener = MllpListener(cfg, store).start()
     try:
-        acks = [send_raw(listener.port, m) for m in (orm, cancel, no_pid, b"HELLO, this is not HL7")]
+        acks = [send_mllp(listener.port, m)[0] for m in (orm, cancel, no_pid, b"HELLO, this is not HL7")]
     finally:
         listener.stop()
-    assert [hl7.parse(a.strip(b"\x0b\x1c\x0d").decode()).segment("MSA")[1][0] for a in acks] == \
+    assert [msa_code(a) for a in acks] == \
         ["AA", "AA", "AE", "AR"]
     pki = make_pki(tmp_path / "pki")
     tls_cfg = parse_config({"node": {"storage_dir": str(tmp_path / "var")}, "mllp": {

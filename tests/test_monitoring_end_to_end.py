@@ -11,19 +11,17 @@ node's code.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import highdicom as hd
 import httpx
-import hl7
 import pydicom
 import pytest
-from hl7.client import MLLPClient
 from pydicom.uid import generate_uid
 
 from dicom_out.common import quiet_person_name_warnings, source_header
 from support.dcmtk import Storescp
+from support.mllp_client import msa_code, send_mllp
 from support.nodekit import db_rows, send, wait_until
 from support.nodeproc import EMULATED_CXR_VERSION, NodeProcess, node_config
 from support.ports import free_port
@@ -82,15 +80,6 @@ def oru(accession: str, control: str, text: str) -> bytes:
         f"MSH|^~\\&|REPORTING|GENHOSP|DICOM_AI_NODE|GENHOSP|20260301110000||ORU^R01^ORU_R01|{control}|P|2.5.1",
         "PID|1||PAT-MON-1^^^HOSP^MR||MONITOR^PAT||19600101|F", "OBR|" + "|".join(obr[1:]),
         f"OBX|1|TX|18782-3^Radiology Study observation^LN||{text}||||||F"]) + "\r").encode()
-
-
-def send_oru(port: int, message: bytes) -> str:
-    with MLLPClient("127.0.0.1", port) as client:
-        client.socket.settimeout(30)
-        ack = client.send_message(message)
-        while not ack.endswith(b"\x1c\x0d"):
-            ack += client.socket.recv(4096)
-    return str(hl7.parse(ack.strip(b"\x0b\x1c\x0d").decode()).segment("MSA")[1])
 
 
 def fhir_report(accession: str, study_uid: str, text: str) -> dict:
@@ -175,7 +164,7 @@ def test_reports_by_three_doors_agreement_on_the_page_and_a_version_change(tmp_p
             wait_until(lambda: _up(base), 60, "the HTTP side")
             # S1's report comes before its study (HL7, by accession number only)
             _, text, _ = RADIOLOGIST["S1"]
-            assert send_oru(mllp_port, oru(studies["S1"][2], "RAD-1", text)) == "AA"
+            assert msa_code(send_mllp(mllp_port, oru(studies["S1"][2], "RAD-1", text))[0]) == "AA"
             versions = {}
             for name, (reply, _) in AI.items():
                 paths, study_uid, accession = studies[name]
@@ -200,7 +189,7 @@ def test_reports_by_three_doors_agreement_on_the_page_and_a_version_change(tmp_p
             frontal = pydicom.dcmread(studies["S3"][0][0], stop_before_pixels=True)
             send(node, [radiologist_sr(frontal, RADIOLOGIST["S3"][1], tmp_path / "s3_report.dcm")])
             _, text, _ = RADIOLOGIST["S4"]
-            assert send_oru(mllp_port, oru(studies["S4"][2], "RAD-4", text)) == "AA"
+            assert msa_code(send_mllp(mllp_port, oru(studies["S4"][2], "RAD-4", text))[0]) == "AA"
             wait_until(lambda: db_rows(node, "SELECT count(*) FROM monitor_reports WHERE matched_at IS NOT NULL")
                        [0][0] == 4, 60, "four matched reports")
             wait_until(lambda: "only a radiologist's report came" in node.logs(), 30, "the SR study's re-decision")
